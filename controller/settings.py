@@ -1,0 +1,113 @@
+"""Every setting of the controller, read from `PODQ_*` environment variables.
+
+The README's configuration table is generated from this class (`python -m controller.settings`), and a test
+keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from controller.quantity import parse_cpu_millicores, parse_memory_bytes
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "podq"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PODQ_", extra="ignore")
+
+    launcher: Literal["local"] = Field(
+        "local", description="Where queries run. `local`: one subprocess per query on this host."
+    )
+    host: str = Field("127.0.0.1", description="Address `podq serve` listens on; loopback unless exposed.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `podq serve` listens on.")
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Holds the SQLite store (`podq.db`) and per-query scratch space. "
+        "Default `$XDG_DATA_HOME/podq`, else `~/.local/share/podq`.",
+    )
+    max_concurrent: int = Field(
+        2, ge=1, description="Queries running at once; the rest wait FIFO. Default fits a 2-core host."
+    )
+    max_attempts: int = Field(
+        2,
+        ge=1,
+        description="Times a query may be started. A query running when the controller died is started "
+        "again after restart while it has attempts left, else fails as `internal` (retryable).",
+    )
+    default_cpu: str = Field("1", description="CPU limit of a query that sets none (Kubernetes quantity).")
+    default_memory: str = Field("512Mi", description="Memory limit of a query that sets none.")
+    default_timeout_seconds: float = Field(60, gt=0, description="Deadline of a query that sets none.")
+    max_cpu: str = Field("2", description="Largest CPU limit a query may ask for; above it is a 422.")
+    max_memory: str = Field("4Gi", description="Largest memory limit a query may ask for; above it is a 422.")
+    max_timeout_seconds: float = Field(600, gt=0, description="Largest deadline a query may ask for.")
+    default_max_rows: int = Field(1000, ge=1, description="Rows returned when a query sets no `max_rows`.")
+    max_rows_limit: int = Field(100_000, ge=1, description="Largest `max_rows` a query may ask for.")
+    max_sql_bytes: int = Field(65_536, ge=1, description="Largest SQL text accepted (UTF-8 bytes).")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted.")
+    max_datasets: int = Field(32, ge=1, description="Most datasets one query may register.")
+    fetch_connect_timeout_seconds: float = Field(5, gt=0, description="Connect timeout of a dataset fetch.")
+    fetch_read_timeout_seconds: float = Field(
+        30, gt=0, description="Longest wait for the next bytes of a dataset download."
+    )
+    fetch_total_timeout_seconds: float = Field(
+        300,
+        gt=0,
+        description="Deadline for one dataset download as a whole (the query's own deadline "
+        "still applies on top).",
+    )
+    max_download_bytes: int = Field(
+        1_073_741_824, ge=1, description="Largest dataset download, counted while streaming."
+    )
+    memory_enforcement: Literal["auto", "cgroup", "rlimit"] = Field(
+        "auto",
+        description="How the local launcher caps memory: a cgroup per query where the hierarchy is "
+        "writable (`auto` prefers it), else RLIMIT_AS.",
+    )
+    worker_python: str = Field(
+        sys.executable, description="Python interpreter the local launcher runs `-m worker_image` with."
+    )
+    enable_test_hooks: bool = Field(
+        False,
+        description="Test only: accept a request's `debug` section (crash, sleep, allocate) and pass it to "
+        "the worker. Never enable in production.",
+    )
+    log_level: str = Field("INFO", description="Python logging level of the controller.")
+
+    @field_validator("default_cpu", "max_cpu")
+    @classmethod
+    def _cpu(cls, value: str) -> str:
+        parse_cpu_millicores(value)
+        return value
+
+    @field_validator("default_memory", "max_memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        parse_memory_bytes(value)
+        return value
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "podq.db"
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    lines = ["| Variable | Default | Description |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = "see description" if name in ("data_dir", "worker_python") else f"`{field.default}`"
+        lines.append(f"| `PODQ_{name.upper()}` | {default} | {field.description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
