@@ -1,0 +1,99 @@
+"""Turns an accepted request body into what is stored and sent to the worker, enforcing the settings' caps.
+
+Pure: no I/O. A request over a cap raises `Rejected`, which the API answers with a 422 naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from controller.models import InspectionIn, LimitsIn, QueryIn
+from controller.quantity import parse_cpu_millicores, parse_memory_bytes
+from controller.settings import Settings
+from worker_image.protocol import FetchOptions, WorkerRequest
+
+
+@dataclass(frozen=True)
+class Rejected(Exception):
+    field: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Admitted:
+    request: WorkerRequest
+    limits: dict[str, Any]
+
+
+def _limits(limits: LimitsIn | None, settings: Settings) -> dict[str, Any]:
+    cpu = (limits and limits.cpu) or settings.default_cpu
+    memory = (limits and limits.memory) or settings.default_memory
+    timeout = (limits and limits.timeout_seconds) or settings.default_timeout_seconds
+    cpu_millicores, memory_bytes = parse_cpu_millicores(cpu), parse_memory_bytes(memory)
+    if cpu_millicores > parse_cpu_millicores(settings.max_cpu):
+        raise Rejected("limits.cpu", f"cpu {cpu} is above the maximum {settings.max_cpu}")
+    if memory_bytes > parse_memory_bytes(settings.max_memory):
+        raise Rejected("limits.memory", f"memory {memory} is above the maximum {settings.max_memory}")
+    if timeout > settings.max_timeout_seconds:
+        raise Rejected(
+            "limits.timeout_seconds",
+            f"timeout_seconds {timeout:g} is above the maximum {settings.max_timeout_seconds:g}",
+        )
+    return {
+        "cpu": cpu,
+        "memory": memory,
+        "timeout_seconds": timeout,
+        "cpu_millicores": cpu_millicores,
+        "memory_bytes": memory_bytes,
+    }
+
+
+def _fetch(settings: Settings) -> FetchOptions:
+    return {
+        "connect_timeout_seconds": settings.fetch_connect_timeout_seconds,
+        "read_timeout_seconds": settings.fetch_read_timeout_seconds,
+        "total_timeout_seconds": settings.fetch_total_timeout_seconds,
+        "max_download_bytes": settings.max_download_bytes,
+    }
+
+
+def _debug(debug: dict[str, Any] | None, settings: Settings) -> dict[str, Any]:
+    if debug is None:
+        return {}
+    if not settings.enable_test_hooks:
+        raise Rejected("debug", "test hooks are disabled on this server")
+    return {"debug": debug}
+
+
+def admit_query(body: QueryIn, settings: Settings) -> Admitted:
+    if len(body.sql.encode()) > settings.max_sql_bytes:
+        raise Rejected(
+            "sql", f"sql is {len(body.sql.encode())} bytes, above the maximum {settings.max_sql_bytes}"
+        )
+    if len(body.datasets) > settings.max_datasets:
+        raise Rejected(
+            "datasets", f"{len(body.datasets)} datasets, above the maximum {settings.max_datasets}"
+        )
+    max_rows = body.max_rows or settings.default_max_rows
+    if max_rows > settings.max_rows_limit:
+        raise Rejected("max_rows", f"max_rows {max_rows} is above the maximum {settings.max_rows_limit}")
+    request: WorkerRequest = {
+        "operation": "query",
+        "fetch": _fetch(settings),
+        "sql": body.sql,
+        "datasets": [{"url": d.url, "table_name": d.table_name} for d in body.datasets],
+        "max_rows": max_rows,
+        **_debug(body.debug, settings),  # type: ignore[typeddict-item]
+    }
+    return Admitted(request=request, limits=_limits(body.limits, settings))
+
+
+def admit_inspection(body: InspectionIn, settings: Settings) -> Admitted:
+    request: WorkerRequest = {
+        "operation": "inspect",
+        "fetch": _fetch(settings),
+        "url": body.url,
+        **_debug(body.debug, settings),  # type: ignore[typeddict-item]
+    }
+    return Admitted(request=request, limits=_limits(body.limits, settings))

@@ -1,0 +1,177 @@
+"""HTTP routes only: parsing, status codes and headers. The work is in admission, store and dispatcher."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from controller.admission import Admitted, admit_inspection, admit_query
+from controller.dispatcher import CancelResult, Dispatcher
+from controller.errors import error_response
+from controller.launchers.base import Launcher
+from controller.metrics import Metrics
+from controller.models import InspectionIn, QueryIn, RecordOut, RecordPage, Status
+from controller.settings import Settings
+from controller.store import Row, Store
+from worker_image.protocol import ErrorType
+
+MAX_WAIT_SECONDS = 300.0
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    dispatcher: Dispatcher
+    launcher: Launcher
+    metrics: Metrics
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(_services)]
+WaitParam = Annotated[
+    float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Seconds to wait for a terminal state (long poll).")
+]
+
+queries = APIRouter(prefix="/v1/queries", tags=["queries"])
+inspections = APIRouter(prefix="/v1/inspections", tags=["inspections"])
+health = APIRouter(tags=["operations"])
+
+
+def record(row: Row) -> RecordOut:
+    request: dict[str, Any] = row.request
+    limits = {k: row.limits[k] for k in ("cpu", "memory", "timeout_seconds")}
+    return RecordOut.model_validate(
+        {
+            "id": row.id,
+            "operation": row.operation,
+            "status": row.status,
+            "sql": request.get("sql"),
+            "datasets": request.get("datasets"),
+            "url": request.get("url"),
+            "max_rows": request.get("max_rows"),
+            "limits": limits,
+            "result": row.result,
+            "error": row.error,
+            "attempts": row.attempts,
+            "submitted_at": row.submitted_at,
+            "started_at": row.started_at,
+            "finished_at": row.finished_at,
+            "placement": row.placement,
+        }
+    )
+
+
+def _submit(services: Services, operation: str, admitted: Admitted, location: str) -> JSONResponse:
+    query_id = uuid.uuid4().hex
+    row = services.store.insert(query_id, operation, dict(admitted.request), admitted.limits)
+    services.metrics.observe_submitted(operation)
+    services.dispatcher.notify()
+    return JSONResponse(
+        record(row).model_dump(mode="json"), status_code=202, headers={"Location": f"{location}/{query_id}"}
+    )
+
+
+def _not_found(query_id: str) -> JSONResponse:
+    return error_response(404, ErrorType.VALIDATION, f"no such query: {query_id}", {"id": query_id})
+
+
+async def _get(services: Services, query_id: str, operation: str, wait: float) -> RecordOut | JSONResponse:
+    row = await services.dispatcher.wait_finished(query_id, wait)
+    if row is None or row.operation != operation:
+        return _not_found(query_id)
+    return record(row)
+
+
+@queries.post("", status_code=202, response_model=RecordOut, responses={202: {"headers": {"Location": {}}}})
+async def submit_query(body: QueryIn, services: ServicesDep) -> JSONResponse:
+    """Queue a query. Answers 202 with its record; `Location` names the record."""
+    return _submit(services, "query", admit_query(body, services.settings), "/v1/queries")
+
+
+@queries.get("", response_model=RecordPage)
+async def list_queries(
+    services: ServicesDep,
+    status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]+$")] = None,
+) -> RecordPage:
+    """Queries, newest first, optionally only those in one status."""
+    rows = services.store.page(
+        operation="query", status=status, limit=limit, before_seq=int(cursor) if cursor else None
+    )
+    next_cursor = str(rows[-1].seq) if len(rows) == limit else None
+    return RecordPage(items=[record(r) for r in rows], next_cursor=next_cursor)
+
+
+@queries.get("/{query_id}", response_model=RecordOut)
+async def get_query(query_id: str, services: ServicesDep, wait: WaitParam = 0) -> RecordOut | JSONResponse:
+    """The query's record; with `wait`, held until it is finished or `wait` seconds have passed."""
+    return await _get(services, query_id, "query", wait)
+
+
+@queries.delete("/{query_id}", response_model=RecordOut)
+async def cancel_query(query_id: str, services: ServicesDep) -> RecordOut | JSONResponse:
+    """Cancel: a queued query never starts; a running one is stopped. 409 if it had already finished."""
+    row = services.store.get(query_id)
+    if row is None or row.operation != "query":
+        return _not_found(query_id)
+    outcome = await services.dispatcher.cancel(query_id)
+    row = services.store.get(query_id)
+    assert row is not None
+    if outcome is CancelResult.ALREADY_FINISHED:
+        return error_response(
+            409,
+            ErrorType.VALIDATION,
+            f"query {query_id} already finished as {row.status}",
+            {"id": query_id, "status": row.status},
+        )
+    return record(row)
+
+
+@inspections.post("", status_code=202, response_model=RecordOut)
+async def submit_inspection(body: InspectionIn, services: ServicesDep) -> JSONResponse:
+    """Inspect one parquet dataset (columns, row count, validity) in a worker of its own."""
+    return _submit(services, "inspect", admit_inspection(body, services.settings), "/v1/inspections")
+
+
+@inspections.get("/{query_id}", response_model=RecordOut)
+async def get_inspection(
+    query_id: str, services: ServicesDep, wait: WaitParam = 0
+) -> RecordOut | JSONResponse:
+    return await _get(services, query_id, "inspect", wait)
+
+
+@health.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up and serving."""
+    return {"status": "ok"}
+
+
+@health.get("/readyz")
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """The store answers and the launcher can run queries."""
+    checks: dict[str, str] = {}
+    try:
+        services.store.ping()
+        checks["store"] = "ok"
+    except Exception as exc:
+        checks["store"] = f"failing: {exc}"
+    checks["launcher"] = "ok" if await services.launcher.ready() else "not ready"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+    )
+
+
+@health.get("/metrics")
+async def metrics(services: ServicesDep) -> Response:
+    return Response(services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,65 @@
+"""Builds the FastAPI app and owns the lifetime of its store, launcher and dispatcher."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from controller import api
+from controller.dispatcher import Dispatcher
+from controller.errors import BodySizeLimit, install_error_handlers
+from controller.launchers import make_launcher
+from controller.metrics import Metrics
+from controller.settings import Settings
+from controller.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = Store(settings.database_path)
+        launcher = make_launcher(settings)
+        metrics = Metrics(store)
+        metrics.info.set(settings.max_concurrent)
+        dispatcher = Dispatcher(
+            store,
+            launcher,
+            max_concurrent=settings.max_concurrent,
+            max_attempts=settings.max_attempts,
+            metrics=metrics,
+        )
+        await launcher.start()
+        await dispatcher.start()
+        app.state.services = api.Services(settings, store, dispatcher, launcher, metrics)
+        log.info(
+            "podq ready: launcher=%s store=%s max_concurrent=%d",
+            launcher.name,
+            settings.database_path,
+            settings.max_concurrent,
+        )
+        try:
+            yield
+        finally:
+            await dispatcher.stop()
+            await launcher.close()
+            store.close()
+            log.info("podq stopped")
+
+    app = FastAPI(
+        title="podq",
+        version="0.1.0",
+        description="Runs SQL over parquet datasets, one isolated worker per query.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    for router in (api.queries, api.inspections, api.health):
+        app.include_router(router)
+    return app

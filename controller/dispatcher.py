@@ -1,0 +1,220 @@
+"""Moves queries from the store's queue to the launcher, at most `max_concurrent` at once, in FIFO order.
+
+The store holds the truth; the dispatcher holds only the asyncio tasks of the queries it is running.
+On start it recovers what a previous controller left running (see `Store.recover`); on a graceful stop it
+kills what runs and hands it back to the queue, so a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, cast
+
+from controller.launchers.base import Job, Launcher, Limits, Outcome
+from controller.metrics import Metrics
+from controller.store import Row, Store
+from worker_image.protocol import ErrorType, WorkerRequest, error_info
+
+log = logging.getLogger(__name__)
+
+
+class CancelResult(Enum):
+    CANCELLED = "cancelled"
+    ALREADY_FINISHED = "already_finished"
+    NOT_FOUND = "not_found"
+
+
+def job_for(row: Row) -> Job:
+    limits = row.limits
+    return Job(
+        query_id=row.id,
+        attempt=row.attempts,
+        request=cast(WorkerRequest, row.request),
+        limits=Limits(
+            cpu_millicores=limits["cpu_millicores"],
+            memory_bytes=limits["memory_bytes"],
+            timeout_seconds=limits["timeout_seconds"],
+        ),
+    )
+
+
+class _Waiters:
+    """One event per query id that somebody is waiting on, released when the last waiter leaves."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, tuple[asyncio.Event, int]] = {}
+
+    @contextlib.contextmanager
+    def watch(self, query_id: str) -> Any:
+        event, count = self._events.get(query_id, (asyncio.Event(), 0))
+        self._events[query_id] = (event, count + 1)
+        try:
+            yield event
+        finally:
+            event, count = self._events[query_id]
+            if count == 1:
+                del self._events[query_id]
+            else:
+                self._events[query_id] = (event, count - 1)
+
+    def wake(self, query_id: str) -> None:
+        entry = self._events.get(query_id)
+        if entry is not None:
+            entry[0].set()
+
+
+@dataclass
+class _Running:
+    task: asyncio.Task[None]
+    cancel_requested: bool = False
+
+
+class Dispatcher:
+    def __init__(
+        self, store: Store, launcher: Launcher, *, max_concurrent: int, max_attempts: int, metrics: Metrics
+    ) -> None:
+        self._store = store
+        self._launcher = launcher
+        self._max_concurrent = max_concurrent
+        self._max_attempts = max_attempts
+        self._metrics = metrics
+        self._running: dict[str, _Running] = {}
+        self._wakeup = asyncio.Event()
+        self._waiters = _Waiters()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    async def start(self) -> None:
+        recovery = self._store.recover(
+            self._max_attempts,
+            error_info(
+                ErrorType.INTERNAL,
+                "the controller stopped while this query was running, and it has no attempts left",
+                {"max_attempts": self._max_attempts},
+            ),
+        )
+        if recovery.requeued or recovery.failed:
+            log.warning(
+                "recovered after restart: %d requeued %s, %d failed %s",
+                len(recovery.requeued),
+                recovery.requeued,
+                len(recovery.failed),
+                recovery.failed,
+            )
+        for query_id in recovery.failed:
+            self._finished(query_id, "failed", ErrorType.INTERNAL.value)
+        self._loop_task = asyncio.create_task(self._loop(), name="podq-dispatcher")
+        self.notify()
+
+    def notify(self) -> None:
+        """Something was queued or a slot freed: look at the queue again."""
+        self._wakeup.set()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            try:
+                while len(self._running) < self._max_concurrent and not self._stopping:
+                    row = self._store.claim_next()
+                    if row is None:
+                        break
+                    self._start(row)
+            except Exception:
+                # The store failed (disk full, locked): keep the loop alive and look again shortly.
+                log.exception("dispatcher could not claim the next query; retrying")
+                await asyncio.sleep(1)
+                self.notify()
+
+    def _start(self, row: Row) -> None:
+        log.info("query %s: starting attempt %d", row.id, row.attempts)
+        self._metrics.observe_started(row)
+        task = asyncio.create_task(self._run(row), name=f"podq-query-{row.id}")
+        self._running[row.id] = _Running(task)
+
+    async def _run(self, row: Row) -> None:
+        try:
+            outcome = await self._launcher.run(job_for(row))
+        except asyncio.CancelledError:
+            self._on_cancelled(row.id)
+            return
+        except Exception as exc:
+            log.exception("query %s: launcher failed", row.id)
+            outcome = Outcome(error=error_info(ErrorType.INTERNAL, f"launcher failed: {exc!r}"))
+        finally:
+            self._running.pop(row.id, None)
+            self.notify()
+        self._record(row.id, outcome)
+
+    def _on_cancelled(self, query_id: str) -> None:
+        entry = self._running.get(query_id)
+        if entry is not None and entry.cancel_requested:
+            error = error_info(ErrorType.CANCELLED, "cancelled while running", retryable=False)
+            if self._store.finish(query_id, "cancelled", error=error):
+                self._finished(query_id, "cancelled", ErrorType.CANCELLED.value)
+        elif self._store.requeue(query_id):
+            log.info("query %s: handed back to the queue at shutdown", query_id)
+
+    def _record(self, query_id: str, outcome: Outcome) -> None:
+        if outcome.error is None:
+            status, error_type = "succeeded", None
+            decided = self._store.finish(query_id, status, result=outcome.result, placement=outcome.placement)
+        else:
+            status, error_type = "failed", outcome.error["error_type"]
+            decided = self._store.finish(query_id, status, error=outcome.error, placement=outcome.placement)
+        if decided:
+            log.info("query %s: %s%s", query_id, status, f" ({error_type})" if error_type else "")
+            self._finished(query_id, status, error_type)
+
+    def _finished(self, query_id: str, status: str, error_type: str | None) -> None:
+        row = self._store.get(query_id)
+        if row is not None:
+            self._metrics.observe_finished(row, error_type)
+        self._waiters.wake(query_id)
+
+    async def cancel(self, query_id: str) -> CancelResult:
+        error = error_info(ErrorType.CANCELLED, "cancelled before it started", retryable=False)
+        if self._store.cancel_queued(query_id, error):
+            log.info("query %s: cancelled while queued", query_id)
+            self._finished(query_id, "cancelled", ErrorType.CANCELLED.value)
+            return CancelResult.CANCELLED
+        entry = self._running.get(query_id)
+        if entry is not None:
+            entry.cancel_requested = True
+            entry.task.cancel()
+            await asyncio.wait({entry.task})
+        row = self._store.get(query_id)
+        if row is None:
+            return CancelResult.NOT_FOUND
+        return CancelResult.CANCELLED if row.status == "cancelled" else CancelResult.ALREADY_FINISHED
+
+    async def wait_finished(self, query_id: str, wait_seconds: float) -> Row | None:
+        """The record once terminal, or as it stands when `wait_seconds` run out."""
+        with self._waiters.watch(query_id) as event:
+            row = self._store.get(query_id)
+            if row is None or row.status in ("succeeded", "failed", "cancelled") or wait_seconds <= 0:
+                return row
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), wait_seconds)
+        return self._store.get(query_id)
+
+    async def stop(self) -> None:
+        """Stop dispatching, kill what runs and give it back to the queue for the next start."""
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        tasks = [entry.task for entry in self._running.values()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)

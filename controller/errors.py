@@ -1,0 +1,115 @@
+"""Every HTTP failure answers in the error taxonomy's shape, never with a stack trace."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from controller.admission import Rejected
+from worker_image.protocol import ErrorType, error_info
+
+log = logging.getLogger(__name__)
+
+
+def error_response(
+    status_code: int,
+    error_type: ErrorType,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = error_info(error_type, message, details, retryable=status_code in (429, 503))
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+async def _validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"field": _field(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+    if any(e["type"] == "json_invalid" for e in exc.errors()):
+        return error_response(400, ErrorType.VALIDATION, "request body is not valid JSON", {"errors": errors})
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return error_response(422, ErrorType.VALIDATION, summary, {"errors": errors})
+
+
+async def _rejected(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Rejected)
+    return error_response(
+        422,
+        ErrorType.VALIDATION,
+        f"{exc.field}: {exc.message}",
+        {"errors": [{"field": exc.field, "message": exc.message}]},
+    )
+
+
+async def _http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return error_response(exc.status_code, ErrorType.VALIDATION, str(exc.detail), headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, ErrorType.INTERNAL, "internal error; see the controller log")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(Rejected, _rejected)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+class BodySizeLimit:
+    """Refuses a request body over `limit` bytes with 413, counting while it streams in."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413,
+            ErrorType.VALIDATION,
+            f"request body is larger than {self.limit} bytes",
+            {"max_body_bytes": self.limit},
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass

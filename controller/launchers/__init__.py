@@ -1,0 +1,17 @@
+"""Launchers run one query each: `local` (a subprocess per query) is the embedded default."""
+
+from __future__ import annotations
+
+from controller.launchers.base import Launcher
+from controller.settings import Settings
+
+
+def make_launcher(settings: Settings) -> Launcher:
+    from controller.launchers.local import LocalLauncher
+
+    return LocalLauncher(
+        python=settings.worker_python,
+        work_dir=settings.data_dir / "scratch",
+        enable_test_hooks=settings.enable_test_hooks,
+        memory_enforcement=settings.memory_enforcement,
+    )

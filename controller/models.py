@@ -1,0 +1,154 @@
+"""The HTTP API's request and response bodies."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from controller.quantity import QuantityError, parse_cpu_millicores, parse_memory_bytes
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+TableName = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+        description="A plain SQL identifier: letters, digits and underscores, not starting with a digit.",
+        examples=["trips"],
+    ),
+]
+
+
+def _http_url(value: str) -> str:
+    scheme = value.split(":", 1)[0].lower() if ":" in value else ""
+    if scheme not in ("http", "https"):
+        raise ValueError("only http and https dataset URLs are accepted")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetIn(_Strict):
+    url: str = Field(max_length=4096, examples=["https://data.example.com/trips.parquet"])
+    table_name: TableName
+
+    _check_url = field_validator("url")(_http_url)
+
+
+class LimitsIn(_Strict):
+    cpu: str | None = Field(None, description="Kubernetes CPU quantity, e.g. '500m' or '1'.")
+    memory: str | None = Field(None, description="Kubernetes memory quantity, e.g. '512Mi'.")
+    timeout_seconds: float | None = Field(None, gt=0, description="Deadline for the whole query.")
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_cpu_millicores(value)
+            except QuantityError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_memory_bytes(value)
+            except QuantityError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
+class QueryIn(_Strict):
+    sql: str = Field(min_length=1, examples=["SELECT name, value FROM t WHERE value > 2"])
+    datasets: list[DatasetIn] = Field(default_factory=list)
+    limits: LimitsIn | None = None
+    max_rows: int | None = Field(None, ge=1, description="Rows returned at most; total_rows tells the rest.")
+    debug: dict[str, Any] | None = Field(None, description="Test hooks; refused unless enabled in settings.")
+
+    @field_validator("sql")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("sql is empty")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_tables(self) -> QueryIn:
+        seen: set[str] = set()
+        for dataset in self.datasets:
+            key = dataset.table_name.lower()
+            if key in seen:
+                raise ValueError(f"duplicate table_name {dataset.table_name!r}")
+            seen.add(key)
+        return self
+
+
+class InspectionIn(_Strict):
+    url: str = Field(max_length=4096, examples=["https://data.example.com/trips.parquet"])
+    limits: LimitsIn | None = None
+    debug: dict[str, Any] | None = None
+
+    _check_url = field_validator("url")(_http_url)
+
+
+class Column(BaseModel):
+    name: str
+    type: str
+
+
+class QueryResult(BaseModel):
+    columns: list[Column]
+    rows: list[list[Any]]
+    total_rows: int
+    truncated: bool
+
+
+class InspectionResult(BaseModel):
+    valid: bool
+    columns: list[Column]
+    row_count: int
+
+
+class ErrorOut(BaseModel):
+    error_type: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+    retryable: bool = False
+
+
+class LimitsOut(BaseModel):
+    cpu: str
+    memory: str
+    timeout_seconds: float
+
+
+class RecordOut(BaseModel):
+    id: str
+    operation: Literal["query", "inspect"]
+    status: Status
+    sql: str | None = None
+    datasets: list[DatasetIn] | None = None
+    url: str | None = None
+    max_rows: int | None = None
+    limits: LimitsOut
+    result: QueryResult | InspectionResult | None = None
+    error: ErrorOut | None = None
+    attempts: int
+    submitted_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    placement: dict[str, Any] = Field(
+        default_factory=dict, description="Where it ran: {'kind': 'local', 'pid': ...} or the pod."
+    )
+
+
+class RecordPage(BaseModel):
+    items: list[RecordOut]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` to get the next, older page.")

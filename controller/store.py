@@ -1,0 +1,230 @@
+"""The durable queue and record of every query. The only module that speaks SQL.
+
+SQLite in WAL mode with `synchronous=FULL`: a submission acknowledged with 202 survives a kill -9 or a power
+cut. The queue is the table: FIFO by `seq`, claimed with a conditional UPDATE so a row moves
+queued -> running once, and every terminal write is conditional on the row not being terminal yet, so each
+query reaches exactly one terminal state whatever races (cancel vs. finish, restart vs. finish).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queries (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id           TEXT NOT NULL UNIQUE,
+    operation    TEXT NOT NULL,
+    request      TEXT NOT NULL,
+    limits       TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    result       TEXT,
+    error        TEXT,
+    placement    TEXT NOT NULL DEFAULT '{}',
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    submitted_at REAL NOT NULL,
+    started_at   REAL,
+    finished_at  REAL
+);
+CREATE INDEX IF NOT EXISTS queries_by_status ON queries (status, seq);
+CREATE INDEX IF NOT EXISTS queries_by_operation ON queries (operation, seq);
+"""
+
+_ACTIVE = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class Row:
+    seq: int
+    id: str
+    operation: str
+    request: dict[str, Any]
+    limits: dict[str, Any]
+    status: str
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    placement: dict[str, Any]
+    attempts: int
+    submitted_at: float
+    started_at: float | None
+    finished_at: float | None
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _row(raw: sqlite3.Row) -> Row:
+    return Row(
+        seq=raw["seq"],
+        id=raw["id"],
+        operation=raw["operation"],
+        request=json.loads(raw["request"]),
+        limits=json.loads(raw["limits"]),
+        status=raw["status"],
+        result=_loads(raw["result"]),
+        error=_loads(raw["error"]),
+        placement=json.loads(raw["placement"]),
+        attempts=raw["attempts"],
+        submitted_at=raw["submitted_at"],
+        started_at=raw["started_at"],
+        finished_at=raw["finished_at"],
+    )
+
+
+@dataclass(frozen=True)
+class Recovery:
+    requeued: list[str]
+    failed: list[str]
+
+
+class Store:
+    """One SQLite connection shared by the controller's threads, serialised by a lock."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def ping(self) -> None:
+        with self._lock:
+            self._db.execute("SELECT 1").fetchone()
+
+    def insert(self, query_id: str, operation: str, request: dict[str, Any], limits: dict[str, Any]) -> Row:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO queries (id, operation, request, limits, status, submitted_at)"
+                " VALUES (?, ?, ?, ?, 'queued', ?)",
+                (query_id, operation, json.dumps(request), json.dumps(limits), time.time()),
+            )
+            raw = db.execute("SELECT * FROM queries WHERE id = ?", (query_id,)).fetchone()
+        return _row(raw)
+
+    def get(self, query_id: str) -> Row | None:
+        with self._lock:
+            raw = self._db.execute("SELECT * FROM queries WHERE id = ?", (query_id,)).fetchone()
+        return None if raw is None else _row(raw)
+
+    def claim_next(self) -> Row | None:
+        """Move the oldest queued query to running and count the attempt."""
+        with self._transaction() as db:
+            raw = db.execute(
+                "UPDATE queries SET status = 'running', attempts = attempts + 1, started_at = ?"
+                " WHERE seq = (SELECT seq FROM queries WHERE status = 'queued' ORDER BY seq LIMIT 1)"
+                " RETURNING *",
+                (time.time(),),
+            ).fetchone()
+        return None if raw is None else _row(raw)
+
+    def finish(
+        self,
+        query_id: str,
+        status: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: Mapping[str, object] | None = None,
+        placement: dict[str, Any] | None = None,
+    ) -> bool:
+        """Record the terminal state unless the query already has one. True if this call decided it."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE queries SET status = ?, result = ?, error = ?, placement = COALESCE(?, placement),"
+                " finished_at = ? WHERE id = ? AND status IN (?, ?)",
+                (
+                    status,
+                    None if result is None else json.dumps(result),
+                    None if error is None else json.dumps(dict(error)),
+                    None if placement is None else json.dumps(placement),
+                    time.time(),
+                    query_id,
+                    *_ACTIVE,
+                ),
+            )
+        return cursor.rowcount == 1
+
+    def cancel_queued(self, query_id: str, error: Mapping[str, object]) -> bool:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE queries SET status = 'cancelled', error = ?, finished_at = ?"
+                " WHERE id = ? AND status = 'queued'",
+                (json.dumps(dict(error)), time.time(), query_id),
+            )
+        return cursor.rowcount == 1
+
+    def requeue(self, query_id: str) -> bool:
+        """Give a running query back to the queue without counting the attempt (graceful shutdown)."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE queries SET status = 'queued', attempts = attempts - 1, started_at = NULL"
+                " WHERE id = ? AND status = 'running'",
+                (query_id,),
+            )
+        return cursor.rowcount == 1
+
+    def recover(self, max_attempts: int, error: Mapping[str, object]) -> Recovery:
+        """After a crash: queries left running go back to the queue while they have attempts left."""
+        with self._transaction() as db:
+            requeued = [
+                r["id"]
+                for r in db.execute(
+                    "UPDATE queries SET status = 'queued', started_at = NULL"
+                    " WHERE status = 'running' AND attempts < ? RETURNING id",
+                    (max_attempts,),
+                )
+            ]
+            failed = [
+                r["id"]
+                for r in db.execute(
+                    "UPDATE queries SET status = 'failed', error = ?, finished_at = ?"
+                    " WHERE status = 'running' RETURNING id",
+                    (json.dumps(dict(error)), time.time()),
+                )
+            ]
+        return Recovery(requeued=requeued, failed=failed)
+
+    def page(self, *, operation: str, status: str | None, limit: int, before_seq: int | None) -> list[Row]:
+        """Newest first; `before_seq` is the cursor of the previous page."""
+        clauses: list[str] = ["operation = ?"]
+        params: list[object] = [operation]
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        if before_seq is not None:
+            clauses.append("seq < ?")
+            params.append(before_seq)
+        sql = f"SELECT * FROM queries WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT ?"
+        with self._lock:
+            raws = self._db.execute(sql, (*params, limit)).fetchall()
+        return [_row(raw) for raw in raws]
+
+    def count_by_status(self) -> dict[str, int]:
+        with self._lock:
+            raws = self._db.execute("SELECT status, COUNT(*) AS n FROM queries GROUP BY status").fetchall()
+        return {raw["status"]: raw["n"] for raw in raws}

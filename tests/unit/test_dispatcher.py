@@ -1,0 +1,221 @@
+"""The dispatcher with the real SQLite store and a gated launcher.
+
+The launcher here is a test double on purpose: the property under test is the dispatcher's (cap, FIFO,
+exactly one terminal state), and each job must stay running until the test releases it. Real worker
+subprocesses run the same dispatcher in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.dispatcher import CancelResult, Dispatcher
+from controller.launchers.base import Job, Outcome
+from controller.metrics import Metrics
+from controller.store import Store
+
+pytestmark = pytest.mark.unit
+
+LIMITS = {"cpu": "1", "memory": "1Gi", "timeout_seconds": 5, "cpu_millicores": 1000, "memory_bytes": 2**30}
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+class GatedLauncher:
+    """Each job runs until `release(query_id)`; records starts, peak concurrency and cancellations."""
+
+    name = "gated"
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.cancelled: list[str] = []
+        self.active: set[str] = set()
+        self.peak = 0
+        self.gates: dict[str, asyncio.Event] = {}
+        self.changed = asyncio.Condition()
+
+    async def start(self) -> None:
+        return None
+
+    async def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+    async def run(self, job: Job) -> Outcome:
+        gate = self.gates.setdefault(job.query_id, asyncio.Event())
+        self.started.append(job.query_id)
+        self.active.add(job.query_id)
+        self.peak = max(self.peak, len(self.active))
+        await self._changed()
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(job.query_id)
+            raise
+        finally:
+            self.active.discard(job.query_id)
+            await self._changed()
+        return Outcome(result={"columns": [], "rows": [], "total_rows": 0, "truncated": False})
+
+    def release(self, query_id: str) -> None:
+        self.gates.setdefault(query_id, asyncio.Event()).set()
+
+    async def _changed(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(predicate), timeout)
+
+
+@asynccontextmanager
+async def dispatching(cap: int, db: Path) -> AsyncIterator[tuple[Dispatcher, GatedLauncher, Store]]:
+    store = Store(db)
+    launcher = GatedLauncher()
+    dispatcher = Dispatcher(store, launcher, max_concurrent=cap, max_attempts=2, metrics=Metrics(store))
+    await dispatcher.start()
+    try:
+        yield dispatcher, launcher, store
+    finally:
+        await dispatcher.stop()
+        store.close()
+
+
+def submit(store: Store, dispatcher: Dispatcher, query_id: str) -> None:
+    store.insert(query_id, "query", {"operation": "query", "sql": "SELECT 1"}, LIMITS)
+    dispatcher.notify()
+
+
+actions = st.lists(
+    st.one_of(
+        st.just(("submit", 0)),
+        st.tuples(st.just("cancel"), st.integers(min_value=0, max_value=30)),
+        st.tuples(st.just("finish"), st.integers(min_value=0, max_value=30)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cap=st.integers(min_value=1, max_value=4), script=actions)
+def test_cap_fifo_and_one_terminal_state_for_any_submit_cancel_sequence(
+    cap: int, script: list[tuple[str, int]]
+) -> None:
+    """A model of the queue predicts which queries run after each step; the dispatcher must agree."""
+
+    async def scenario(db: Path) -> None:
+        async with dispatching(cap, db) as (dispatcher, launcher, store):
+            submitted: list[str] = []
+            queue: list[str] = []
+            running: list[str] = []
+            expected: dict[str, str] = {}
+            for verb, index in script:
+                if verb == "submit":
+                    query_id = f"q{len(submitted):03}"
+                    submitted.append(query_id)
+                    queue.append(query_id)
+                    submit(store, dispatcher, query_id)
+                elif submitted:
+                    target = submitted[index % len(submitted)]
+                    if verb == "cancel":
+                        result = await dispatcher.cancel(target)
+                        if target in queue or target in running:
+                            assert result is CancelResult.CANCELLED
+                            expected[target] = "cancelled"
+                            (queue if target in queue else running).remove(target)
+                        elif expected.get(target) == "cancelled":
+                            assert result is CancelResult.CANCELLED  # a repeated DELETE is idempotent
+                        else:
+                            assert result is CancelResult.ALREADY_FINISHED
+                    elif target in running:
+                        launcher.release(target)
+                        row = await dispatcher.wait_finished(target, 5)
+                        assert row is not None and row.status == "succeeded"
+                        expected[target] = "succeeded"
+                        running.remove(target)
+                while len(running) < cap and queue:
+                    running.append(queue.pop(0))
+                await launcher.wait_for(lambda: launcher.active == set(running))
+
+            for query_id in submitted:
+                launcher.release(query_id)
+            for query_id in submitted:
+                row = await dispatcher.wait_finished(query_id, 5)
+                assert row is not None
+                assert row.status == expected.get(query_id, "succeeded"), row
+
+            assert launcher.peak <= cap
+            assert launcher.started == sorted(launcher.started), "start order must follow submission"
+            assert len(launcher.started) == len(set(launcher.started)), "a query started twice"
+            never_started = {q for q in submitted if q not in launcher.started}
+            assert all(expected.get(q) == "cancelled" for q in never_started)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(scenario(Path(tmp) / "podq.db"))
+
+
+def test_QUEUE_1_cap_of_two_starts_fifo_and_drains() -> None:
+    async def scenario(db: Path) -> None:
+        async with dispatching(2, db) as (dispatcher, launcher, store):
+            for query_id in ("a", "b", "c", "d"):
+                submit(store, dispatcher, query_id)
+            await launcher.wait_for(lambda: launcher.started == ["a", "b"])
+            assert store.get("c").status == store.get("d").status == "queued"  # type: ignore[union-attr]
+            launcher.release("b")
+            await launcher.wait_for(lambda: launcher.started == ["a", "b", "c"])
+            launcher.release("a")
+            await launcher.wait_for(lambda: launcher.started == ["a", "b", "c", "d"])
+            launcher.release("c")
+            launcher.release("d")
+            for query_id in ("a", "b", "c", "d"):
+                row = await dispatcher.wait_finished(query_id, 5)
+                assert row is not None and row.status == "succeeded"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(scenario(Path(tmp) / "podq.db"))
+
+
+def test_stop_hands_running_queries_back_to_the_queue() -> None:
+    async def scenario(db: Path) -> None:
+        async with dispatching(1, db) as (dispatcher, launcher, store):
+            submit(store, dispatcher, "a")
+            submit(store, dispatcher, "b")
+            await launcher.wait_for(lambda: launcher.active == {"a"})
+        reopened = Store(db)
+        try:
+            assert {r.id: (r.status, r.attempts) for r in (reopened.get("a"), reopened.get("b")) if r} == {
+                "a": ("queued", 0),
+                "b": ("queued", 0),
+            }
+        finally:
+            reopened.close()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(scenario(Path(tmp) / "podq.db"))
+
+
+def test_wait_finished_returns_on_the_terminal_state() -> None:
+    async def scenario(db: Path) -> None:
+        async with dispatching(1, db) as (dispatcher, launcher, store):
+            submit(store, dispatcher, "a")
+            waiter = asyncio.create_task(dispatcher.wait_finished("a", 30))
+            await launcher.wait_for(lambda: launcher.active == {"a"})
+            assert not waiter.done()
+            launcher.release("a")
+            row = await asyncio.wait_for(waiter, 5)
+            assert row is not None and row.status == "succeeded"
+            timed_out = await dispatcher.wait_finished("missing", 0.01)
+            assert timed_out is None
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(scenario(Path(tmp) / "podq.db"))
