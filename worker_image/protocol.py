@@ -111,14 +111,17 @@ def error_info(
 class WorkerError(Exception):
     """A failure the worker reports in its envelope; raised anywhere below the worker's entry point."""
 
-    def __init__(self, error_type: ErrorType, message: str, **details: Any) -> None:
+    def __init__(
+        self, error_type: ErrorType, message: str, *, retryable: bool | None = None, **details: Any
+    ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.message = message
+        self.retryable = retryable
         self.details = details
 
     def info(self) -> ErrorInfo:
-        return error_info(self.error_type, self.message, self.details)
+        return error_info(self.error_type, self.message, self.details, self.retryable)
 
 
 class DatasetRef(TypedDict):

@@ -1,0 +1,1 @@
+"""Test support: fixture data, servers and the shared pytest plugin (`tests.support.fixtures`)."""

@@ -1,0 +1,100 @@
+"""Operation `query`: check the SQL, fetch and check every dataset, run the query with polars.
+
+Each dataset is registered under its table name as a lazy parquet scan. The result is the first
+`max_rows` rows plus the total row count, computed as two lazy queries over the same plan: the head
+(polars pushes the slice down, so a plain scan reads only what it returns) and a count (polars prunes
+every column the count does not need). Neither materialises the full result, so a query over a dataset
+larger than the worker's memory can still return its first rows; the price is that a query whose
+count cannot be pruned is computed twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from worker_image.encode import describe_columns, to_rows
+from worker_image.fetch import fetch_all
+from worker_image.parquet import check_parquet
+from worker_image.protocol import DatasetRef, ErrorType, FetchOptions, WorkerError
+from worker_image.sqlguard import check_query, table_key
+
+_MISSING_COLUMN = re.compile(r'unable to find column "((?:[^"\\]|\\.)*)"; valid columns: (\[.*?\])')
+
+
+def run_query(
+    sql: str, datasets: Sequence[DatasetRef], max_rows: int, options: FetchOptions, directory: Path
+) -> dict[str, Any]:
+    names = [dataset["table_name"] for dataset in datasets]
+    _check_unique(names)
+    check_query(sql, names)
+    paths = fetch_all([dataset["url"] for dataset in datasets], options, directory)
+    for path, dataset in zip(paths, datasets, strict=True):
+        check_parquet(path, dataset["url"])
+    context = pl.SQLContext({name: pl.scan_parquet(path) for name, path in zip(names, paths, strict=True)})
+    try:
+        query = context.execute(sql)
+        head = query.head(max_rows).collect()
+        total_rows: int = query.select(pl.len()).collect().item()
+    except pl.exceptions.PolarsError as exc:
+        raise _sql_error(exc) from None
+    return {
+        "columns": describe_columns(head.schema),
+        "rows": to_rows(head),
+        "total_rows": total_rows,
+        "truncated": total_rows > head.height,
+    }
+
+
+def _check_unique(names: Sequence[str]) -> None:
+    seen: dict[str, str] = {}
+    for name in names:
+        if table_key(name) in seen:
+            raise WorkerError(
+                ErrorType.VALIDATION,
+                f"table names must be unique ignoring case: '{seen[table_key(name)]}' and '{name}' clash",
+                table=name,
+            )
+        seen[table_key(name)] = name
+
+
+def _sql_error(exc: pl.exceptions.PolarsError) -> WorkerError:
+    message = _summary(str(exc))
+    if isinstance(exc, pl.exceptions.ColumnNotFoundError) and (match := _MISSING_COLUMN.search(message)):
+        column = _unquote(match.group(1))
+        available = ", ".join(_column_list(match.group(2)))
+        hint = message[match.end() :].strip()
+        text = f"column '{column}' not found; available columns: {available}" + (f". {hint}" if hint else "")
+        return WorkerError(ErrorType.SQL, text, column=column)
+    return WorkerError(ErrorType.SQL, message, polars_error=type(exc).__name__)
+
+
+def _summary(message: str) -> str:
+    """Polars' message without the query plan and context stack it appends (they name temp files)."""
+    kept = []
+    for paragraph in message.split("\n\n"):
+        if paragraph.startswith(("Resolved plan until failure", "This error occurred with")):
+            break
+        kept.append(paragraph.strip())
+    return " ".join(kept)
+
+
+def _unquote(debug_text: str) -> str:
+    try:
+        value: str = json.loads(f'"{debug_text}"')
+    except ValueError:
+        return debug_text
+    return value
+
+
+def _column_list(debug_list: str) -> list[str]:
+    try:
+        columns: list[str] = json.loads(debug_list)
+    except ValueError:
+        return [debug_list]
+    return columns
