@@ -1,0 +1,134 @@
+"""What a local worker process gets before it runs: its environment, and what the forked child does
+before it execs the worker (death signal, cgroup, resource limits).
+
+Address-space cap (the "rlimit" fallback, where no cgroup is writable). RLIMIT_AS counts reserved
+address space, not memory used, and a polars process reserves far more than it touches. Measured with
+this worker (polars 2.1, Python 3.11, glibc 2.36; the smallest cap under which a one-table count and a
+two-table join over the fixture files still succeed): 0.6-2.1 GiB with one polars thread, 2.2-2.5 GiB
+with 2 to 16, almost all of it glibc's per-thread malloc arenas (64 MiB each, reserved, never touched).
+With ``MALLOC_ARENA_MAX=2``: 462 MiB at 1 thread, 478 at 2, 494 at 4, 518 at 8, 693 at 16. So in rlimit
+mode the worker runs with two arenas and a cap of ``memory limit + 512 MiB + 24 MiB * polars threads``:
+the query gets roughly its memory limit on top of what the interpreter and libraries reserve, and a
+trivial query runs under any limit. It is an approximation; the cgroup mode caps resident memory exactly.
+Near the cap polars does not always fail cleanly: besides aborting on a failed allocation, it was seen
+to deadlock, which the launcher can only report as a ``timeout`` at the deadline.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import resource
+import signal
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import worker_image
+from worker_image.protocol import REQUEST_ENV, TERMINATION_MESSAGE_ENV, TEST_HOOKS_ENV
+
+__all__ = [
+    "DEFAULT_INHERITED_ENV",
+    "MAX_ENV_STRING_BYTES",
+    "address_space_limit",
+    "child_setup",
+    "encode_request",
+    "polars_threads",
+    "request_env_bytes",
+    "worker_env",
+]
+
+RLIMIT_AS_BASE_BYTES = 512 * 2**20
+RLIMIT_AS_PER_THREAD_BYTES = 24 * 2**20
+MALLOC_ARENAS_UNDER_RLIMIT = 2
+
+# All a worker takes from the controller's environment; no credentials, no settings. (The worker
+# ignores proxy and CA-bundle variables anyway: it fetches with httpx's trust_env off.)
+DEFAULT_INHERITED_ENV = ("PATH", "TZ")
+
+# Linux's MAX_ARG_STRLEN: the longest single "NAME=value" string execve accepts.
+MAX_ENV_STRING_BYTES = 128 * 1024
+
+# The directory holding the `worker_image` package the controller runs, so the worker is the same code.
+_PACKAGE_ROOT = Path(worker_image.__file__).resolve().parent.parent
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def encode_request(request: Mapping[str, Any]) -> str:
+    """The request as the worker gets it: compact, and UTF-8 rather than escapes (an env var is bounded)."""
+    return json.dumps(request, ensure_ascii=False, separators=(",", ":"))
+
+
+def request_env_bytes(request_json: str) -> int:
+    """How much of `MAX_ENV_STRING_BYTES` the request's environment variable takes."""
+    return len(f"{REQUEST_ENV}={request_json}".encode()) + 1
+
+
+def polars_threads(cpu_millicores: int) -> int:
+    return max(1, math.ceil(cpu_millicores / 1000))
+
+
+def address_space_limit(memory_bytes: int, threads: int) -> int:
+    return memory_bytes + RLIMIT_AS_BASE_BYTES + RLIMIT_AS_PER_THREAD_BYTES * threads
+
+
+def worker_env(
+    *,
+    request_json: str,
+    scratch: Path,
+    termination_log: Path,
+    threads: int,
+    test_hooks: bool,
+    rlimit: bool,
+    inherited: Iterable[str],
+) -> dict[str, str]:
+    env = {name: os.environ[name] for name in inherited if name in os.environ}
+    env.update(
+        {
+            "PYTHONPATH": str(_PACKAGE_ROOT),
+            # The envelope's length and checksum are over UTF-8 bytes, whatever the host's locale.
+            "PYTHONUTF8": "1",
+            "HOME": str(scratch),
+            "TMPDIR": str(scratch),
+            "POLARS_MAX_THREADS": str(threads),
+            REQUEST_ENV: request_json,
+            TERMINATION_MESSAGE_ENV: str(termination_log),
+        }
+    )
+    if test_hooks:
+        env[TEST_HOOKS_ENV] = "1"
+    if rlimit:
+        env["MALLOC_ARENA_MAX"] = str(MALLOC_ARENAS_UNDER_RLIMIT)
+    return env
+
+
+def child_setup(*, cgroup_procs: Path | None, address_space_bytes: int | None) -> Callable[[], None]:
+    """The `preexec_fn`: runs in the forked child, after `setsid` and before exec."""
+    parent = os.getpid()
+    procs = os.fsencode(cgroup_procs) if cgroup_procs is not None else None
+    sigkill = int(signal.SIGKILL)
+
+    def setup() -> None:
+        # Between fork and exec: system calls only, no logging, no imports, no locks.
+        # The death signal fires when the forking *thread* ends; asyncio forks from the event loop's
+        # thread, which lives as long as the controller.
+        if _libc.prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() != parent:
+            # The controller died before the death signal was armed.
+            os._exit(1)
+        if procs is not None:
+            # Joined before exec, so every byte the worker allocates is charged to its own cgroup.
+            fd = os.open(procs, os.O_WRONLY)
+            try:
+                os.write(fd, str(os.getpid()).encode())
+            finally:
+                os.close(fd)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if address_space_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space_bytes, address_space_bytes))
+
+    return setup

@@ -1,0 +1,211 @@
+"""How the end of a local worker process becomes an `Outcome`: a pure function, checked in a fixed order.
+
+1. The launcher killed it at its deadline                     -> ``timeout``
+2. The launcher killed it because the launcher was closing   -> ``internal`` (retryable)
+3. Evidence that it ran out of memory                         -> ``memory``
+   - cgroup: the job cgroup's OOM-kill counter moved, or the worker died of a SIGKILL the launcher did
+     not send while the cgroup had hit its limit (failcnt > 0);
+   - rlimit: the worker died without a result (a signal, or an exit code that is neither 0 nor a
+     protocol code) and its stderr shows an allocation failure. Under RLIMIT_AS an allocation fails
+     instead of the kernel killing anything: polars (Rust) prints "memory allocation of N bytes failed"
+     and aborts, Arrow (C++) dies of an uncaught ``std::bad_alloc``, Python raises ``MemoryError``.
+     A SIGSEGV/SIGABRT without such a line stays a ``crash``: the launcher cannot see how close to
+     the cap a dead process was, and a genuine segfault must not be reported as a memory problem.
+4. A result envelope too large for the launcher to hold       -> ``internal``
+5. A valid envelope whose exit code agrees with it (ok and exit 0, an error and `EXIT_USER_ERROR` or
+   `EXIT_INTERNAL_ERROR`)                                    -> its result or its error
+6. No usable envelope, but a protocol exit code and an error in the termination-message file
+                                                              -> that error
+7. Anything else                                              -> ``crash``, with the exit code or signal
+   name, why the envelope was unusable, and the last lines of stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from controller.launchers.base import Outcome
+from worker_image.protocol import (
+    EXIT_INTERNAL_ERROR,
+    EXIT_USER_ERROR,
+    EnvelopeError,
+    ErrorInfo,
+    ErrorType,
+    decode_envelope,
+    error_info,
+)
+
+__all__ = ["KillReason", "MemoryEvidence", "WorkerEnd", "classify", "stderr_excerpt"]
+
+KillReason = Literal["deadline", "shutdown"]
+Enforcement = Literal["cgroup", "rlimit"]
+
+STDERR_EXCERPT_LINES = 20
+STDERR_EXCERPT_CHARS = 2000
+ALLOCATION_FAILURE_MARKERS = (
+    "memory allocation of",
+    "std::bad_alloc",
+    "MemoryError",
+    "Cannot allocate memory",
+)
+_PROTOCOL_ERROR_CODES = (EXIT_USER_ERROR, EXIT_INTERNAL_ERROR)
+_ERROR_TYPES = frozenset(item.value for item in ErrorType)
+
+
+@dataclass(frozen=True)
+class MemoryEvidence:
+    enforcement: Enforcement
+    limit_bytes: int
+    # cgroup counters; zero under rlimit.
+    oom_kills: int = 0
+    failcnt: int = 0
+    peak_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkerEnd:
+    """What the launcher saw of one worker process, from spawn to reaping."""
+
+    pid: int
+    # As `Popen.returncode`: negative for a death by signal.
+    returncode: int
+    killed_for: KillReason | None
+    timeout_seconds: float
+    # The last stdout line carrying the envelope marker, if any.
+    envelope_line: str | None
+    # The last envelope line was longer than the launcher keeps; `envelope_line` is then None.
+    envelope_oversized: bool
+    stderr_tail: str
+    termination_message: str | None
+    memory: MemoryEvidence
+
+
+def classify(end: WorkerEnd) -> Outcome:
+    outcome = _decide(end)
+    outcome.placement = {
+        "kind": "local",
+        "pid": end.pid,
+        **_exit_details(end.returncode),
+        "memory_enforcement": end.memory.enforcement,
+    }
+    return outcome
+
+
+def stderr_excerpt(tail: str) -> str:
+    """The last lines of a worker's stderr, bounded for error details and logs."""
+    lines = tail.rstrip("\n").split("\n")[-STDERR_EXCERPT_LINES:]
+    return "\n".join(lines)[-STDERR_EXCERPT_CHARS:]
+
+
+def _decide(end: WorkerEnd) -> Outcome:
+    if end.killed_for == "deadline":
+        message = f"the query did not finish within its deadline of {end.timeout_seconds:g} seconds"
+        return Outcome(error=error_info(ErrorType.TIMEOUT, message, {"timeout_seconds": end.timeout_seconds}))
+    if end.killed_for == "shutdown":
+        message = "the controller stopped while the query was running"
+        return Outcome(error=error_info(ErrorType.INTERNAL, message, retryable=True))
+    if _out_of_memory(end):
+        return Outcome(error=_memory_error(end))
+    if end.envelope_oversized:
+        message = "the worker's result is larger than the local launcher accepts"
+        return Outcome(error=error_info(ErrorType.INTERNAL, message, retryable=False))
+    try:
+        return _from_envelope(end)
+    except EnvelopeError as exc:
+        problem = str(exc)
+    if end.returncode in _PROTOCOL_ERROR_CODES:
+        info = _termination_error(end.termination_message)
+        if info is not None:
+            return Outcome(error=info)
+    details = {
+        **_exit_details(end.returncode),
+        "envelope_problem": problem,
+        "stderr_tail": stderr_excerpt(end.stderr_tail),
+    }
+    message = f"the worker {_death(end)} without a usable result"
+    return Outcome(error=error_info(ErrorType.CRASH, message, details))
+
+
+def _out_of_memory(end: WorkerEnd) -> bool:
+    evidence = end.memory
+    if evidence.enforcement == "cgroup":
+        killed = end.returncode == -signal.SIGKILL
+        return evidence.oom_kills > 0 or (killed and evidence.failcnt > 0)
+    died_without_result = end.returncode not in (0, *_PROTOCOL_ERROR_CODES)
+    return died_without_result and any(marker in end.stderr_tail for marker in ALLOCATION_FAILURE_MARKERS)
+
+
+def _memory_error(end: WorkerEnd) -> ErrorInfo:
+    evidence = end.memory
+    details: dict[str, Any] = {
+        "limit_bytes": evidence.limit_bytes,
+        "enforcement": evidence.enforcement,
+        **_exit_details(end.returncode),
+    }
+    if evidence.peak_bytes is not None:
+        details["peak_bytes"] = evidence.peak_bytes
+    mib = evidence.limit_bytes / 2**20
+    return error_info(ErrorType.MEMORY, f"the query ran out of memory (limit {mib:g} MiB)", details)
+
+
+def _from_envelope(end: WorkerEnd) -> Outcome:
+    """The envelope's outcome; `EnvelopeError` when it is missing, garbled or contradicted by the exit."""
+    if end.envelope_line is None:
+        raise EnvelopeError("no result envelope in the worker output")
+    payload = decode_envelope(end.envelope_line)
+    if payload["ok"] is True:
+        result = payload.get("result")
+        if not isinstance(result, dict):
+            raise EnvelopeError("the result envelope holds no result")
+        if end.returncode == 0:
+            return Outcome(result=result)
+        raise EnvelopeError(f"the worker wrote a result but {_death(end)}")
+    info = _as_error_info(payload.get("error"))
+    if info is None:
+        raise EnvelopeError("the error envelope holds no valid error")
+    if end.returncode in _PROTOCOL_ERROR_CODES:
+        return Outcome(error=info)
+    raise EnvelopeError(f"the worker wrote an error but {_death(end)}")
+
+
+def _termination_error(text: str | None) -> ErrorInfo | None:
+    if not text:
+        return None
+    try:
+        return _as_error_info(json.loads(text))
+    except ValueError:
+        return None
+
+
+def _as_error_info(value: object) -> ErrorInfo | None:
+    if not isinstance(value, dict) or value.get("error_type") not in _ERROR_TYPES:
+        return None
+    details = value.get("details")
+    return error_info(
+        ErrorType(value["error_type"]),
+        str(value.get("message", "")),
+        details if isinstance(details, dict) else {},
+        value.get("retryable") if isinstance(value.get("retryable"), bool) else None,
+    )
+
+
+def _exit_details(returncode: int) -> dict[str, Any]:
+    if returncode < 0:
+        return {"signal": _signal_name(-returncode)}
+    return {"exit_code": returncode}
+
+
+def _death(end: WorkerEnd) -> str:
+    if end.returncode < 0:
+        return f"was killed by {_signal_name(-end.returncode)}"
+    return f"exited with code {end.returncode}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

@@ -1,0 +1,558 @@
+"""The local launcher with real `python -m worker_image` subprocesses against the real file server.
+
+Tests taking `local_launcher` run once per memory enforcement mode (cgroup where writable, and rlimit).
+After every job: no process of its session is alive, its scratch directory and its cgroup are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from controller.launchers.base import Job, Limits, Outcome
+from controller.launchers.cgroups import CgroupUnavailable
+from controller.launchers.local import LocalLauncher, MemoryEnforcement
+from controller.launchers.local_child import DEFAULT_INHERITED_ENV, address_space_limit
+from tests.support.fixtures import REPO_ROOT, query_request
+from tests.support.leaks import Proc, live_workers, read_proc, session_members
+from tests.support.waiting import wait_until, wait_until_async
+from worker_image.protocol import WorkerRequest
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_worker_leaks")]
+
+MakeLauncher = Callable[..., LocalLauncher]
+MIB = 2**20
+
+SIMPLE_SQL = "SELECT name FROM table1 WHERE id > 5 ORDER BY id"
+SIMPLE_ROWS = [["item_6"], ["item_7"], ["item_8"], ["item_9"]]
+# 8e9 rows through a filter: a minute of CPU on two threads, in constant memory (streamed).
+SLOW_SQL = (
+    "SELECT count(*) AS n FROM table2 a CROSS JOIN table2 b CROSS JOIN table2 c "
+    "WHERE a.id + b.val + c.id = -1"
+)
+# 400 million distinct groups: gigabytes of hash table, reached within a second.
+HUNGRY_SQL = (
+    "SELECT a.id AS x, b.id AS y, c.id AS z, count(*) AS n "
+    "FROM table2 a CROSS JOIN table2 b CROSS JOIN (SELECT id FROM table2 LIMIT 100) c GROUP BY 1, 2, 3"
+)
+
+
+def make_job(
+    request: dict[str, Any], *, memory_mib: int = 512, timeout: float = 30, cpu_millicores: int = 2000
+) -> Job:
+    limits = Limits(cpu_millicores=cpu_millicores, memory_bytes=memory_mib * MIB, timeout_seconds=timeout)
+    query_id = f"test-{uuid.uuid4().hex[:12]}"
+    return Job(query_id=query_id, attempt=1, request=cast(WorkerRequest, request), limits=limits)
+
+
+def with_debug(request: dict[str, Any], **debug: Any) -> dict[str, Any]:
+    return {**request, "debug": debug}
+
+
+def error_of(outcome: Outcome, error_type: str) -> dict[str, Any]:
+    assert outcome.error is not None, outcome
+    assert outcome.error["error_type"] == error_type, outcome.error
+    return dict(outcome.error)
+
+
+def rows_of(outcome: Outcome) -> list[list[Any]]:
+    assert outcome.error is None, outcome.error
+    assert outcome.result is not None
+    rows: list[list[Any]] = outcome.result["rows"]
+    return rows
+
+
+def assert_left_nothing(launcher: LocalLauncher, job: Job, worker_pid: int, work_dir: Path) -> None:
+    assert session_members(worker_pid) == []
+    worker = read_proc(worker_pid)
+    assert worker is None or worker.sid != worker_pid
+    assert listing(work_dir) == []
+    if launcher.cgroup_parent is not None:
+        assert [path for path in launcher.cgroup_parent.iterdir() if job.query_id in path.name] == []
+
+
+def listing(directory: Path) -> list[str] | None:
+    """The names in `directory`, or None if there is no such directory."""
+    return sorted(path.name for path in directory.iterdir()) if directory.is_dir() else None
+
+
+def cgroup_of(launcher: LocalLauncher, job: Job) -> tuple[int, int]:
+    """The one process in `job`'s cgroup, and the cgroup's memory limit."""
+    assert launcher.cgroup_parent is not None
+    [path] = [path for path in launcher.cgroup_parent.iterdir() if job.query_id in path.name]
+    [pid] = (path / "cgroup.procs").read_text().split()
+    limit = path / "memory.max" if (path / "memory.max").exists() else path / "memory.limit_in_bytes"
+    return int(pid), int(limit.read_text())
+
+
+def address_space_cap(pid: int) -> int:
+    limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
+    return int(next(line for line in limits if line.startswith("Max address space")).split()[3])
+
+
+async def first_worker() -> Proc:
+    workers = await wait_until_async(live_workers, "a worker process to start")
+    return workers[0]
+
+
+# ---------------------------------------------------------------- TIMEOUT
+
+
+def test_TIMEOUT_1_slow_query_is_killed_at_its_deadline(
+    local_launcher: MakeLauncher, sample_datasets: list[dict[str, str]], tmp_path: Path
+) -> None:
+    job = make_job(query_request(SLOW_SQL, sample_datasets), memory_mib=1024, timeout=2)
+
+    async def scenario() -> tuple[Outcome, float]:
+        async with local_launcher() as launcher:
+            started = time.monotonic()
+            outcome = await launcher.run(job)
+            elapsed = time.monotonic() - started
+            assert_left_nothing(launcher, job, outcome.placement["pid"], tmp_path / "scratch")
+            return outcome, elapsed
+
+    outcome, elapsed = asyncio.run(scenario())
+
+    error = error_of(outcome, "timeout")
+    assert error["details"] == {"timeout_seconds": 2}
+    assert error["retryable"] is False
+    assert outcome.placement["signal"] == "SIGKILL"
+    # Not cut short. That it was killed at the deadline is what `timeout` and SIGKILL above say; an upper
+    # bound on wall time would only make the test flaky on a busy machine.
+    assert elapsed >= 2
+
+
+def test_TIMEOUT_2_simple_query_succeeds_right_after_a_timeout(
+    local_launcher: MakeLauncher, sample_datasets: list[dict[str, str]]
+) -> None:
+    async def scenario() -> tuple[Outcome, Outcome]:
+        async with local_launcher() as launcher:
+            slow = await launcher.run(
+                make_job(query_request(SLOW_SQL, sample_datasets), memory_mib=1024, timeout=2)
+            )
+            simple = await launcher.run(make_job(query_request(SIMPLE_SQL, sample_datasets), timeout=30))
+            return slow, simple
+
+    slow, simple = asyncio.run(scenario())
+
+    error_of(slow, "timeout")
+    assert rows_of(simple) == SIMPLE_ROWS
+    assert simple.placement["exit_code"] == 0
+
+
+# ---------------------------------------------------------------- MEM
+
+
+def test_MEM_1_query_materialising_beyond_its_limit_fails_with_memory(
+    local_launcher: MakeLauncher,
+    memory_enforcement: str,
+    sample_datasets: list[dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    job = make_job(query_request(HUNGRY_SQL, sample_datasets), memory_mib=256, timeout=30)
+
+    async def scenario() -> Outcome:
+        async with local_launcher() as launcher:
+            outcome = await launcher.run(job)
+            assert_left_nothing(launcher, job, outcome.placement["pid"], tmp_path / "scratch")
+            return outcome
+
+    outcome = asyncio.run(scenario())
+
+    error = error_of(outcome, "memory")
+    assert error["details"]["limit_bytes"] == 256 * MIB
+    assert error["details"]["enforcement"] == memory_enforcement
+    assert error["retryable"] is False
+    assert outcome.placement["memory_enforcement"] == memory_enforcement
+
+
+def test_MEM_1_allocation_beyond_the_limit_fails_with_memory(
+    local_launcher: MakeLauncher, memory_enforcement: str, sample_datasets: list[dict[str, str]]
+) -> None:
+    # Beyond the limit under either mode: the rlimit mode adds the interpreter's reservations to it.
+    job = make_job(with_debug(query_request(SIMPLE_SQL, sample_datasets), allocate_mb=1024), memory_mib=256)
+
+    async def scenario() -> Outcome:
+        async with local_launcher() as launcher:
+            return await launcher.run(job)
+
+    outcome = asyncio.run(scenario())
+
+    error_of(outcome, "memory")
+    assert outcome.placement["memory_enforcement"] == memory_enforcement
+
+
+def test_MEM_2_simple_query_succeeds_after_running_out_of_memory(
+    local_launcher: MakeLauncher, sample_datasets: list[dict[str, str]]
+) -> None:
+    async def scenario() -> tuple[Outcome, Outcome]:
+        async with local_launcher() as launcher:
+            hungry = await launcher.run(make_job(query_request(HUNGRY_SQL, sample_datasets), memory_mib=256))
+            simple = await launcher.run(make_job(query_request(SIMPLE_SQL, sample_datasets), memory_mib=256))
+            return hungry, simple
+
+    hungry, simple = asyncio.run(scenario())
+
+    error_of(hungry, "memory")
+    assert rows_of(simple) == SIMPLE_ROWS
+
+
+# ---------------------------------------------------------------- CRASH
+
+
+@pytest.mark.parametrize(
+    ("crash", "how"),
+    [("exit", {"exit_code": 1}), ("segv", {"signal": "SIGSEGV"}), ("abort", {"signal": "SIGABRT"})],
+)
+def test_CRASH_1_worker_death_is_a_crash_then_the_next_query_succeeds(
+    local_launcher: MakeLauncher, sample_datasets: list[dict[str, str]], crash: str, how: dict[str, Any]
+) -> None:
+    async def scenario() -> tuple[Outcome, Outcome]:
+        async with local_launcher() as launcher:
+            crashed = await launcher.run(
+                make_job(with_debug(query_request(SIMPLE_SQL, sample_datasets), crash=crash))
+            )
+            simple = await launcher.run(make_job(query_request(SIMPLE_SQL, sample_datasets)))
+            return crashed, simple
+
+    crashed, simple = asyncio.run(scenario())
+
+    error = error_of(crashed, "crash")
+    assert how.items() <= error["details"].items()
+    assert how.items() <= crashed.placement.items()
+    assert error["details"]["envelope_problem"] == "no result envelope in the worker output"
+    assert error["retryable"] is True
+    assert rows_of(simple) == SIMPLE_ROWS
+
+
+def test_CRASH_2_nothing_of_a_crashed_job_reaches_the_next(
+    local_launcher: MakeLauncher, sample_datasets: list[dict[str, str]], tmp_path: Path
+) -> None:
+    sleeper = with_debug(query_request(SIMPLE_SQL, sample_datasets), sleep_seconds=60)
+
+    async def scenario() -> None:
+        async with local_launcher() as launcher:
+            # The first worker leaves something in its scratch directory, then dies of a real SIGSEGV.
+            first = asyncio.create_task(launcher.run(make_job(sleeper)))
+            worker = await first_worker()
+            first_tmp = Path(worker.environ()["TMPDIR"])
+            (first_tmp / "half-downloaded.parquet").write_bytes(b"PAR1")
+            os.kill(worker.pid, signal.SIGSEGV)
+            crashed = await first
+            assert error_of(crashed, "crash")["details"]["signal"] == "SIGSEGV"
+            assert listing(first_tmp) is None
+
+            second = asyncio.create_task(launcher.run(make_job(sleeper)))
+            worker = await first_worker()
+            second_tmp = Path(worker.environ()["TMPDIR"])
+            assert second_tmp != first_tmp
+            assert listing(second_tmp) == []
+            assert listing(tmp_path / "scratch") == [second_tmp.parent.name]
+            second.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await second
+
+            assert (
+                rows_of(await launcher.run(make_job(query_request(SIMPLE_SQL, sample_datasets))))
+                == SIMPLE_ROWS
+            )
+
+    asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------- POOL
+
+
+@pytest.fixture
+def python_with_grandchild(tmp_path: Path) -> tuple[str, Path]:
+    """An interpreter that leaves a process behind: it starts a `sleep` in its session, then execs Python.
+
+    Returns the interpreter to give the launcher and the file the grandchild's pid is written to.
+    """
+    pid_file = tmp_path / "grandchild.pid"
+    script = tmp_path / "python-with-grandchild"
+    lines = ["#!/bin/sh", "sleep 300 &", f"echo $! > {shlex.quote(str(pid_file))}"]
+    lines.append(f'exec {shlex.quote(sys.executable)} "$@"')
+    script.write_text("\n".join(lines) + "\n")
+    script.chmod(0o755)
+    return str(script), pid_file
+
+
+ENDINGS: dict[str, tuple[dict[str, Any], dict[str, Any], str | None]] = {
+    # ending: (debug hooks, limits, expected error_type)
+    "success": ({}, {}, None),
+    "timeout": ({"sleep_seconds": 60}, {"timeout": 1}, "timeout"),
+    "crash": ({"crash": "segv"}, {}, "crash"),
+    "memory": ({"allocate_mb": 1024}, {"memory_mib": 256}, "memory"),
+    "cancel": ({"sleep_seconds": 60}, {}, None),
+}
+
+
+@pytest.mark.parametrize("ending", list(ENDINGS))
+def test_POOL_3_no_process_cgroup_or_scratch_outlives_a_job(
+    local_launcher: MakeLauncher,
+    python_with_grandchild: tuple[str, Path],
+    sample_datasets: list[dict[str, str]],
+    tmp_path: Path,
+    ending: str,
+) -> None:
+    python, grandchild_pid_file = python_with_grandchild
+    debug, limits, error_type = ENDINGS[ending]
+    request = query_request(SIMPLE_SQL, sample_datasets)
+    job = make_job(with_debug(request, **debug) if debug else request, **limits)
+
+    async def scenario() -> None:
+        async with local_launcher(python=python) as launcher:
+            if ending == "cancel":
+                task = asyncio.create_task(launcher.run(job))
+                worker_pid = (await first_worker()).pid
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            else:
+                outcome = await launcher.run(job)
+                if error_type is None:
+                    assert rows_of(outcome) == SIMPLE_ROWS
+                else:
+                    error_of(outcome, error_type)
+                worker_pid = outcome.placement["pid"]
+            assert_left_nothing(launcher, job, worker_pid, tmp_path / "scratch")
+
+    asyncio.run(scenario())
+
+    grandchild = read_proc(int(grandchild_pid_file.read_text()))
+    assert grandchild is None or grandchild.state == "Z"
+
+
+CONTROLLER_SCRIPT = """
+import asyncio, json, sys
+from pathlib import Path
+from controller.launchers.base import Job, Limits
+from controller.launchers.local import LocalLauncher, MemoryEnforcement
+
+async def main():
+    work_dir, mode = Path(sys.argv[1]), sys.argv[2]
+    launcher = LocalLauncher(work_dir=work_dir, enable_test_hooks=True, memory_enforcement=mode)
+    await launcher.start()
+    await launcher.run(Job("orphan-check", 1, json.loads(sys.argv[3]), Limits(1000, 256 * 2**20, 600)))
+
+asyncio.run(main())
+"""
+
+
+def test_POOL_3_killing_the_controller_kills_its_workers_and_the_next_one_cleans_up(
+    memory_enforcement: str, sample_datasets: list[dict[str, str]], tmp_path: Path
+) -> None:
+    work_dir = tmp_path / "scratch"
+    request = with_debug(query_request(SIMPLE_SQL, sample_datasets), sleep_seconds=300)
+    with (tmp_path / "controller.log").open("wb") as log:
+        controller = subprocess.Popen(
+            [sys.executable, "-c", CONTROLLER_SCRIPT, str(work_dir), memory_enforcement, json.dumps(request)],
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        worker = wait_until(
+            lambda: live_workers(controller.pid), "the controller's worker to start", within=30
+        )[0]
+        controller.kill()
+        controller.wait()
+        wait_until(lambda: not session_members(worker.pid), "the orphaned worker to die")
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+            controller.wait()
+    left_behind = [path.name for path in work_dir.iterdir()]
+    assert len(left_behind) == 1 and "orphan-check" in left_behind[0]
+
+    async def next_controller() -> Path | None:
+        mode = cast(MemoryEnforcement, memory_enforcement)
+        async with LocalLauncher(work_dir=work_dir, memory_enforcement=mode) as launcher:
+            return launcher.cgroup_parent
+
+    cgroup_parent = asyncio.run(next_controller())
+
+    assert list(work_dir.iterdir()) == []
+    if cgroup_parent is not None:
+        assert [path for path in cgroup_parent.iterdir() if "orphan-check" in path.name] == []
+
+
+def test_POOL_3_close_kills_running_jobs(
+    local_launcher: MakeLauncher, sample_datasets: list[dict[str, str]], tmp_path: Path
+) -> None:
+    job = make_job(with_debug(query_request(SIMPLE_SQL, sample_datasets), sleep_seconds=60))
+
+    async def scenario() -> None:
+        launcher = local_launcher()
+        await launcher.start()
+        task = asyncio.create_task(launcher.run(job))
+        worker = await first_worker()
+        await launcher.close()
+        outcome = await task
+        error = error_of(outcome, "internal")
+        assert error["retryable"] is True
+        assert not await launcher.ready()
+        assert_left_nothing(launcher, job, worker.pid, tmp_path / "scratch")
+
+    asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------- how a worker is set up
+
+
+def test_the_worker_runs_in_its_own_session_with_an_explicit_environment_and_its_memory_cap(
+    local_launcher: MakeLauncher,
+    memory_enforcement: str,
+    sample_datasets: list[dict[str, str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PODQ_TEST_CONTROLLER_SECRET", "must not reach the worker")
+    job = make_job(
+        with_debug(query_request(SIMPLE_SQL, sample_datasets), sleep_seconds=60),
+        memory_mib=300,
+        cpu_millicores=1500,
+    )
+
+    async def scenario() -> tuple[Proc, dict[str, str]]:
+        async with local_launcher() as launcher:
+            task = asyncio.create_task(launcher.run(job))
+            worker = await first_worker()
+            environ = worker.environ()
+            if launcher.cgroup_parent is not None:
+                assert cgroup_of(launcher, job) == (worker.pid, 300 * MIB)
+            else:
+                assert address_space_cap(worker.pid) == address_space_limit(300 * MIB, 2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return worker, environ
+
+    worker, environ = asyncio.run(scenario())
+
+    assert worker.sid == worker.pid == worker.pgid
+    assert worker.cmdline[1:] == ("-m", "worker_image")
+    assert "PODQ_TEST_CONTROLLER_SECRET" not in environ
+    expected_names = {
+        *DEFAULT_INHERITED_ENV,
+        "PYTHONPATH",
+        "PYTHONUTF8",
+        "HOME",
+        "TMPDIR",
+        "POLARS_MAX_THREADS",
+        "PODQ_REQUEST",
+        "PODQ_TERMINATION_MESSAGE_PATH",
+        "PODQ_ENABLE_TEST_HOOKS",
+    }
+    if memory_enforcement == "rlimit":
+        expected_names.add("MALLOC_ARENA_MAX")
+    assert set(environ) <= expected_names
+    assert environ["POLARS_MAX_THREADS"] == "2"
+    assert environ["PODQ_ENABLE_TEST_HOOKS"] == "1"
+    assert json.loads(environ["PODQ_REQUEST"]) == job.request
+    scratch = tmp_path / "scratch"
+    assert Path(environ["TMPDIR"]).is_relative_to(scratch)
+    assert Path(environ["PODQ_TERMINATION_MESSAGE_PATH"]).is_relative_to(scratch)
+
+
+def test_test_hooks_are_off_unless_enabled(
+    local_launcher: MakeLauncher, sample_datasets: list[dict[str, str]]
+) -> None:
+    async def scenario() -> Outcome:
+        async with local_launcher(enable_test_hooks=False) as launcher:
+            return await launcher.run(
+                make_job(with_debug(query_request(SIMPLE_SQL, sample_datasets), crash="segv"))
+            )
+
+    error = error_of(asyncio.run(scenario()), "validation")
+    assert "test hooks are disabled" in error["message"]
+
+
+def test_stray_stdout_and_a_truncated_result_come_through(
+    local_launcher: MakeLauncher, sample_datasets: list[dict[str, str]]
+) -> None:
+    # Several pipe reads' worth, within what one environment variable (the request) may hold.
+    noise = "PODQ-RESULT-V1 not an envelope " + "x" * 100_000
+    request = with_debug(
+        query_request("SELECT id, val FROM table2 ORDER BY id", sample_datasets), stdout_noise=noise
+    )
+
+    async def scenario() -> Outcome:
+        async with local_launcher() as launcher:
+            return await launcher.run(make_job(request))
+
+    outcome = asyncio.run(scenario())
+
+    rows = rows_of(outcome)
+    assert outcome.result is not None
+    assert (len(rows), outcome.result["total_rows"], outcome.result["truncated"]) == (1000, 2000, True)
+    assert rows[-1] == [999, 1998]
+
+
+def test_a_worker_flooding_stderr_neither_stalls_nor_bloats_the_launcher(
+    local_launcher: MakeLauncher, sample_datasets: list[dict[str, str]], tmp_path: Path
+) -> None:
+    # 8 MiB of stderr before the worker even starts: far beyond a pipe's buffer.
+    script = tmp_path / "python-flooding-stderr"
+    lines = ["#!/bin/sh", "head -c 8388608 /dev/zero | tr '\\0' e >&2", "echo >&2; echo last words >&2"]
+    lines.append(f'exec {shlex.quote(sys.executable)} "$@"')
+    script.write_text("\n".join(lines) + "\n")
+    script.chmod(0o755)
+    request = query_request(SIMPLE_SQL, sample_datasets)
+
+    async def scenario() -> tuple[Outcome, Outcome]:
+        async with local_launcher(python=str(script)) as launcher:
+            ok = await launcher.run(make_job(request))
+            crashed = await launcher.run(make_job(with_debug(request, crash="exit")))
+            return ok, crashed
+
+    ok, crashed = asyncio.run(scenario())
+
+    assert rows_of(ok) == SIMPLE_ROWS
+    tail = error_of(crashed, "crash")["details"]["stderr_tail"]
+    assert tail.endswith("\nlast words")
+    assert len(tail) <= 2000
+
+
+def test_a_request_too_large_for_the_environment_is_refused_without_a_worker(
+    local_launcher: MakeLauncher, sample_datasets: list[dict[str, str]], tmp_path: Path
+) -> None:
+    sql = "SELECT 1 AS x -- " + "padding " * 20_000
+
+    async def scenario() -> Outcome:
+        async with local_launcher() as launcher:
+            return await launcher.run(make_job(query_request(sql, sample_datasets)))
+
+    error = error_of(asyncio.run(scenario()), "validation")
+    assert error["details"]["limit_bytes"] == 128 * 1024
+    assert error["details"]["request_bytes"] > 128 * 1024
+    assert listing(tmp_path / "scratch") == []
+
+
+def test_cgroup_mode_refuses_to_start_without_a_cgroup_and_auto_falls_back_to_rlimit(tmp_path: Path) -> None:
+    not_a_cgroup = tmp_path / "not-a-cgroup"
+
+    async def scenario() -> str:
+        with pytest.raises(CgroupUnavailable):
+            await LocalLauncher(
+                work_dir=tmp_path / "a", memory_enforcement="cgroup", cgroup_parent=not_a_cgroup
+            ).start()
+        async with LocalLauncher(
+            work_dir=tmp_path / "b", memory_enforcement="auto", cgroup_parent=not_a_cgroup
+        ) as auto:
+            return auto.memory_enforcement
+
+    assert asyncio.run(scenario()) == "rlimit"
