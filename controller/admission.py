@@ -5,6 +5,7 @@ Pure: no I/O. A request over a cap raises `Rejected`, which the API answers with
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,11 +14,18 @@ from controller.quantity import parse_cpu_millicores, parse_memory_bytes
 from controller.settings import Settings
 from worker_image.protocol import FetchOptions, WorkerRequest
 
+# The request travels to the worker in one environment variable; Linux takes at most 128 KiB for one
+# "NAME=value" string (MAX_ARG_STRLEN). Keep well below it.
+MAX_WORKER_REQUEST_BYTES = 100 * 1024
 
-@dataclass(frozen=True)
+
 class Rejected(Exception):
-    field: str
-    message: str
+    """A request over one of the settings' caps; `field` is the dotted path of the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,17 @@ def _debug(debug: dict[str, Any] | None, settings: Settings) -> dict[str, Any]:
     return {"debug": debug}
 
 
+def _admitted(request: WorkerRequest, limits: dict[str, Any]) -> Admitted:
+    size = len(json.dumps(request).encode())
+    if size > MAX_WORKER_REQUEST_BYTES:
+        raise Rejected(
+            "body",
+            f"the request is {size} bytes once encoded for the worker, above the maximum "
+            f"{MAX_WORKER_REQUEST_BYTES}: use fewer or shorter dataset URLs, or shorter SQL",
+        )
+    return Admitted(request=request, limits=limits)
+
+
 def admit_query(body: QueryIn, settings: Settings) -> Admitted:
     if len(body.sql.encode()) > settings.max_sql_bytes:
         raise Rejected(
@@ -86,7 +105,7 @@ def admit_query(body: QueryIn, settings: Settings) -> Admitted:
         "max_rows": max_rows,
         **_debug(body.debug, settings),  # type: ignore[typeddict-item]
     }
-    return Admitted(request=request, limits=_limits(body.limits, settings))
+    return _admitted(request, _limits(body.limits, settings))
 
 
 def admit_inspection(body: InspectionIn, settings: Settings) -> Admitted:
@@ -96,4 +115,4 @@ def admit_inspection(body: InspectionIn, settings: Settings) -> Admitted:
         "url": body.url,
         **_debug(body.debug, settings),  # type: ignore[typeddict-item]
     }
-    return Admitted(request=request, limits=_limits(body.limits, settings))
+    return _admitted(request, _limits(body.limits, settings))

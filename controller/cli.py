@@ -100,9 +100,9 @@ def format_table(result: dict[str, Any]) -> str:
     cells = [["NULL" if v is None else str(v) for v in row] for row in result["rows"]]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     lines = [
-        " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)),
+        " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
         "-+-".join("-" * w for w in widths),
-        *(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells),
+        *(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells),
     ]
     shown, total = len(result["rows"]), result["total_rows"]
     lines.append(f"({shown} of {total} rows)" if result["truncated"] else f"({total} rows)")

@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     default_max_rows: int = Field(1000, ge=1, description="Rows returned when a query sets no `max_rows`.")
     max_rows_limit: int = Field(100_000, ge=1, description="Largest `max_rows` a query may ask for.")
     max_sql_bytes: int = Field(65_536, ge=1, description="Largest SQL text accepted (UTF-8 bytes).")
-    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted.")
+    max_body_bytes: int = Field(262_144, ge=1024, description="Largest request body accepted.")
     max_datasets: int = Field(32, ge=1, description="Most datasets one query may register.")
     fetch_connect_timeout_seconds: float = Field(5, gt=0, description="Connect timeout of a dataset fetch.")
     fetch_read_timeout_seconds: float = Field(
@@ -74,7 +74,9 @@ class Settings(BaseSettings):
         "writable (`auto` prefers it), else RLIMIT_AS.",
     )
     worker_python: str = Field(
-        sys.executable, description="Python interpreter the local launcher runs `-m worker_image` with."
+        sys.executable,
+        description="Python interpreter the local launcher runs `-m worker_image` with; default the "
+        "controller's own.",
     )
     enable_test_hooks: bool = Field(
         False,
@@ -109,5 +111,16 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+def update_readme(readme: Path) -> None:
+    text = readme.read_text()
+    start, end = "<!-- settings-table:start -->\n", "\n<!-- settings-table:end -->"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    readme.write_text(f"{head}{start}{markdown_table()}{end}{tail}")
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    if sys.argv[1:] == ["--update-readme"]:
+        update_readme(Path(__file__).resolve().parents[1] / "README.md")
+    else:
+        print(markdown_table())

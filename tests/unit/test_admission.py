@@ -10,8 +10,15 @@ from controller.settings import Settings
 pytestmark = pytest.mark.unit
 
 SETTINGS = Settings(
-    max_cpu="2", max_memory="1Gi", max_timeout_seconds=120, max_rows_limit=5000, max_sql_bytes=100,
-    max_datasets=2, default_cpu="500m", default_memory="256Mi", default_timeout_seconds=30,
+    max_cpu="2",
+    max_memory="1Gi",
+    max_timeout_seconds=120,
+    max_rows_limit=5000,
+    max_sql_bytes=100,
+    max_datasets=2,
+    default_cpu="500m",
+    default_memory="256Mi",
+    default_timeout_seconds=30,
     default_max_rows=1000,
 )
 DATASET = {"url": "http://example.test/a.parquet", "table_name": "a"}
@@ -24,8 +31,11 @@ def query(**fields: Any) -> QueryIn:
 def test_defaults_fill_what_the_request_leaves_out() -> None:
     admitted = admit_query(query(datasets=[DATASET]), SETTINGS)
     assert admitted.limits == {
-        "cpu": "500m", "memory": "256Mi", "timeout_seconds": 30,
-        "cpu_millicores": 500, "memory_bytes": 256 * 2**20,
+        "cpu": "500m",
+        "memory": "256Mi",
+        "timeout_seconds": 30,
+        "cpu_millicores": 500,
+        "memory_bytes": 256 * 2**20,
     }
     assert admitted.request["max_rows"] == 1000
     assert admitted.request["datasets"] == [DATASET]
@@ -95,8 +105,23 @@ def test_malformed_bodies_fail_validation(body: dict[str, Any], message: str) ->
 
 def test_inspection_takes_the_same_limits() -> None:
     admitted = admit_inspection(InspectionIn(url="https://example.test/x.parquet"), SETTINGS)
-    assert admitted.request == {"operation": "inspect", "fetch": admitted.request["fetch"],
-                                "url": "https://example.test/x.parquet"}
+    assert admitted.request == {
+        "operation": "inspect",
+        "fetch": admitted.request["fetch"],
+        "url": "https://example.test/x.parquet",
+    }
     with pytest.raises(Rejected):
-        admit_inspection(InspectionIn.model_validate({"url": "http://x/y", "limits": {"memory": "8Gi"}}),
-                         SETTINGS)
+        admit_inspection(
+            InspectionIn.model_validate({"url": "http://x/y", "limits": {"memory": "8Gi"}}), SETTINGS
+        )
+
+
+def test_a_request_too_big_for_the_worker_environment_is_refused() -> None:
+    roomy = SETTINGS.model_copy(update={"max_sql_bytes": 10**6, "max_datasets": 100})
+    long_urls = [
+        {"url": f"http://example.test/{'x' * 4000}/{i}.parquet", "table_name": f"t{i}"} for i in range(30)
+    ]
+    with pytest.raises(Rejected) as refused:
+        admit_query(query(datasets=long_urls), roomy)
+    assert refused.value.field == "body"
+    assert "once encoded for the worker" in refused.value.message

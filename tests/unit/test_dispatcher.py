@@ -73,9 +73,9 @@ class GatedLauncher:
         async with self.changed:
             self.changed.notify_all()
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5) -> None:
+    async def wait_for(self, predicate: Callable[[], bool], within: float = 5) -> None:
         async with self.changed:
-            await asyncio.wait_for(self.changed.wait_for(predicate), timeout)
+            await asyncio.wait_for(self.changed.wait_for(predicate), within)
 
 
 @asynccontextmanager

@@ -1,0 +1,274 @@
+"""The shared pytest plugin (loaded by tests/conftest.py): every fixture more than one test module uses.
+
+Sections: fixture datasets and the file server; the worker as a subprocess; the controller.
+Add new fixtures under a section of their own rather than copying one into a test module.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from itertools import count
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+from controller.launchers.cgroups import CgroupUnavailable, JobCgroups
+from controller.launchers.local import LocalLauncher
+from tests.support.controller import ControllerProcess, free_port
+from tests.support.fileserver import FileServer
+from tests.support.leaks import Proc, live_workers, processes
+from tests.support.parquet_files import generate
+from tests.support.waiting import wait_until
+from worker_image.protocol import (
+    REQUEST_ENV,
+    TERMINATION_MESSAGE_ENV,
+    TEST_HOOKS_ENV,
+    EnvelopeError,
+    decode_envelope,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# ---------------------------------------------------------------- datasets and the file server
+
+
+@pytest.fixture(scope="session")
+def parquet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The generated fixture files (see tests/support/parquet_files.py)."""
+    directory = tmp_path_factory.mktemp("parquet")
+    generate(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def http_file_server(parquet_dir: Path) -> Iterator[FileServer]:
+    """The file server itself, for tests that check which paths were requested."""
+    with FileServer(parquet_dir) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def file_server(http_file_server: FileServer) -> str:
+    """Base URL (no trailing slash) of a real HTTP server serving `parquet_dir`."""
+    return http_file_server.url
+
+
+@pytest.fixture
+def sample_datasets(file_server: str) -> list[dict[str, str]]:
+    return [
+        {"url": f"{file_server}/simple.parquet", "table_name": "table1"},
+        {"url": f"{file_server}/large.parquet", "table_name": "table2"},
+    ]
+
+
+# ---------------------------------------------------------------- the worker as a subprocess
+
+TEST_HOOKS_ON = {TEST_HOOKS_ENV: "1"}
+
+
+def fetch_options(**overrides: float) -> dict[str, float]:
+    """Fetch options for a worker request: generous defaults, tightened per test."""
+    return {
+        "connect_timeout_seconds": 5,
+        "read_timeout_seconds": 10,
+        "total_timeout_seconds": 30,
+        "max_download_bytes": 64 * 1024 * 1024,
+        **overrides,
+    }
+
+
+def query_request(
+    sql: str, datasets: list[dict[str, str]], max_rows: int = 1000, **fetch: float
+) -> dict[str, Any]:
+    return {
+        "operation": "query",
+        "sql": sql,
+        "datasets": datasets,
+        "max_rows": max_rows,
+        "fetch": fetch_options(**fetch),
+    }
+
+
+def inspect_request(url: str, **fetch: float) -> dict[str, Any]:
+    return {"operation": "inspect", "url": url, "fetch": fetch_options(**fetch)}
+
+
+class WorkerRun(NamedTuple):
+    exit_code: int
+    envelope: dict[str, Any] | None
+    stdout: str
+    stderr: str
+
+
+RunWorker = Callable[..., WorkerRun]
+
+
+@pytest.fixture
+def run_worker(tmp_path: Path) -> RunWorker:
+    """`run_worker(request, env_extra=None, timeout=60)` runs ``python -m worker_image`` as a real subprocess.
+
+    The request goes in as ``PODQ_REQUEST`` (a str is passed verbatim, anything else as JSON). Each run
+    gets its own TMPDIR and termination-message path under tmp_path (`env_extra` may override either);
+    test hooks are off unless `env_extra` turns them on. A run over `timeout` seconds fails the test.
+    """
+    runs = count()
+
+    def run(request: Any, env_extra: Mapping[str, str] | None = None, timeout: float = 60) -> WorkerRun:
+        index = next(runs)
+        worker_tmp = tmp_path / f"worker-{index}-tmp"
+        worker_tmp.mkdir()
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PODQ_")}
+        env.update(
+            {
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
+                REQUEST_ENV: request if isinstance(request, str) else json.dumps(request),
+                TERMINATION_MESSAGE_ENV: str(tmp_path / f"worker-{index}-termination-log"),
+                "TMPDIR": str(worker_tmp),
+                **(env_extra or {}),
+            }
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "worker_image"],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        try:
+            envelope: dict[str, Any] | None = decode_envelope(done.stdout)
+        except EnvelopeError:
+            envelope = None
+        return WorkerRun(done.returncode, envelope, done.stdout, done.stderr)
+
+    return run
+
+
+@pytest.fixture
+def termination_log(tmp_path: Path) -> Path:
+    """A termination-message path to pass as ``env_extra={TERMINATION_MESSAGE_ENV: str(path)}``."""
+    return tmp_path / "termination-log"
+
+
+# ---------------------------------------------------------------- the controller (`podq serve`)
+
+# Settings every test controller gets unless a test overrides them: test hooks on (crash, sleep,
+# allocate), a small SQL cap so the size check is cheap to hit, and the default concurrency of 2.
+CONTROLLER_DEFAULTS = {"enable_test_hooks": "true", "max_sql_bytes": "1000", "max_body_bytes": "65536"}
+
+
+def _env(settings: Mapping[str, object]) -> dict[str, str]:
+    return {f"PODQ_{name.upper()}": str(value) for name, value in settings.items()}
+
+
+def workers_under(directory: Path) -> list[Proc]:
+    """Live worker processes whose environment points into `directory` (their scratch dir is there)."""
+    marker = str(directory)
+    return [
+        proc
+        for proc in processes()
+        if proc.is_worker and proc.state != "Z" and any(marker in v for v in proc.environ().values())
+    ]
+
+
+@pytest.fixture
+def worker_leak_check(tmp_path: Path) -> Callable[[], None]:
+    """Call to assert that no worker started under this test's tmp_path is still alive."""
+
+    def check() -> None:
+        wait_until(lambda: not workers_under(tmp_path), "every worker of this test to be gone")
+
+    return check
+
+
+@pytest.fixture
+def start_controller(
+    tmp_path: Path, worker_leak_check: Callable[[], None]
+) -> Iterator[Callable[..., ControllerProcess]]:
+    """Start `podq serve` subprocesses; each is stopped (SIGTERM) at teardown, leaving no worker behind."""
+    started: list[ControllerProcess] = []
+
+    def start(data_dir: Path | None = None, **settings: object) -> ControllerProcess:
+        controller = ControllerProcess(
+            data_dir or tmp_path / "data",
+            _env({**CONTROLLER_DEFAULTS, **settings}),
+            tmp_path / f"controller-{len(started)}.log",
+        )
+        controller.start()
+        started.append(controller)
+        return controller
+
+    yield start
+    for controller in started:
+        controller.stop()
+    worker_leak_check()
+
+
+@pytest.fixture(scope="module")
+def running_controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
+    """One controller shared by a module's tests that only read or submit cheap queries."""
+    directory = tmp_path_factory.mktemp("controller")
+    controller = ControllerProcess(
+        directory / "data", _env(CONTROLLER_DEFAULTS), directory / "controller.log"
+    )
+    controller.start()
+    yield controller
+    controller.stop()
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    """A loopback URL on which nothing listens: connecting is refused at once."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+# ---------------------------------------------------------------- the local launcher
+# (section owned by the local launcher's tests; see also tests/support/leaks.py and waiting.py)
+
+
+@functools.cache
+def _cgroups_unavailable() -> str | None:
+    try:
+        JobCgroups.discover()
+    except CgroupUnavailable as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture(params=["cgroup", "rlimit"])
+def memory_enforcement(request: pytest.FixtureRequest) -> str:
+    """Each way the local launcher caps memory; "cgroup" is skipped where no memory cgroup is writable."""
+    mode: str = request.param
+    if mode == "cgroup" and (reason := _cgroups_unavailable()) is not None:
+        pytest.skip(f"no writable memory cgroup here: {reason}")
+    return mode
+
+
+@pytest.fixture
+def local_launcher(tmp_path: Path, memory_enforcement: str) -> Callable[..., LocalLauncher]:
+    """`local_launcher(**overrides)`: a LocalLauncher (not yet started; use ``async with``) with test hooks
+    on, `memory_enforcement`'s mode, and ``tmp_path / "scratch"`` as its work directory."""
+
+    def make(**overrides: Any) -> LocalLauncher:
+        options: dict[str, Any] = {
+            "work_dir": tmp_path / "scratch",
+            "enable_test_hooks": True,
+            "memory_enforcement": memory_enforcement,
+            **overrides,
+        }
+        return LocalLauncher(**options)
+
+    return make
+
+
+@pytest.fixture
+def no_worker_leaks() -> Iterator[None]:
+    """Fails the test if a worker process it started is still alive when it ends."""
+    yield
+    assert live_workers() == []

@@ -1,0 +1,22 @@
+"""The README's configuration table is generated from the settings; it must not drift."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from controller.settings import markdown_table
+
+pytestmark = pytest.mark.unit
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_configuration_table_matches_settings() -> None:
+    match = re.search(
+        r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", README.read_text(), re.S
+    )
+    assert match, "README lost its settings-table markers"
+    assert match.group(1) == markdown_table(), (
+        "regenerate with: python -m controller.settings --update-readme"
+    )
