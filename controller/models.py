@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -28,6 +29,16 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _quantity(parse: Callable[[str], int], value: str | None) -> str | None:
+    """Check a Kubernetes quantity, keeping the text as the user wrote it."""
+    if value is not None:
+        try:
+            parse(value)
+        except QuantityError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -47,22 +58,12 @@ class LimitsIn(_Strict):
     @field_validator("cpu")
     @classmethod
     def _cpu(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                parse_cpu_millicores(value)
-            except QuantityError as exc:
-                raise ValueError(str(exc)) from None
-        return value
+        return _quantity(parse_cpu_millicores, value)
 
     @field_validator("memory")
     @classmethod
     def _memory(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                parse_memory_bytes(value)
-            except QuantityError as exc:
-                raise ValueError(str(exc)) from None
-        return value
+        return _quantity(parse_memory_bytes, value)
 
 
 class QueryIn(_Strict):

@@ -349,3 +349,43 @@ def test_health_readiness_metrics_and_openapi(running_controller: ControllerProc
     assert 'podq_queries_finished_total{error_type="",operation="query",status="succeeded"}' in metrics
     assert {"/v1/queries", "/v1/queries/{query_id}", "/v1/inspections", "/healthz"} <= set(openapi["paths"])
     json.dumps(openapi)
+
+
+HOSTILE_SQL = [
+    (
+        "table function reading a local file",
+        "SELECT * FROM read_csv('{secret}')",
+        "table functions are not allowed",
+    ),
+    (
+        "table function reading a URL",
+        "SELECT * FROM read_parquet('{server}/x.parquet')",
+        "table functions are not",
+    ),
+    ("CREATE TABLE", "CREATE TABLE x AS SELECT 1 AS a", "CREATE"),
+    ("DROP TABLE", "DROP TABLE t", "DROP"),
+    ("SHOW TABLES", "SHOW TABLES", "SHOW"),
+    ("two statements", "SELECT 1; SELECT 2", "statement"),
+    ("a table without datasets", "SELECT * FROM t", "unknown table 't'; registered tables: none"),
+]
+
+
+@pytest.mark.parametrize(("sql", "message"), [c[1:] for c in HOSTILE_SQL], ids=[c[0] for c in HOSTILE_SQL])
+def test_hostile_sql_fails_as_validation_and_reads_nothing(
+    running_controller: ControllerProcess,
+    http_file_server: Any,
+    tmp_path: Any,
+    sql: str,
+    message: str,
+) -> None:
+    secret = tmp_path / "secret.csv"
+    secret.write_text("password\nhunter2\n")
+    before = len(http_file_server.requests)
+    with running_controller.client() as client:
+        record = run(client, {"sql": sql.format(secret=secret, server=http_file_server.url)})
+        assert client.get("/healthz").status_code == 200
+    assert record["status"] == "failed"
+    assert record["error"]["error_type"] == "validation", record["error"]
+    assert message in record["error"]["message"]
+    assert "hunter2" not in json.dumps(record)
+    assert len(http_file_server.requests) == before, "the worker fetched something it was not given"

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -91,6 +92,12 @@ async def dispatching(cap: int, db: Path) -> AsyncIterator[tuple[Dispatcher, Gat
         store.close()
 
 
+def run_with_db(scenario: Callable[[Path], Coroutine[Any, Any, None]]) -> None:
+    """Run an async scenario against a fresh SQLite file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(scenario(Path(tmp) / "podq.db"))
+
+
 def submit(store: Store, dispatcher: Dispatcher, query_id: str) -> None:
     store.insert(query_id, "query", {"operation": "query", "sql": "SELECT 1"}, LIMITS)
     dispatcher.notify()
@@ -160,8 +167,7 @@ def test_cap_fifo_and_one_terminal_state_for_any_submit_cancel_sequence(
             never_started = {q for q in submitted if q not in launcher.started}
             assert all(expected.get(q) == "cancelled" for q in never_started)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(scenario(Path(tmp) / "podq.db"))
+    run_with_db(scenario)
 
 
 def test_QUEUE_1_cap_of_two_starts_fifo_and_drains() -> None:
@@ -181,8 +187,7 @@ def test_QUEUE_1_cap_of_two_starts_fifo_and_drains() -> None:
                 row = await dispatcher.wait_finished(query_id, 5)
                 assert row is not None and row.status == "succeeded"
 
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(scenario(Path(tmp) / "podq.db"))
+    run_with_db(scenario)
 
 
 def test_stop_hands_running_queries_back_to_the_queue() -> None:
@@ -200,8 +205,7 @@ def test_stop_hands_running_queries_back_to_the_queue() -> None:
         finally:
             reopened.close()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(scenario(Path(tmp) / "podq.db"))
+    run_with_db(scenario)
 
 
 def test_wait_finished_returns_on_the_terminal_state() -> None:
@@ -217,5 +221,4 @@ def test_wait_finished_returns_on_the_terminal_state() -> None:
             timed_out = await dispatcher.wait_finished("missing", 0.01)
             assert timed_out is None
 
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(scenario(Path(tmp) / "podq.db"))
+    run_with_db(scenario)
