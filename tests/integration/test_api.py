@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -316,6 +316,27 @@ def test_bad_requests_get_a_typed_4xx_and_lose_nothing(
     assert "Traceback" not in response.text
     assert after == before, "a refused request must not create or change a query"
     assert healthy == 200
+
+
+def test_a_chunked_body_over_the_cap_is_413_too(running_controller: ControllerProcess) -> None:
+    """No Content-Length to check up front: the cap is counted while the body streams in."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"sql": "SELECT 1", "pad": "'
+        for _ in range(10):
+            yield b"x" * 10_000
+        yield b'"}'
+
+    with running_controller.client() as client:
+        response = client.post("/v1/queries", content=chunks(), headers={"content-type": "application/json"})
+        small = client.post(
+            "/v1/queries",
+            content=iter([b'{"sql": ', b'"SELECT 1 AS x"}']),
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 413, response.text
+    assert response.json()["error_type"] == "validation"
+    assert small.status_code == 202, small.text
 
 
 def test_unknown_query_id_is_404(running_controller: ControllerProcess) -> None:
