@@ -171,7 +171,7 @@ class LocalLauncher:
                 cgroup = self._cgroups.create(name, job.limits.memory_bytes)
             end = await self._execute(entry, request_json, job_dir, cgroup)
         finally:
-            await _shielded(self._clean_up(entry, job_dir, cgroup))
+            await shielded(self._clean_up(entry, job_dir, cgroup))
         outcome = classify(end)
         status = "succeeded" if outcome.error is None else outcome.error["error_type"]
         log.info("query %s: worker pid %d ended: %s %s", job.query_id, end.pid, status, outcome.placement)
@@ -197,7 +197,7 @@ class LocalLauncher:
             address_space_bytes=address_space_limit(job.limits.memory_bytes, threads) if rlimit else None,
         )
         # Shielded: a spawn cancelled halfway would leave asyncio waiting for the worker's pipes to close.
-        worker = entry.worker = await _shielded(
+        worker = entry.worker = await shielded(
             WorkerProcess.spawn(
                 [self._python, "-m", "worker_image"],
                 env=env,
@@ -229,7 +229,7 @@ class LocalLauncher:
             # Cancelled or not, nothing the job started may outlive this point.
             if cgroup is not None:
                 cgroup.kill()
-            returncode = await _shielded(worker.reap(self._kill_grace))
+            returncode = await shielded(worker.reap(self._kill_grace))
         counters = cgroup.counters() if cgroup is not None else MemoryCounters(0, 0, None)
         return WorkerEnd(
             pid=worker.pid,
@@ -281,28 +281,28 @@ class LocalLauncher:
                 await self._remove_cgroup(cgroup, cgroup.path.name)
 
 
-async def _shielded(awaitable: Awaitable[T]) -> T:
+async def shielded(awaitable: Awaitable[T]) -> T:
     """Await `awaitable` to its end even if this task is cancelled meanwhile.
 
-    Such a cancellation is not lost: it is delivered again at the task's next await.
+    Such a cancellation is not lost: it is delivered again at the task's next await. Nor is the result
+    lost when the cancellation lands in the very step the awaitable completes (a spawned worker must
+    reach the code that kills it).
     """
     task = asyncio.current_task()
     assert task is not None
     inner = asyncio.ensure_future(awaitable)
     cancelled = False
-    while True:
+    while not inner.done():
         try:
-            result = await asyncio.shield(inner)
+            await asyncio.shield(inner)
         except asyncio.CancelledError:
-            if inner.done():
+            if inner.cancelled():
                 raise
             cancelled = True
             task.uncancel()
-        else:
-            break
     if cancelled:
         task.cancel()
-    return result
+    return inner.result()
 
 
 def _owner_tag(pid: int) -> str:
