@@ -7,6 +7,7 @@ After every job: no process of its session is alive, its scratch directory and i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -290,6 +291,14 @@ def python_with_grandchild(tmp_path: Path) -> tuple[str, Path]:
     return str(script), pid_file
 
 
+def recorded_pid(path: Path) -> int | None:
+    """The pid the wrapper wrote, once it has written all of it."""
+    with contextlib.suppress(FileNotFoundError):
+        text = path.read_text().strip()
+        return int(text) if text.isdigit() else None
+    return None
+
+
 ENDINGS: dict[str, tuple[dict[str, Any], dict[str, Any], str | None]] = {
     # ending: (debug hooks, limits, expected error_type)
     "success": ({}, {}, None),
@@ -318,6 +327,8 @@ def test_POOL_3_no_process_cgroup_or_scratch_outlives_a_job(
             if ending == "cancel":
                 task = asyncio.create_task(launcher.run(job))
                 worker_pid = (await first_worker()).pid
+                # Cancel only once the wrapper has left its grandchild behind (and said which it is).
+                await wait_until_async(lambda: recorded_pid(grandchild_pid_file), "the grandchild to start")
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task
