@@ -9,10 +9,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from controller.admission import Admitted, admit_inspection, admit_query
+from controller.admission import Admitted, Rejected, admit_inspection, admit_query
 from controller.dispatcher import CancelResult, Dispatcher
 from controller.errors import error_response
-from controller.launchers.base import Launcher
+from controller.launchers.base import Launcher, limits_from
 from controller.metrics import Metrics
 from controller.models import InspectionIn, QueryIn, RecordOut, RecordPage, Status
 from controller.settings import Settings
@@ -71,6 +71,9 @@ def record(row: Row) -> RecordOut:
 
 
 def _submit(services: Services, operation: str, admitted: Admitted, location: str) -> JSONResponse:
+    refusal = services.launcher.refusal(limits_from(admitted.limits))
+    if refusal is not None:
+        raise Rejected("limits", refusal)
     query_id = uuid.uuid4().hex
     row = services.store.insert(query_id, operation, dict(admitted.request), admitted.limits)
     services.metrics.observe_submitted(operation)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, cast
 
-from controller.launchers.base import Job, Launcher, Limits, Outcome
+from controller.launchers.base import Job, Launcher, Outcome, limits_from
 from controller.metrics import Metrics
 from controller.store import Row, Store
 from worker_image.protocol import ErrorType, WorkerRequest, error_info
@@ -29,16 +29,12 @@ class CancelResult(Enum):
 
 
 def job_for(row: Row) -> Job:
-    limits = row.limits
     return Job(
         query_id=row.id,
         attempt=row.attempts,
         request=cast(WorkerRequest, row.request),
-        limits=Limits(
-            cpu_millicores=limits["cpu_millicores"],
-            memory_bytes=limits["memory_bytes"],
-            timeout_seconds=limits["timeout_seconds"],
-        ),
+        limits=limits_from(row.limits),
+        submitted_at=row.submitted_at,
     )
 
 
@@ -111,6 +107,7 @@ class Dispatcher:
             )
         for query_id in recovery.failed:
             self._finished(query_id, "failed", ErrorType.INTERNAL.value)
+        await self._launcher.reconcile(self._store.active_ids())
         self._loop_task = asyncio.create_task(self._loop(), name="podq-dispatcher")
         self.notify()
 
@@ -153,6 +150,11 @@ class Dispatcher:
             self._running.pop(row.id, None)
             self.notify()
         self._record(row.id, outcome)
+        try:
+            await self._launcher.release(row.id)
+        except Exception:
+            # What stays behind is cleaned up by the launcher's TTL sweep or the next start's reconcile.
+            log.exception("query %s: the launcher could not release the finished job", row.id)
 
     def _on_cancelled(self, query_id: str) -> None:
         entry = self._running.get(query_id)
@@ -209,6 +211,7 @@ class Dispatcher:
     async def stop(self) -> None:
         """Stop dispatching, kill what runs and give it back to the queue for the next start."""
         self._stopping = True
+        self._launcher.detach()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -209,6 +209,14 @@ class Store:
             ]
         return Recovery(requeued=requeued, failed=failed)
 
+    def active_ids(self) -> list[str]:
+        """Queries queued or running, oldest first."""
+        with self._lock:
+            raws = self._db.execute(
+                "SELECT id FROM queries WHERE status IN (?, ?) ORDER BY seq", _ACTIVE
+            ).fetchall()
+        return [raw["id"] for raw in raws]
+
     def page(self, *, operation: str, status: str | None, limit: int, before_seq: int | None) -> list[Row]:
         """Newest first; `before_seq` is the cursor of the previous page."""
         clauses: list[str] = ["operation = ?"]

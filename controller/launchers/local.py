@@ -20,12 +20,13 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Awaitable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
-from controller.launchers.base import Job, Outcome
+from controller.launchers.aio import shielded
+from controller.launchers.base import Job, Limits, Outcome
 from controller.launchers.cgroups import CgroupUnavailable, JobCgroup, JobCgroups, MemoryCounters
 from controller.launchers.local_child import (
     DEFAULT_INHERITED_ENV,
@@ -47,7 +48,6 @@ __all__ = ["LocalLauncher", "MemoryEnforcement"]
 log = logging.getLogger(__name__)
 
 MemoryEnforcement = Literal["auto", "cgroup", "rlimit"]
-T = TypeVar("T")
 
 DEFAULT_MAX_RESULT_BYTES = 64 * 2**20
 _OWNER = re.compile(r"^(\d+)\.(\d+)-")
@@ -133,6 +133,18 @@ class LocalLauncher:
         await self._remove_stale()
         where = f" in {self.cgroup_parent}" if self.cgroup_parent is not None else ""
         log.info("local launcher ready: memory enforced by %s%s", self._enforcement, where)
+
+    def refusal(self, limits: Limits) -> str | None:
+        return None
+
+    async def reconcile(self, active: Collection[str]) -> None:
+        """Nothing to do: a worker process never outlives the controller that started it."""
+
+    async def release(self, query_id: str) -> None:
+        """Nothing to do: `run` cleans up before it returns."""
+
+    def detach(self) -> None:
+        """Nothing to do: worker processes die with the controller, so every job is stopped."""
 
     async def ready(self) -> bool:
         return self._enforcement is not None and not self._closed
@@ -279,30 +291,6 @@ class LocalLauncher:
             for cgroup in self._cgroups.stale(_is_stale):
                 log.warning("removing cgroup %s left by a previous controller", cgroup.path)
                 await self._remove_cgroup(cgroup, cgroup.path.name)
-
-
-async def shielded(awaitable: Awaitable[T]) -> T:
-    """Await `awaitable` to its end even if this task is cancelled meanwhile.
-
-    Such a cancellation is not lost: it is delivered again at the task's next await. Nor is the result
-    lost when the cancellation lands in the very step the awaitable completes (a spawned worker must
-    reach the code that kills it).
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    inner = asyncio.ensure_future(awaitable)
-    cancelled = False
-    while not inner.done():
-        try:
-            await asyncio.shield(inner)
-        except asyncio.CancelledError:
-            if inner.cancelled():
-                raise
-            cancelled = True
-            task.uncancel()
-    if cancelled:
-        task.cancel()
-    return inner.result()
 
 
 def _owner_tag(pid: int) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.dispatcher import CancelResult, Dispatcher
-from controller.launchers.base import Job, Outcome
+from controller.launchers.base import Job, Limits, Outcome
 from controller.metrics import Metrics
 from controller.store import Store
 
@@ -30,7 +30,8 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 class GatedLauncher:
-    """Each job runs until `release(query_id)`; records starts, peak concurrency and cancellations."""
+    """Each job runs until `open_gate(query_id)`; records starts, peak concurrency, cancellations and
+    what the dispatcher tells it about stored outcomes, recovery and shutdown."""
 
     name = "gated"
 
@@ -41,6 +42,11 @@ class GatedLauncher:
         self.peak = 0
         self.gates: dict[str, asyncio.Event] = {}
         self.changed = asyncio.Condition()
+        # (query id, its status in the store when the dispatcher released it)
+        self.released: list[tuple[str, str]] = []
+        self.store: Store | None = None
+        self.reconciled: list[str] | None = None
+        self.detached = False
 
     async def start(self) -> None:
         return None
@@ -60,15 +66,29 @@ class GatedLauncher:
         try:
             await gate.wait()
         except asyncio.CancelledError:
-            self.cancelled.append(job.query_id)
+            self.cancelled.append(f"{job.query_id} (detached)" if self.detached else job.query_id)
             raise
         finally:
             self.active.discard(job.query_id)
             await self._changed()
         return Outcome(result={"columns": [], "rows": [], "total_rows": 0, "truncated": False})
 
-    def release(self, query_id: str) -> None:
+    def open_gate(self, query_id: str) -> None:
         self.gates.setdefault(query_id, asyncio.Event()).set()
+
+    def refusal(self, limits: Limits) -> str | None:
+        return None
+
+    async def reconcile(self, active: Collection[str]) -> None:
+        self.reconciled = list(active)
+
+    async def release(self, query_id: str) -> None:
+        row = self.store.get(query_id) if self.store else None
+        self.released.append((query_id, row.status if row else "?"))
+        await self._changed()
+
+    def detach(self) -> None:
+        self.detached = True
 
     async def _changed(self) -> None:
         async with self.changed:
@@ -83,6 +103,7 @@ class GatedLauncher:
 async def dispatching(cap: int, db: Path) -> AsyncIterator[tuple[Dispatcher, GatedLauncher, Store]]:
     store = Store(db)
     launcher = GatedLauncher()
+    launcher.store = store
     dispatcher = Dispatcher(store, launcher, max_concurrent=cap, max_attempts=2, metrics=Metrics(store))
     await dispatcher.start()
     try:
@@ -145,7 +166,7 @@ def test_cap_fifo_and_one_terminal_state_for_any_submit_cancel_sequence(
                         else:
                             assert result is CancelResult.ALREADY_FINISHED
                     elif target in running:
-                        launcher.release(target)
+                        launcher.open_gate(target)
                         row = await dispatcher.wait_finished(target, 5)
                         assert row is not None and row.status == "succeeded"
                         expected[target] = "succeeded"
@@ -155,7 +176,7 @@ def test_cap_fifo_and_one_terminal_state_for_any_submit_cancel_sequence(
                 await launcher.wait_for(lambda: launcher.active == set(running))
 
             for query_id in submitted:
-                launcher.release(query_id)
+                launcher.open_gate(query_id)
             for query_id in submitted:
                 row = await dispatcher.wait_finished(query_id, 5)
                 assert row is not None
@@ -177,12 +198,12 @@ def test_QUEUE_1_cap_of_two_starts_fifo_and_drains() -> None:
                 submit(store, dispatcher, query_id)
             await launcher.wait_for(lambda: launcher.started == ["a", "b"])
             assert store.get("c").status == store.get("d").status == "queued"  # type: ignore[union-attr]
-            launcher.release("b")
+            launcher.open_gate("b")
             await launcher.wait_for(lambda: launcher.started == ["a", "b", "c"])
-            launcher.release("a")
+            launcher.open_gate("a")
             await launcher.wait_for(lambda: launcher.started == ["a", "b", "c", "d"])
-            launcher.release("c")
-            launcher.release("d")
+            launcher.open_gate("c")
+            launcher.open_gate("d")
             for query_id in ("a", "b", "c", "d"):
                 row = await dispatcher.wait_finished(query_id, 5)
                 assert row is not None and row.status == "succeeded"
@@ -215,10 +236,49 @@ def test_wait_finished_returns_on_the_terminal_state() -> None:
             waiter = asyncio.create_task(dispatcher.wait_finished("a", 30))
             await launcher.wait_for(lambda: launcher.active == {"a"})
             assert not waiter.done()
-            launcher.release("a")
+            launcher.open_gate("a")
             row = await asyncio.wait_for(waiter, 5)
             assert row is not None and row.status == "succeeded"
             timed_out = await dispatcher.wait_finished("missing", 0.01)
             assert timed_out is None
+
+    run_with_db(scenario)
+
+
+def test_a_job_is_released_only_once_its_outcome_is_stored() -> None:
+    async def scenario(db: Path) -> None:
+        async with dispatching(1, db) as (dispatcher, launcher, store):
+            submit(store, dispatcher, "a")
+            await launcher.wait_for(lambda: launcher.active == {"a"})
+            assert launcher.released == []
+            launcher.open_gate("a")
+            await launcher.wait_for(lambda: launcher.released != [])
+            assert launcher.released == [("a", "succeeded")]
+
+    run_with_db(scenario)
+
+
+def test_stop_detaches_the_launcher_before_it_cancels_running_jobs() -> None:
+    async def scenario(db: Path) -> None:
+        async with dispatching(1, db) as (dispatcher, launcher, store):
+            submit(store, dispatcher, "a")
+            await launcher.wait_for(lambda: launcher.active == {"a"})
+            assert not launcher.detached
+        assert launcher.cancelled == ["a (detached)"]
+
+    run_with_db(scenario)
+
+
+def test_start_hands_the_launcher_the_active_queries_after_recovery() -> None:
+    async def scenario(db: Path) -> None:
+        store = Store(db)
+        for query_id in ("old-running", "queued"):
+            store.insert(query_id, "query", {"operation": "query"}, LIMITS)
+        store.claim_next()  # "old-running" was running when the previous controller died
+        done = store.insert("done", "query", {"operation": "query"}, LIMITS)
+        store.finish(done.id, "cancelled", error={"error_type": "cancelled"})
+        store.close()
+        async with dispatching(1, db) as (_, launcher, _store):
+            assert launcher.reconciled == ["old-running", "queued"]
 
     run_with_db(scenario)

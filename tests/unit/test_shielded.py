@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from controller.launchers.local import shielded
+from controller.launchers.aio import shielded
 
 pytestmark = pytest.mark.unit
 
