@@ -6,12 +6,14 @@ keeps the two in step.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from controller.quantity import parse_cpu_millicores, parse_memory_bytes
@@ -25,8 +27,10 @@ def _default_data_dir() -> Path:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PODQ_", extra="ignore")
 
-    launcher: Literal["local"] = Field(
-        "local", description="Where queries run. `local`: one subprocess per query on this host."
+    launcher: Literal["local", "kubernetes"] = Field(
+        "local",
+        description="Where queries run. `local`: one subprocess per query on this host. `kubernetes`: one "
+        "pod per query, in `PODQ_KUBE_NAMESPACE`.",
     )
     host: str = Field("127.0.0.1", description="Address `podq serve` listens on; loopback unless exposed.")
     port: int = Field(8000, ge=0, le=65535, description="Port `podq serve` listens on.")
@@ -85,13 +89,83 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Python logging level of the controller.")
 
+    # The kubernetes launcher.
+    kube_config: Path | None = Field(
+        None,
+        description="Kubeconfig file of the kubernetes launcher. Unset: `$KUBECONFIG`, else the in-cluster "
+        "service account, else `~/.kube/config`.",
+    )
+    kube_context: str | None = Field(None, description="Kubeconfig context; unset: its current context.")
+    kube_namespace: str | None = Field(
+        None,
+        description="Namespace of the worker pods. Unset: the controller's own namespace in a cluster, else "
+        "the kubeconfig context's, else `default`.",
+    )
+    kube_instance: str = Field(
+        "podq",
+        description="`app.kubernetes.io/instance` label of this controller's pods (the Helm release): a "
+        "controller only watches, adopts and deletes pods carrying its own.",
+    )
+    worker_image: str = Field("podq-worker:0.1.0", description="Image of the worker pods.")
+    worker_image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(
+        "IfNotPresent", description="`imagePullPolicy` of the worker container."
+    )
+    worker_service_account: str | None = Field(
+        None, description="Service account of the worker pods (its token is never mounted). Unset: default."
+    )
+    worker_node_selector: dict[str, str] = Field(
+        default_factory=dict, description='Node selector of the worker pods, as JSON: `{"pool": "batch"}`.'
+    )
+    worker_tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Tolerations of the worker pods, as a JSON list of Kubernetes tolerations.",
+    )
+    worker_priority_class: str | None = Field(None, description="`priorityClassName` of the worker pods.")
+    worker_image_pull_secrets: list[str] = Field(
+        default_factory=list,
+        description='Names of image pull secrets of the worker pods, as JSON: `["regcred"]`.',
+    )
+    worker_tmp_size: str = Field(
+        "1Gi", description="Size limit of the worker's writable `/tmp` (an emptyDir; the root is read-only)."
+    )
+    pod_ttl_seconds: float = Field(
+        0,
+        ge=0,
+        description="How long a finished worker pod is kept after its outcome is stored, for `kubectl logs` "
+        "and `describe`; 0 deletes it at once.",
+    )
+    unschedulable_after_seconds: float = Field(
+        60,
+        gt=0,
+        description="How long a worker pod may stay unschedulable before the query fails as "
+        "`unschedulable`. Limits no node could ever hold are refused with a 422 at submission instead.",
+    )
+    image_pull_grace_seconds: float = Field(
+        60,
+        gt=0,
+        description="How long a worker pod may fail to pull its image before the query fails as `image`.",
+    )
+    kube_qps: float = Field(
+        5, gt=0, description="Sustained requests per second to the API server (as client-go)."
+    )
+    kube_burst: int = Field(10, ge=1, description="Requests allowed above `PODQ_KUBE_QPS` in a burst.")
+    kube_request_timeout_seconds: float = Field(
+        30, gt=0, description="Client-side timeout of every API request, so a dropped connection cannot hang."
+    )
+    kube_watch_seconds: int = Field(
+        290, ge=1, description="Server-side timeout of one watch request; it is then resumed."
+    )
+    kube_relist_seconds: float = Field(
+        300, gt=0, description="Period of a full relist of the worker pods, a safety net under the watch."
+    )
+
     @field_validator("default_cpu", "max_cpu")
     @classmethod
     def _cpu(cls, value: str) -> str:
         parse_cpu_millicores(value)
         return value
 
-    @field_validator("default_memory", "max_memory")
+    @field_validator("default_memory", "max_memory", "worker_tmp_size")
     @classmethod
     def _memory(cls, value: str) -> str:
         parse_memory_bytes(value)
@@ -102,11 +176,17 @@ class Settings(BaseSettings):
         return self.data_dir / "podq.db"
 
 
+def _default(field: FieldInfo) -> str:
+    if field.default_factory is not None:
+        return f"`{json.dumps(field.default_factory())}`"  # type: ignore[call-arg]
+    return "unset" if field.default is None else f"`{field.default}`"
+
+
 def markdown_table() -> str:
     """The README's configuration table."""
     lines = ["| Variable | Default | Description |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        default = "see description" if name in ("data_dir", "worker_python") else f"`{field.default}`"
+        default = "see description" if name in ("data_dir", "worker_python") else _default(field)
         lines.append(f"| `PODQ_{name.upper()}` | {default} | {field.description} |")
     return "\n".join(lines)
 
