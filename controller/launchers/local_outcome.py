@@ -22,37 +22,31 @@
 
 from __future__ import annotations
 
-import json
 import signal
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from controller.launchers.base import Outcome
-from worker_image.protocol import (
-    EXIT_INTERNAL_ERROR,
-    EXIT_USER_ERROR,
-    EnvelopeError,
-    ErrorInfo,
-    ErrorType,
-    decode_envelope,
-    error_info,
+from controller.launchers.worker_output import (
+    PROTOCOL_ERROR_CODES,
+    envelope_outcome,
+    log_excerpt,
+    signal_name,
+    termination_error,
 )
+from worker_image.protocol import EnvelopeError, ErrorInfo, ErrorType, error_info
 
-__all__ = ["KillReason", "MemoryEvidence", "WorkerEnd", "classify", "stderr_excerpt"]
+__all__ = ["KillReason", "MemoryEvidence", "WorkerEnd", "classify"]
 
 KillReason = Literal["deadline", "shutdown"]
 Enforcement = Literal["cgroup", "rlimit"]
 
-STDERR_EXCERPT_LINES = 20
-STDERR_EXCERPT_CHARS = 2000
 ALLOCATION_FAILURE_MARKERS = (
     "memory allocation of",
     "std::bad_alloc",
     "MemoryError",
     "Cannot allocate memory",
 )
-_PROTOCOL_ERROR_CODES = (EXIT_USER_ERROR, EXIT_INTERNAL_ERROR)
-_ERROR_TYPES = frozenset(item.value for item in ErrorType)
 
 
 @dataclass(frozen=True)
@@ -94,12 +88,6 @@ def classify(end: WorkerEnd) -> Outcome:
     return outcome
 
 
-def stderr_excerpt(tail: str) -> str:
-    """The last lines of a worker's stderr, bounded for error details and logs."""
-    lines = tail.rstrip("\n").split("\n")[-STDERR_EXCERPT_LINES:]
-    return "\n".join(lines)[-STDERR_EXCERPT_CHARS:]
-
-
 def _decide(end: WorkerEnd) -> Outcome:
     if end.killed_for == "deadline":
         message = f"the query did not finish within its deadline of {end.timeout_seconds:g} seconds"
@@ -113,17 +101,17 @@ def _decide(end: WorkerEnd) -> Outcome:
         message = "the worker's result is larger than the local launcher accepts"
         return Outcome(error=error_info(ErrorType.INTERNAL, message, retryable=False))
     try:
-        return _from_envelope(end)
+        return envelope_outcome(end.envelope_line, exit_code=end.returncode, death=_death(end))
     except EnvelopeError as exc:
         problem = str(exc)
-    if end.returncode in _PROTOCOL_ERROR_CODES:
-        info = _termination_error(end.termination_message)
+    if end.returncode in PROTOCOL_ERROR_CODES:
+        info = termination_error(end.termination_message)
         if info is not None:
             return Outcome(error=info)
     details = {
         **_exit_details(end.returncode),
         "envelope_problem": problem,
-        "stderr_tail": stderr_excerpt(end.stderr_tail),
+        "stderr_tail": log_excerpt(end.stderr_tail),
     }
     message = f"the worker {_death(end)} without a usable result"
     return Outcome(error=error_info(ErrorType.CRASH, message, details))
@@ -134,7 +122,7 @@ def _out_of_memory(end: WorkerEnd) -> bool:
     if evidence.enforcement == "cgroup":
         killed = end.returncode == -signal.SIGKILL
         return evidence.oom_kills > 0 or (killed and evidence.failcnt > 0)
-    died_without_result = end.returncode not in (0, *_PROTOCOL_ERROR_CODES)
+    died_without_result = end.returncode not in (0, *PROTOCOL_ERROR_CODES)
     return died_without_result and any(marker in end.stderr_tail for marker in ALLOCATION_FAILURE_MARKERS)
 
 
@@ -151,61 +139,13 @@ def _memory_error(end: WorkerEnd) -> ErrorInfo:
     return error_info(ErrorType.MEMORY, f"the query ran out of memory (limit {mib:g} MiB)", details)
 
 
-def _from_envelope(end: WorkerEnd) -> Outcome:
-    """The envelope's outcome; `EnvelopeError` when it is missing, garbled or contradicted by the exit."""
-    if end.envelope_line is None:
-        raise EnvelopeError("no result envelope in the worker output")
-    payload = decode_envelope(end.envelope_line)
-    if payload["ok"] is True:
-        result = payload.get("result")
-        if not isinstance(result, dict):
-            raise EnvelopeError("the result envelope holds no result")
-        if end.returncode == 0:
-            return Outcome(result=result)
-        raise EnvelopeError(f"the worker wrote a result but {_death(end)}")
-    info = _as_error_info(payload.get("error"))
-    if info is None:
-        raise EnvelopeError("the error envelope holds no valid error")
-    if end.returncode in _PROTOCOL_ERROR_CODES:
-        return Outcome(error=info)
-    raise EnvelopeError(f"the worker wrote an error but {_death(end)}")
-
-
-def _termination_error(text: str | None) -> ErrorInfo | None:
-    if not text:
-        return None
-    try:
-        return _as_error_info(json.loads(text))
-    except ValueError:
-        return None
-
-
-def _as_error_info(value: object) -> ErrorInfo | None:
-    if not isinstance(value, dict) or value.get("error_type") not in _ERROR_TYPES:
-        return None
-    details = value.get("details")
-    return error_info(
-        ErrorType(value["error_type"]),
-        str(value.get("message", "")),
-        details if isinstance(details, dict) else {},
-        value.get("retryable") if isinstance(value.get("retryable"), bool) else None,
-    )
-
-
 def _exit_details(returncode: int) -> dict[str, Any]:
     if returncode < 0:
-        return {"signal": _signal_name(-returncode)}
+        return {"signal": signal_name(-returncode)}
     return {"exit_code": returncode}
 
 
 def _death(end: WorkerEnd) -> str:
     if end.returncode < 0:
-        return f"was killed by {_signal_name(-end.returncode)}"
+        return f"was killed by {signal_name(-end.returncode)}"
     return f"exited with code {end.returncode}"
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"

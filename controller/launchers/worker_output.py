@@ -1,0 +1,94 @@
+"""Reading what a worker left behind, the same for every launcher: its envelope, its termination message.
+
+A launcher knows how its worker ended (an exit status, a signal, a pod's fate); this module only judges
+the worker's own words against that end. An envelope is trusted only when the exit agrees with it: a
+result with exit 0, an error with `EXIT_USER_ERROR` or `EXIT_INTERNAL_ERROR`. A termination message is
+trusted only when it is a valid `ErrorInfo` JSON, never as free text.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from controller.launchers.base import Outcome
+from worker_image.protocol import (
+    EXIT_INTERNAL_ERROR,
+    EXIT_USER_ERROR,
+    EnvelopeError,
+    ErrorInfo,
+    ErrorType,
+    decode_envelope,
+    error_info,
+)
+
+__all__ = [
+    "PROTOCOL_ERROR_CODES",
+    "as_error_info",
+    "envelope_outcome",
+    "log_excerpt",
+    "signal_name",
+    "termination_error",
+]
+
+PROTOCOL_ERROR_CODES = (EXIT_USER_ERROR, EXIT_INTERNAL_ERROR)
+EXCERPT_LINES = 20
+EXCERPT_CHARS = 2000
+_ERROR_TYPES = frozenset(item.value for item in ErrorType)
+
+
+def envelope_outcome(output: str | None, *, exit_code: int | None, death: str) -> Outcome:
+    """The envelope's outcome, if the exit agrees with it; `EnvelopeError` when it is missing, garbled or
+    contradicted. `exit_code` is None or negative when the worker did not exit by itself; `death` says how it
+    ended ("exited with code 1"), for the error."""
+    if output is None:
+        raise EnvelopeError("no result envelope in the worker output")
+    payload = decode_envelope(output)
+    if payload["ok"] is True:
+        result = payload.get("result")
+        if not isinstance(result, dict):
+            raise EnvelopeError("the result envelope holds no result")
+        if exit_code == 0:
+            return Outcome(result=result)
+        raise EnvelopeError(f"the worker wrote a result but {death}")
+    info = as_error_info(payload.get("error"))
+    if info is None:
+        raise EnvelopeError("the error envelope holds no valid error")
+    if exit_code in PROTOCOL_ERROR_CODES:
+        return Outcome(error=info)
+    raise EnvelopeError(f"the worker wrote an error but {death}")
+
+
+def termination_error(text: str | None) -> ErrorInfo | None:
+    """The error in a termination message, if it is one the worker wrote (and not, say, a log tail)."""
+    if not text:
+        return None
+    try:
+        return as_error_info(json.loads(text))
+    except ValueError:
+        return None
+
+
+def as_error_info(value: object) -> ErrorInfo | None:
+    if not isinstance(value, dict) or value.get("error_type") not in _ERROR_TYPES:
+        return None
+    details = value.get("details")
+    return error_info(
+        ErrorType(value["error_type"]),
+        str(value.get("message", "")),
+        details if isinstance(details, dict) else {},
+        value.get("retryable") if isinstance(value.get("retryable"), bool) else None,
+    )
+
+
+def log_excerpt(tail: str) -> str:
+    """The last lines of a worker's output (stderr, a pod log), bounded for error details and logs."""
+    lines = tail.rstrip("\n").split("\n")[-EXCERPT_LINES:]
+    return "\n".join(lines)[-EXCERPT_CHARS:]
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

@@ -1,0 +1,467 @@
+"""Pod state -> verdict and outcome (controller/launchers/classify), over pods captured from a real cluster.
+
+The pods under ``pods/`` were captured with ``kubectl get pod -o json`` on the e2e cluster (v1.33) and
+stripped to what classification reads; the few that cannot be produced safely there (node-pressure
+eviction, node shutdown, preemption, taint deletion) are hand-written from the Kubernetes source, and
+their ``_comment`` says so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from controller.launchers.classify import Ended, Failed, Waiting, decide, observe, parse_time, placement
+from worker_image.protocol import (
+    EXIT_USER_ERROR,
+    EnvelopeError,
+    ErrorType,
+    decode_envelope,
+    encode_envelope,
+    error_info,
+)
+
+pytestmark = pytest.mark.unit
+
+PODS = Path(__file__).parent / "pods"
+UNSCHEDULABLE_AFTER = 120.0
+IMAGE_PULL_GRACE = 60.0
+RESULT = {"columns": [{"name": "n", "type": "Int64"}], "rows": [[1]], "total_rows": 1, "truncated": False}
+SQL_ERROR = error_info(ErrorType.SQL, "column nope not found", {"column": "nope"})
+OK = encode_envelope({"ok": True, "result": RESULT})
+FAILED = encode_envelope({"ok": False, "error": SQL_ERROR})
+NOISE = 'reading dataset t\nTraceback (most recent call last):\n  File "worker.py", line 1\n'
+
+
+def load(name: str) -> dict[str, Any]:
+    pod: dict[str, Any] = json.loads((PODS / f"{name}.json").read_text())
+    return pod
+
+
+def created(pod: dict[str, Any]) -> float:
+    return parse_time(pod["metadata"]["creationTimestamp"])
+
+
+def watch(pod: dict[str, Any] | None, *, after: float = 1.0) -> Waiting | Ended | Failed:
+    """`observe` as the launcher calls it, `after` seconds past the pod's creation."""
+    now = created(pod) + after if pod is not None else 0.0
+    return observe(pod, now=now, unschedulable_after=UNSCHEDULABLE_AFTER, image_pull_grace=IMAGE_PULL_GRACE)
+
+
+def worker(pod: dict[str, Any]) -> dict[str, Any]:
+    status: dict[str, Any] = pod["status"]["containerStatuses"][0]
+    return status
+
+
+class Case(NamedTuple):
+    pod: str
+    # observe's verdict
+    verdict: type[Waiting | Ended | Failed]
+    # Waiting: its reason; Failed: the error_type; Ended: decide's error_type, or "result"
+    expected: str
+    # Ended only: the log decide is given
+    log: str | None = None
+    # a subset of the error's details
+    details: Mapping[str, Any] = MappingProxyType({})
+
+
+CASES = [
+    Case("pending-no-status", Waiting, "Pending"),
+    Case("unschedulable", Waiting, "Unschedulable"),
+    Case("containercreating", Waiting, "ContainerCreating"),
+    Case("podinitializing", Waiting, "PodInitializing"),
+    Case("errimagepull", Waiting, "ErrImagePull"),
+    Case("imagepullbackoff", Waiting, "ImagePullBackOff"),
+    Case("running", Waiting, "Running"),
+    Case("terminating", Waiting, "Terminating"),
+    Case("evicted-api-terminating", Waiting, "Terminating"),
+    Case(
+        "errimageneverpull",
+        Failed,
+        "image",
+        details={"image": "podq.local/podq-worker:does-not-exist", "reason": "ErrImageNeverPull"},
+    ),
+    Case(
+        "invalidimagename",
+        Failed,
+        "image",
+        details={"image": "UPPER CASE::bad", "reason": "InvalidImageName"},
+    ),
+    Case(
+        "createcontainerconfigerror-configmap",
+        Failed,
+        "image",
+        details={
+            "reason": "CreateContainerConfigError",
+            "message": 'configmap "podq-missing-configmap" not found',
+        },
+    ),
+    Case(
+        "createcontainerconfigerror-secret",
+        Failed,
+        "image",
+        details={"reason": "CreateContainerConfigError", "message": 'secret "podq-missing-secret" not found'},
+    ),
+    Case("succeeded", Ended, "result", log=f"hello\n{OK}\n"),
+    Case(
+        "succeeded", Ended, "crash", log="hello\ndone\n", details={"exit_code": 0, "log_tail": "hello\ndone"}
+    ),
+    Case(
+        "oomkilled",
+        Ended,
+        "memory",
+        log=NOISE,
+        details={"limit": "32Mi", "exit_code": 137, "signal": "SIGKILL"},
+    ),
+    Case(
+        "oomkilled-exit0",
+        Ended,
+        "memory",
+        log=f"survived\n{OK}\n",
+        details={"limit": "32Mi", "limit_bytes": 32 * 2**20, "exit_code": 0, "reason": "OOMKilled"},
+    ),
+    Case(
+        "deadline-exceeded",
+        Ended,
+        "timeout",
+        log="",
+        details={"active_deadline_seconds": 3, "reason": "DeadlineExceeded"},
+    ),
+    Case("exit1", Ended, "crash", log=NOISE, details={"exit_code": 1, "container_reason": "Error"}),
+    Case("exit1-termmsg", Ended, "crash", log=NOISE, details={"termination_message": "plain words"}),
+    Case("exit1-silent", Ended, "crash", log="", details={"exit_code": 1, "log_tail": ""}),
+    Case("exit2", Ended, "crash", log=NOISE, details={"exit_code": 2}),
+    Case(
+        "exit2-termmsg",
+        Ended,
+        "crash",
+        log=NOISE,
+        details={"exit_code": 2, "termination_message": "usage error"},
+    ),
+    Case("exit3-termmsg", Ended, "sql", log=NOISE, details={"column": "nope"}),
+    Case("exit3-logtail", Ended, "crash", log=NOISE, details={"exit_code": EXIT_USER_ERROR}),
+    Case("exit137", Ended, "crash", log=NOISE + "Killed\n", details={"exit_code": 137, "signal": "SIGKILL"}),
+    Case("exit137-termmsg", Ended, "crash", log=NOISE, details={"signal": "SIGKILL"}),
+    Case("exit139", Ended, "crash", log=NOISE, details={"exit_code": 139, "signal": "SIGSEGV"}),
+    Case("exit139-termmsg", Ended, "crash", log=NOISE, details={"termination_message": "about to segfault"}),
+    Case("starterror", Ended, "image", log=None, details={"reason": "StartError", "exit_code": 128}),
+    Case(
+        "evicted-emptydir",
+        Ended,
+        "evicted",
+        log="filling scratch\nfilled\n",
+        details={"reason": "Evicted", "message": 'Usage of EmptyDir volume "tmp" exceeds the limit "16Mi". '},
+    ),
+    Case(
+        "evicted-memory",
+        Ended,
+        "evicted",
+        log=NOISE,
+        details={"reason": "Evicted", "disruption_reason": "TerminationByKubelet"},
+    ),
+    Case("evicted-api", Ended, "evicted", log="", details={"disruption_reason": "EvictionByEvictionAPI"}),
+    Case("preempted", Ended, "evicted", log="", details={"disruption_reason": "PreemptionByScheduler"}),
+    Case("taint-deleted", Ended, "evicted", log="", details={"disruption_reason": "DeletionByTaintManager"}),
+    Case(
+        "node-shutdown",
+        Ended,
+        "evicted",
+        log=NOISE,
+        details={
+            "reason": "Terminated",
+            "message": "Pod was terminated in response to imminent node shutdown.",
+        },
+    ),
+    Case("node-shutdown-rejected", Ended, "evicted", log=None, details={"reason": "NodeShutdown"}),
+    Case("node-shutdown-after-success", Ended, "result", log=OK),
+]
+
+
+def case_id(case: Case) -> str:
+    return f"{case.pod}-{case.expected}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(case) for case in CASES])
+def test_pod(case: Case) -> None:
+    pod = load(case.pod)
+
+    verdict = watch(pod)
+
+    assert isinstance(verdict, case.verdict)
+    if isinstance(verdict, Waiting):
+        assert verdict.reason == case.expected
+        return
+    if isinstance(verdict, Failed):
+        error = verdict.error
+    else:
+        outcome = decide(pod, case.log)
+        if case.expected == "result":
+            assert outcome.error is None
+            assert outcome.result == RESULT
+            return
+        assert outcome.result is None
+        assert outcome.error is not None
+        error = outcome.error
+    assert error["error_type"] == case.expected
+    assert error["message"]
+    assert case.details.items() <= error["details"].items()
+    json.dumps(error)
+
+
+def test_every_captured_pod_is_in_the_table() -> None:
+    assert {path.stem for path in PODS.glob("*.json")} == {case.pod for case in CASES}
+
+
+def test_a_pod_deleted_under_podq_is_a_retryable_crash() -> None:
+    verdict = watch(None)
+
+    assert isinstance(verdict, Failed)
+    assert verdict.error["error_type"] == "crash"
+    assert verdict.error["retryable"] is True
+    assert "deleted" in verdict.error["message"]
+
+
+# Time-based waits, on both sides of the bound ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "grace", "error_type"),
+    [
+        ("unschedulable", UNSCHEDULABLE_AFTER, "unschedulable"),
+        ("errimagepull", IMAGE_PULL_GRACE, "image"),
+        ("imagepullbackoff", IMAGE_PULL_GRACE, "image"),
+    ],
+)
+def test_a_wait_ends_in_failure_when_its_grace_period_does(name: str, grace: float, error_type: str) -> None:
+    pod = load(name)
+
+    before = watch(pod, after=grace - 0.001)
+    after = watch(pod, after=grace)
+
+    assert isinstance(before, Waiting)
+    assert before.recheck_at == created(pod) + grace
+    assert isinstance(after, Failed)
+    assert after.error["error_type"] == error_type
+    assert after.error["details"]["waited_seconds"] == grace
+
+
+def test_unschedulable_failure_carries_the_schedulers_message() -> None:
+    verdict = watch(load("unschedulable"), after=UNSCHEDULABLE_AFTER)
+
+    assert isinstance(verdict, Failed)
+    scheduler = "0/1 nodes are available: 1 Insufficient cpu."
+    assert scheduler in verdict.error["message"]
+    assert verdict.error["details"]["scheduler_message"].startswith(scheduler)
+
+
+def test_image_pull_failure_names_the_image_and_the_kubelets_message() -> None:
+    verdict = watch(load("imagepullbackoff"), after=IMAGE_PULL_GRACE)
+
+    assert isinstance(verdict, Failed)
+    assert "127.0.0.1:5999/podq/does-not-exist:1" in verdict.error["message"]
+    assert "connection refused" in verdict.error["message"]
+
+
+@pytest.mark.parametrize(
+    "name", ["invalidimagename", "createcontainerconfigerror-secret", "errimageneverpull"]
+)
+def test_image_errors_that_cannot_heal_fail_at_once(name: str) -> None:
+    assert isinstance(watch(load(name), after=0.0), Failed)
+
+
+@pytest.mark.parametrize("name", ["running", "containercreating", "podinitializing", "pending-no-status"])
+def test_waits_without_a_grace_period_need_no_recheck(name: str) -> None:
+    verdict = watch(load(name), after=10 * UNSCHEDULABLE_AFTER)
+
+    assert isinstance(verdict, Waiting)
+    assert verdict.recheck_at is None
+
+
+def test_a_worker_that_terminated_has_ended_even_while_the_pod_runs_on() -> None:
+    pod = load("exit1")
+    pod["status"]["phase"] = "Running"  # a sidecar still running
+
+    assert isinstance(watch(pod), Ended)
+
+
+# A pod with its log, in decide's fixed order -------------------------------------------------------------
+
+
+def test_oomkilled_wins_over_a_valid_success_envelope() -> None:
+    for name in ("oomkilled", "oomkilled-exit0"):
+        outcome = decide(load(name), OK)
+
+        assert outcome.error is not None and outcome.error["error_type"] == "memory", name
+
+
+def test_deadline_exceeded_wins_over_oomkilled() -> None:
+    pod = load("deadline-exceeded")
+    worker(pod)["state"]["terminated"]["reason"] = "OOMKilled"
+
+    outcome = decide(pod, "")
+
+    assert outcome.error is not None and outcome.error["error_type"] == "timeout"
+
+
+def test_a_disruption_wins_over_a_failed_exit() -> None:
+    outcome = decide(load("evicted-memory"), FAILED)
+
+    assert outcome.error is not None and outcome.error["error_type"] == "evicted"
+
+
+def test_eviction_for_the_pods_own_scratch_use_is_not_retryable_and_node_pressure_is() -> None:
+    own = decide(load("evicted-emptydir"), "").error
+    pressure = decide(load("evicted-memory"), "").error
+
+    assert own is not None and own["retryable"] is False
+    assert pressure is not None and pressure["retryable"] is True
+
+
+def test_exit_0_and_a_valid_envelope_is_the_result() -> None:
+    outcome = decide(load("succeeded"), f"stray library output\n{OK}\n")
+
+    assert outcome.error is None
+    assert outcome.result == RESULT
+
+
+def test_an_error_envelope_with_a_user_exit_passes_through_unchanged() -> None:
+    outcome = decide(load("exit3-logtail"), f"{NOISE}{FAILED}\n")
+
+    assert outcome.error == SQL_ERROR
+
+
+def test_a_garbled_envelope_falls_back_to_the_termination_message() -> None:
+    garbled = FAILED.replace("nope", "nape", 1)
+
+    outcome = decide(load("exit3-termmsg"), f"{NOISE}{garbled}\n")
+
+    assert outcome.error is not None
+    assert outcome.error["error_type"] == "sql"
+    assert outcome.error["details"] == {"column": "nope"}
+
+
+def test_the_termination_message_types_the_error_when_the_log_is_gone() -> None:
+    outcome = decide(load("exit3-termmsg"), None, log_problem="pods/log answered 404")
+
+    assert outcome.error is not None and outcome.error["error_type"] == "sql"
+
+
+def test_a_cut_envelope_without_a_termination_error_is_a_crash_naming_the_problem() -> None:
+    pod = load("exit3-logtail")
+    del worker(pod)["state"]["terminated"]["message"]
+
+    outcome = decide(pod, NOISE + OK[: len(OK) // 2])
+
+    assert outcome.result is None
+    assert outcome.error is not None
+    assert outcome.error["error_type"] == "crash"
+    assert outcome.error["details"]["envelope_problem"].startswith("result envelope length mismatch")
+
+
+def test_a_log_tail_in_the_termination_message_is_not_read_as_an_error() -> None:
+    # FallbackToLogsOnError put the log's end there; even JSON-looking text that is no ErrorInfo is ignored.
+    pod = load("exit3-logtail")
+    worker(pod)["state"]["terminated"]["message"] = '{"error_type": "gremlins", "message": "?"}'
+
+    outcome = decide(pod, NOISE)
+
+    assert outcome.error is not None and outcome.error["error_type"] == "crash"
+
+
+def test_a_success_envelope_from_a_worker_that_then_failed_is_not_trusted() -> None:
+    outcome = decide(load("exit1"), f"{NOISE}{OK}\n")
+
+    assert outcome.error is not None
+    assert outcome.error["error_type"] == "crash"
+    assert outcome.error["details"]["envelope_problem"] == "the worker wrote a result but exited with code 1"
+
+
+def test_a_crash_carries_the_end_of_a_long_log() -> None:
+    log = "".join(f"line {i} " + "x" * 300 + "\n" for i in range(1000))
+
+    outcome = decide(load("exit1"), log)
+
+    assert outcome.error is not None
+    details = outcome.error["details"]
+    assert details["envelope_problem"] == "no result envelope in the worker output"
+    assert len(details["log_tail"]) <= 2000
+    assert details["log_tail"].endswith("line 999 " + "x" * 300)
+
+
+def test_a_crash_without_a_log_says_why() -> None:
+    outcome = decide(load("exit139"), None, log_problem="the pod was deleted before its log was read")
+
+    assert outcome.error is not None
+    assert outcome.error["message"] == "the worker exited with code 139 (SIGSEGV) without a usable result"
+    assert outcome.error["details"]["envelope_problem"] == "the pod was deleted before its log was read"
+    assert "log_tail" not in outcome.error["details"]
+
+
+@given(st.text())
+def test_no_result_without_a_valid_envelope(log: str) -> None:
+    outcome = decide(load("succeeded"), log)
+
+    if outcome.result is not None:
+        assert decode_envelope(log)["result"] == outcome.result
+
+
+@given(st.text(), st.integers(min_value=1, max_value=len(OK) - 1), st.text())
+def test_a_cut_envelope_is_never_a_result(before: str, cut: int, after: str) -> None:
+    log = f"{before}\n{OK[:cut]}{after}"
+    try:
+        decode_envelope(log)
+    except EnvelopeError:
+        pass
+    else:
+        pytest.skip("the surrounding text completed an envelope of its own")
+
+    outcome = decide(load("succeeded"), log)
+
+    assert outcome.result is None
+
+
+# Placement -------------------------------------------------------------------------------------------------
+
+
+def test_placement_names_the_pod_and_how_it_ended() -> None:
+    assert placement(load("oomkilled")) == {
+        "kind": "kubernetes",
+        "namespace": "podq-h-classify-1",
+        "pod": "podq-oomkilled",
+        "node": "podq-e2e",
+        "phase": "Failed",
+        "container_reason": "OOMKilled",
+        "exit_code": 137,
+        "signal": "SIGKILL",
+        "started_at": "2026-11-21T21:20:18Z",
+        "finished_at": "2026-11-21T21:20:20Z",
+    }
+
+
+def test_placement_of_a_pod_ended_by_its_deadline_keeps_the_pods_reason() -> None:
+    fields = placement(load("deadline-exceeded"))
+
+    assert fields["reason"] == "DeadlineExceeded"
+    assert fields["message"] == "Pod was active on the node longer than the specified deadline"
+
+
+def test_placement_of_a_pod_that_never_ran() -> None:
+    assert placement(load("unschedulable")) == {
+        "kind": "kubernetes",
+        "namespace": "podq-h-classify-1",
+        "pod": "podq-unschedulable",
+        "phase": "Pending",
+    }
+
+
+def test_decide_records_the_placement() -> None:
+    pod = load("exit1")
+
+    assert decide(pod, NOISE).placement == placement(pod)
