@@ -1,0 +1,143 @@
+"""The errors of the Kubernetes API client, and the one place an HTTP status becomes one of them.
+
+    KubeError                 status, reason, message (status None: no HTTP answer)
+    ├── Unauthorized          401
+    ├── Forbidden             403
+    ├── NotFound              404
+    ├── AlreadyExists         409, reason AlreadyExists
+    ├── Conflict              409, anything else (an update lost a race; a ResourceQuota being updated)
+    ├── Gone                  410: the resourceVersion or continue token expired (also a watch ERROR 410)
+    ├── Invalid               422
+    ├── TooManyRequests       429 (retry_after from the Status details or the Retry-After header)
+    ├── ServerError           5xx, including 504 server timeouts and 503 while the server starts
+    └── Unreachable           no answer: connect errors, timeouts, dropped connections (httpx.TransportError)
+
+`is_transient` is the one retry predicate: a transient error may succeed when the same request is sent
+again later; anything else needs a different request (Gone: relist) or a person.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "AlreadyExists",
+    "Conflict",
+    "Forbidden",
+    "Gone",
+    "Invalid",
+    "KubeError",
+    "NotFound",
+    "ServerError",
+    "TooManyRequests",
+    "Unauthorized",
+    "Unreachable",
+    "api_error",
+    "is_transient",
+]
+
+
+class KubeError(Exception):
+    def __init__(self, status: int | None, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}" if status is None else f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class Unauthorized(KubeError):
+    pass
+
+
+class Forbidden(KubeError):
+    pass
+
+
+class NotFound(KubeError):
+    pass
+
+
+class AlreadyExists(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    pass
+
+
+class Gone(KubeError):
+    pass
+
+
+class Invalid(KubeError):
+    pass
+
+
+class TooManyRequests(KubeError):
+    def __init__(
+        self, status: int | None, reason: str, message: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(status, reason, message)
+        self.retry_after = retry_after
+
+
+class ServerError(KubeError):
+    pass
+
+
+class Unreachable(KubeError):
+    def __init__(self, message: str) -> None:
+        super().__init__(None, "Unreachable", message)
+
+
+_BY_STATUS: dict[int, type[KubeError]] = {
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    410: Gone,
+    422: Invalid,
+}
+
+
+def api_error(
+    status: int | None, body: Mapping[str, Any] | None, *, retry_after: str | None = None
+) -> KubeError:
+    """The error for an HTTP error status (or a watch ERROR event's code) and its Status object, if any.
+
+    `retry_after` is the Retry-After header; the Status object's ``details.retryAfterSeconds`` wins.
+    """
+    body = body or {}
+    reason = str(body.get("reason") or "")
+    message = str(body.get("message") or "")
+    if status is None:
+        return KubeError(None, reason or "Unknown", message)
+    if status == 409 and reason == "AlreadyExists":
+        return AlreadyExists(status, reason, message)
+    if status == 429:
+        return TooManyRequests(status, reason or "TooManyRequests", message, _retry_after(body, retry_after))
+    if 500 <= status <= 599:
+        return ServerError(status, reason or "InternalError", message)
+    return _BY_STATUS.get(status, KubeError)(status, reason or f"HTTP{status}", message)
+
+
+def _retry_after(body: Mapping[str, Any], header: str | None) -> float | None:
+    details = body.get("details")
+    candidates: tuple[object, ...] = (
+        details.get("retryAfterSeconds") if isinstance(details, dict) else None,
+        header,
+    )
+    for value in candidates:
+        if isinstance(value, int | float | str):
+            try:
+                return float(value)
+            except ValueError:
+                continue
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the same request may succeed later: throttling, a struggling or unreachable server, or a
+    409 Conflict that is not AlreadyExists (creating a pod races the ResourceQuota controller's update)."""
+    return isinstance(exc, (TooManyRequests, ServerError, Unreachable, Conflict))

@@ -1,0 +1,164 @@
+"""HTTP statuses, Status objects and watch lines into the client's errors (kube_errors, kube_api)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NamedTuple
+
+import pytest
+
+from controller.launchers.kube_api import (
+    AlreadyExists,
+    Conflict,
+    Forbidden,
+    Gone,
+    Invalid,
+    KubeError,
+    NotFound,
+    ServerError,
+    TooManyRequests,
+    Unauthorized,
+    Unreachable,
+    WatchEvent,
+    decode_watch_line,
+    is_transient,
+)
+from controller.launchers.kube_errors import api_error
+
+pytestmark = pytest.mark.unit
+
+
+def status(code: int, reason: str, message: str = "m", **details: Any) -> dict[str, Any]:
+    """A metav1.Status as the API server sends it."""
+    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code}
+    return body | {"reason": reason, "message": message} | ({"details": details} if details else {})
+
+
+class Mapped(NamedTuple):
+    status: int | None
+    body: dict[str, Any] | None
+    retry_after_header: str | None
+    error: type[KubeError]
+    reason: str
+    retry_after: float | None = None
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Mapped(401, status(401, "Unauthorized"), None, Unauthorized, "Unauthorized"),
+        Mapped(403, status(403, "Forbidden"), None, Forbidden, "Forbidden"),
+        Mapped(404, status(404, "NotFound"), None, NotFound, "NotFound"),
+        Mapped(409, status(409, "AlreadyExists"), None, AlreadyExists, "AlreadyExists"),
+        Mapped(409, status(409, "Conflict"), None, Conflict, "Conflict"),
+        Mapped(410, status(410, "Expired"), None, Gone, "Expired"),
+        Mapped(422, status(422, "Invalid"), None, Invalid, "Invalid"),
+        Mapped(
+            429,
+            status(429, "TooManyRequests", retryAfterSeconds=3),
+            "7",
+            TooManyRequests,
+            "TooManyRequests",
+            3,
+        ),
+        Mapped(429, None, "7", TooManyRequests, "TooManyRequests", 7),
+        Mapped(429, None, "Wed, 21 Oct 2015 07:28:00 GMT", TooManyRequests, "TooManyRequests", None),
+        Mapped(500, status(500, "InternalError"), None, ServerError, "InternalError"),
+        Mapped(503, None, "1", ServerError, "InternalError"),
+        Mapped(504, status(504, "Timeout"), None, ServerError, "Timeout"),
+        Mapped(400, status(400, "BadRequest"), None, KubeError, "BadRequest"),
+        Mapped(418, None, None, KubeError, "HTTP418"),
+        Mapped(None, status(0, ""), None, KubeError, "Unknown"),
+    ],
+    ids=[
+        "401",
+        "403",
+        "404",
+        "409-already-exists",
+        "409-conflict",
+        "410",
+        "422",
+        "429-status-details-win",
+        "429-header",
+        "429-http-date-ignored",
+        "500",
+        "503-no-body",
+        "504-timeout",
+        "400-other",
+        "unknown-status-no-body",
+        "watch-error-without-code",
+    ],
+)
+def test_api_error(case: Mapped) -> None:
+    error = api_error(case.status, case.body, retry_after=case.retry_after_header)
+    assert type(error) is case.error
+    assert (error.status, error.reason) == (case.status, case.reason)
+    if case.body:
+        assert error.message == "m" and "m" in str(error)
+    if isinstance(error, TooManyRequests):
+        assert error.retry_after == case.retry_after
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (TooManyRequests(429, "TooManyRequests", "slow down"), True),
+        (ServerError(500, "InternalError", ""), True),
+        (ServerError(504, "Timeout", ""), True),
+        (Unreachable("connection refused"), True),
+        (Conflict(409, "Conflict", "resourcequotas was modified"), True),
+        (AlreadyExists(409, "AlreadyExists", ""), False),
+        (NotFound(404, "NotFound", ""), False),
+        (Gone(410, "Expired", ""), False),
+        (Forbidden(403, "Forbidden", ""), False),
+        (Unauthorized(401, "Unauthorized", ""), False),
+        (Invalid(422, "Invalid", ""), False),
+        (KubeError(400, "BadRequest", ""), False),
+        (ConnectionError("not ours"), False),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_is_transient(error: BaseException, transient: bool) -> None:
+    assert is_transient(error) is transient
+
+
+def line(kind: str, obj: object) -> str:
+    return json.dumps({"type": kind, "object": obj})
+
+
+POD = {"metadata": {"name": "p", "resourceVersion": "7"}}
+BOOKMARK = {"kind": "Pod", "metadata": {"resourceVersion": "9"}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (line("ADDED", POD), WatchEvent("ADDED", POD)),
+        (line("MODIFIED", POD), WatchEvent("MODIFIED", POD)),
+        (line("DELETED", POD), WatchEvent("DELETED", POD)),
+        (line("BOOKMARK", BOOKMARK), WatchEvent("BOOKMARK", BOOKMARK)),
+        (line("SURPRISE", POD), None),
+        ("   ", None),
+    ],
+    ids=["added", "modified", "deleted", "bookmark", "unknown-type-skipped", "blank"],
+)
+def test_decode_watch_line(raw: str, expected: WatchEvent | None) -> None:
+    assert decode_watch_line(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "error", "reason"),
+    [
+        (line("ERROR", status(410, "Expired", "too old resource version: 1 (880)")), Gone, "Expired"),
+        (line("ERROR", status(500, "InternalError")), ServerError, "InternalError"),
+        (line("ERROR", {"message": "no code"}), KubeError, "Unknown"),
+        ('{"type": "ADDED", "obj', KubeError, "InvalidWatchEvent"),
+        ('{"type": "ADDED"}', KubeError, "InvalidWatchEvent"),
+        ('["ADDED"]', KubeError, "InvalidWatchEvent"),
+    ],
+    ids=["error-410-gone", "error-500", "error-without-code", "truncated", "no-object", "not-an-object"],
+)
+def test_decode_watch_line_raises(raw: str, error: type[KubeError], reason: str) -> None:
+    with pytest.raises(KubeError) as raised:
+        decode_watch_line(raw)
+    assert type(raised.value) is error and raised.value.reason == reason
