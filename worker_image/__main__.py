@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -33,7 +34,14 @@ from worker_image.request import load_request
 from worker_image.testhooks import apply_test_hooks
 
 
+def _terminate(signum: int, frame: object) -> None:
+    os._exit(128 + signum)
+
+
 def main() -> int:
+    # In a pod the worker is PID 1, whose SIGTERM the kernel ignores unless a handler is installed: without
+    # one, a deleted pod or an exceeded deadline would wait out the whole termination grace period.
+    signal.signal(signal.SIGTERM, _terminate)
     # Libraries (sqlglot) log warnings; stdout is reserved for the envelope.
     logging.basicConfig(
         stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"

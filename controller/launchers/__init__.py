@@ -1,4 +1,5 @@
-"""Launchers run one query each: `local` (a subprocess per query) is the embedded default."""
+"""Launchers run one query each: `local` (a subprocess per query) is the embedded default, `kubernetes` runs
+one pod per query."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ from controller.settings import Settings
 
 
 def make_launcher(settings: Settings) -> Launcher:
+    if settings.launcher == "kubernetes":
+        from controller.launchers.kubernetes import KubernetesLauncher
+
+        return KubernetesLauncher(settings)
+
     from controller.launchers.local import LocalLauncher
 
     return LocalLauncher(

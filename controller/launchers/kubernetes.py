@@ -1,0 +1,441 @@
+"""The kubernetes launcher: one pod per query, followed through one watch, its outcome typed from its fate.
+
+A job's life: `build_pod` (pure) is created under a name derived from the query id, so a create that
+meets an existing pod *adopts* it (a restarted controller picks up its predecessor's pods, and a create
+whose answer was lost is not run twice). The pod is then followed through `PodWatch` and `observe`
+(pure) until it has ended or failed in a way that needs no log; an ended pod's log is read, its envelope
+verified, and `decide` (pure) types the outcome. The pod's final status, exit code and a log tail go into
+the outcome's placement, which the dispatcher stores before it calls `release`; only then is the pod
+deleted, at once or after `PODQ_POD_TTL_SECONDS`. podq's decisions are posted as Events on the pod, so
+`kubectl describe pod` tells the story next to the kubelet's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from controller.launchers.aio import shielded
+from controller.launchers.base import Job, Limits, Outcome
+from controller.launchers.capacity import NodeRoom, node_rooms, refusal
+from controller.launchers.classify import Ended, Failed, Waiting, decide, observe, parse_time, placement
+from controller.launchers.kube_api import (
+    AlreadyExists,
+    Forbidden,
+    KubeClient,
+    KubeError,
+    is_transient,
+    load_config,
+    make_event,
+)
+from controller.launchers.pod_watch import Backoff, PodWatch
+from controller.launchers.podspec import (
+    CONTAINER_NAME,
+    PodTemplate,
+    build_pod,
+    pod_name,
+    query_id_of,
+    selector,
+)
+from controller.launchers.worker_output import EXCERPT_LINES, log_excerpt
+from controller.settings import Settings
+from worker_image.protocol import ENVELOPE_MARKER, ErrorType, error_info
+
+log = logging.getLogger(__name__)
+
+# A result larger than this is reported as cut, never parsed short (the envelope carries its length).
+MAX_LOG_BYTES = 64 * 2**20
+CREATE_ATTEMPTS = 5
+NODE_REFRESH_SECONDS = 60.0
+# How long an ended container's pod may take to show its final phase before podq decides without it.
+PHASE_SETTLE_SECONDS = 15.0
+
+
+class Reason:
+    """Reasons of the Events podq posts on its pods."""
+
+    STARTED = "QueryStarted"
+    ADOPTED = "QueryAdopted"
+    SUCCEEDED = "QuerySucceeded"
+    FAILED = "QueryFailed"
+    CANCELLED = "QueryCancelled"
+    ORPHANED = "OrphanDeleted"
+
+
+def _is_terminal(pod: Mapping[str, Any]) -> bool:
+    return pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
+
+
+def _finished_at(pod: Mapping[str, Any]) -> float | None:
+    """When the worker container ended (epoch seconds), from its terminated state."""
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        terminated = (status.get("state") or {}).get("terminated")
+        if terminated and terminated.get("finishedAt"):
+            return parse_time(terminated["finishedAt"])
+    return None
+
+
+def _log_tail(text: str) -> str:
+    """The last lines of a pod's log for the record, with a result envelope shown by its size only."""
+    lines = [
+        f"[result envelope, {len(line)} bytes]" if line.startswith(ENVELOPE_MARKER) else line
+        for line in text.rstrip("\n").split("\n")[-EXCERPT_LINES:]
+    ]
+    return log_excerpt("\n".join(lines))
+
+
+class KubernetesLauncher:
+    name = "kubernetes"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client: KubeClient | None = None
+        self._watch: PodWatch | None = None
+        self._namespace = ""
+        self._template: PodTemplate | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._rooms: list[NodeRoom] | None = None
+        self._detached = False
+        self._nodes_forbidden = False
+
+    # Lifetime -------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = self._settings
+        config = load_config(settings.kube_config, settings.kube_context)
+        self._namespace = settings.kube_namespace or config.namespace or "default"
+        self._client = KubeClient(
+            config,
+            qps=settings.kube_qps,
+            burst=settings.kube_burst,
+            request_timeout=settings.kube_request_timeout_seconds,
+        )
+        self._template = PodTemplate.from_settings(settings, self._namespace)
+        self._watch = PodWatch(
+            self._client,
+            self._namespace,
+            selector(settings.kube_instance),
+            watch_seconds=settings.kube_watch_seconds,
+            relist_seconds=settings.kube_relist_seconds,
+        )
+        self._spawn(self._watch.run(), "podq-pod-watch")
+        try:
+            await asyncio.wait_for(self._watch.synced.wait(), settings.kube_request_timeout_seconds * 2)
+        except TimeoutError:
+            await self.close()
+            raise RuntimeError(
+                f"cannot list pods in namespace {self._namespace!r} at {config.server}: "
+                f"{self._watch.last_error}"
+            ) from None
+        await self._refresh_nodes()
+        self._spawn(self._refresh_nodes_forever(), "podq-node-rooms")
+        log.info(
+            "kubernetes launcher: API server %s, namespace %s, instance %s, image %s",
+            config.server,
+            self._namespace,
+            settings.kube_instance,
+            settings.worker_image,
+        )
+
+    async def ready(self) -> bool:
+        return self._watch is not None and self._watch.healthy
+
+    def detach(self) -> None:
+        self._detached = True
+
+    async def close(self) -> None:
+        """Stop watching. Pods are left to their fate: running ones are adopted by the next controller."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        if self._client is not None:
+            await self._client.aclose()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def _api(self) -> KubeClient:
+        assert self._client is not None, "start() first"
+        return self._client
+
+    @property
+    def _pods(self) -> PodWatch:
+        assert self._watch is not None, "start() first"
+        return self._watch
+
+    # Admission ------------------------------------------------------------------------------------------
+
+    def refusal(self, limits: Limits) -> str | None:
+        return None if self._rooms is None else refusal(limits, self._rooms)
+
+    async def _refresh_nodes(self) -> None:
+        try:
+            nodes = await self._api.list_nodes()
+        except Forbidden:
+            if not self._nodes_forbidden:
+                log.warning(
+                    "cannot list nodes (forbidden): limits no node could hold are not refused at submission, "
+                    "they fail as unschedulable after %gs instead",
+                    self._settings.unschedulable_after_seconds,
+                )
+            self._nodes_forbidden = True
+            self._rooms = None
+            return
+        except KubeError as exc:
+            log.warning("cannot list nodes: %s; keeping what was known", exc)
+            return
+        self._rooms = node_rooms(nodes, self._settings.worker_node_selector)
+
+    async def _refresh_nodes_forever(self) -> None:
+        while True:
+            await asyncio.sleep(NODE_REFRESH_SECONDS)
+            await self._refresh_nodes()
+
+    # Jobs -----------------------------------------------------------------------------------------------
+
+    async def run(self, job: Job) -> Outcome:
+        name = pod_name(job.query_id)
+        await self._pods.synced.wait()
+        with self._pods.following(name) as changed:
+            try:
+                early = await self._create_or_adopt(job, name)
+                if early is not None:
+                    return early
+                return await self._follow(job, name, changed)
+            except asyncio.CancelledError:
+                if not self._detached:
+                    await shielded(self._cancel(job, name))
+                raise
+
+    async def _create_or_adopt(self, job: Job, name: str) -> Outcome | None:
+        """Create the pod, or adopt the one already there. An outcome when the pod cannot be created."""
+        assert self._template is not None
+        body = build_pod(job, self._template, submitted_at=job.submitted_at or time.time())
+        backoff = Backoff()
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            try:
+                pod = await self._api.create_pod(self._namespace, body)
+            except AlreadyExists:
+                existing = self._pods.state(name)
+                if existing is None or existing.gone:
+                    existing_pod = await self._api.get_pod(self._namespace, name)
+                    self._pods.seen(existing_pod)
+                    pod = existing_pod
+                else:
+                    pod = dict(existing.pod)
+                log.info(
+                    "query %s: adopted pod %s/%s (attempt %d)",
+                    job.query_id,
+                    self._namespace,
+                    name,
+                    job.attempt,
+                )
+                await self._event(pod, Reason.ADOPTED, f"podq follows this pod again (attempt {job.attempt})")
+                return None
+            except KubeError as exc:
+                if is_transient(exc) and attempt < CREATE_ATTEMPTS:
+                    delay = backoff.next_delay()
+                    log.warning(
+                        "query %s: creating pod %s: %s; retrying in %.1fs", job.query_id, name, exc, delay
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                log.error("query %s: the API server refused pod %s: %s", job.query_id, name, exc)
+                message = f"the API server refused the worker pod: {exc}"
+                return Outcome(
+                    error=error_info(ErrorType.INTERNAL, message, {"pod": name}, retryable=is_transient(exc)),
+                    placement={"kind": "kubernetes", "namespace": self._namespace, "pod": name},
+                )
+            self._pods.seen(pod)
+            log.info(
+                "query %s: created pod %s/%s (attempt %d)", job.query_id, self._namespace, name, job.attempt
+            )
+            await self._event(pod, Reason.STARTED, f"query {job.query_id}, attempt {job.attempt}")
+            return None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _follow(self, job: Job, name: str, changed: asyncio.Event) -> Outcome:
+        settings = self._settings
+        last_reason = ""
+        settle_until: float | None = None
+        while True:
+            changed.clear()
+            state = self._pods.state(name)
+            pod = None if state is None else state.pod
+            verdict = observe(
+                pod,
+                now=time.time(),
+                unschedulable_after=settings.unschedulable_after_seconds,
+                image_pull_grace=settings.image_pull_grace_seconds,
+            )
+            if state is not None and state.gone and isinstance(verdict, Waiting):
+                verdict = observe(None, now=time.time(), unschedulable_after=0, image_pull_grace=0)
+            if isinstance(verdict, Waiting):
+                if verdict.reason != last_reason:
+                    log.info("query %s: pod %s %s %s", job.query_id, name, verdict.reason, verdict.message)
+                    last_reason = verdict.reason
+                timeout = None if verdict.recheck_at is None else max(0.0, verdict.recheck_at - time.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout)
+                continue
+            if (
+                isinstance(verdict, Ended)
+                and state is not None
+                and not state.gone
+                and not _is_terminal(state.pod)
+            ):
+                # The container has ended but the pod's phase (and a pod-level reason such as
+                # DeadlineExceeded, which decides first) is not written yet: wait for it, boundedly.
+                settle_until = settle_until or time.time() + PHASE_SETTLE_SECONDS
+                if time.time() < settle_until:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), settle_until - time.time())
+                    continue
+            if isinstance(verdict, Failed):
+                outcome = Outcome(
+                    error=verdict.error, placement=placement(pod) if pod else self._placement(name)
+                )
+            else:
+                assert pod is not None
+                outcome = await self._conclude(job, name, pod, verdict, gone=bool(state and state.gone))
+            await self._report(job, name, pod, outcome)
+            return outcome
+
+    async def _conclude(
+        self, job: Job, name: str, pod: Mapping[str, Any], ended: Ended, *, gone: bool
+    ) -> Outcome:
+        status = pod.get("status", {})
+        log.info(
+            "query %s: pod %s ended (%s): phase=%s reason=%s containers=%s",
+            job.query_id,
+            name,
+            ended.reason,
+            status.get("phase"),
+            status.get("reason"),
+            [
+                {"name": c.get("name"), "state": c.get("state"), "restartCount": c.get("restartCount")}
+                for c in status.get("containerStatuses") or []
+            ],
+        )
+        text, problem = (
+            (None, "the pod was deleted before its log was read") if gone else await self._read_log(name)
+        )
+        outcome = decide(pod, text, log_problem=problem)
+        outcome.placement = {**placement(pod), "log_tail": _log_tail(text or "")}
+        return outcome
+
+    async def _read_log(self, name: str) -> tuple[str | None, str | None]:
+        backoff = Backoff()
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            try:
+                text = await self._api.read_log(
+                    self._namespace, name, CONTAINER_NAME, limit_bytes=MAX_LOG_BYTES
+                )
+            except KubeError as exc:
+                if is_transient(exc) and attempt < CREATE_ATTEMPTS:
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                return None, f"the pod's log could not be read: {exc}"
+            return text, None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _placement(self, name: str) -> dict[str, Any]:
+        return {"kind": "kubernetes", "namespace": self._namespace, "pod": name}
+
+    async def _report(self, job: Job, name: str, pod: Mapping[str, Any] | None, outcome: Outcome) -> None:
+        if outcome.error is None:
+            log.info("query %s: pod %s succeeded", job.query_id, name)
+            if pod is not None:
+                await self._event(pod, Reason.SUCCEEDED, "result read from the log and verified")
+            return
+        error = outcome.error
+        log.info("query %s: pod %s failed: %s: %s", job.query_id, name, error["error_type"], error["message"])
+        if pod is not None:
+            await self._event(
+                pod, Reason.FAILED, f"{error['error_type']}: {error['message']}", kind="Warning"
+            )
+
+    async def _cancel(self, job: Job, name: str) -> None:
+        state = self._pods.state(name)
+        if state is not None and not state.gone:
+            await self._event(state.pod, Reason.CANCELLED, "cancelled by a user; deleting the pod")
+        await self._delete(name, job.query_id, "cancelled")
+
+    async def _delete(self, name: str, query_id: str, why: str) -> None:
+        try:
+            deleted = await self._api.delete_pod(self._namespace, name, grace_period_seconds=0)
+        except KubeError as exc:
+            log.warning("query %s: could not delete pod %s (%s): %s", query_id, name, why, exc)
+            return
+        if deleted:
+            log.info("query %s: deleted pod %s (%s)", query_id, name, why)
+
+    async def _event(
+        self, pod: Mapping[str, Any], reason: str, message: str, *, kind: str = "Normal"
+    ) -> None:
+        """Post an Event on the pod; best effort, a failure is logged and never fails the query."""
+        try:
+            await self._api.create_event(
+                self._namespace, make_event(pod, reason=reason, message=message, type=kind)
+            )
+        except KubeError as exc:
+            log.warning(
+                "could not post event %s on pod %s: %s", reason, pod.get("metadata", {}).get("name"), exc
+            )
+
+    # After the outcome is stored ------------------------------------------------------------------------
+
+    async def release(self, query_id: str) -> None:
+        name = pod_name(query_id)
+        state = self._pods.state(name)
+        if state is None or state.gone:
+            self._pods.forget(name)
+            return
+        self._expire(state.pod, query_id)
+
+    def _expire(self, pod: Mapping[str, Any], query_id: str) -> None:
+        """Delete a finished pod once its TTL has passed (at once if 0); one still pending or running now."""
+        name = str(pod["metadata"]["name"])
+        ttl = self._settings.pod_ttl_seconds
+        if not _is_terminal(pod) or ttl <= 0:
+            self._spawn(self._delete(name, query_id, "outcome stored"), f"podq-delete-{name}")
+            return
+        ended = _finished_at(pod) or time.time()
+        delay = max(0.0, ended + ttl - time.time())
+        log.info("query %s: keeping pod %s for %.0fs (PODQ_POD_TTL_SECONDS)", query_id, name, delay)
+        self._spawn(self._delete_later(name, query_id, delay), f"podq-ttl-{name}")
+
+    async def _delete_later(self, name: str, query_id: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self._delete(name, query_id, "TTL expired")
+
+    async def reconcile(self, active: Collection[str]) -> None:
+        await self._pods.synced.wait()
+        keep = set(active)
+        adoptable = []
+        for pod in self._pods.pods():
+            query_id = query_id_of(pod)
+            if query_id is not None and query_id in keep:
+                adoptable.append(query_id)
+            elif _is_terminal(pod):
+                self._expire(pod, query_id or "?")
+            else:
+                log.warning(
+                    "pod %s runs for no active query (%s); deleting it", pod["metadata"]["name"], query_id
+                )
+                await self._event(
+                    pod, Reason.ORPHANED, "its query is no longer queued or running", kind="Warning"
+                )
+                self._spawn(
+                    self._delete(str(pod["metadata"]["name"]), query_id or "?", "orphan"), "podq-orphan"
+                )
+        if adoptable:
+            log.info("%d pods of active queries wait to be adopted: %s", len(adoptable), adoptable)
