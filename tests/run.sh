@@ -1,11 +1,83 @@
 #!/usr/bin/env bash
 # The test command: installs podq with its dev tools into a virtualenv, then lint, type-check and every
 # test tier. Extra arguments go to pytest (e.g. `bash tests/run.sh -m unit`).
+#
+# The e2e tier needs a Kubernetes cluster; PODQ_E2E says where it comes from (tests/e2e/README.md):
+#   auto      (default) KUBECONFIG when it is set, with PODQ_E2E_WORKER_IMAGE and PODQ_E2E_HOST_ADDRESS;
+#             else, as root on Linux with Go, the harness cluster of tests/e2e/cluster, brought up here
+#             with the worker image built and imported; else the e2e tier is deselected, loudly.
+#   required  the same, but without a cluster the run fails.
+#   off       the e2e tier is deselected.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=${PODQ_VENV:-.venv}
-step() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
+e2e=${PODQ_E2E:-auto}
+harness=tests/e2e/cluster
+harness_kubeconfig=${PODQ_E2E_RUN_DIR:-/var/lib/podq-e2e}/kubeconfig
+
+timings=() step_name="" step_start=0 e2e_note=""
+end_step() { [[ -z $step_name ]] || timings+=("$(printf '%6ds  %s' $((SECONDS - step_start)) "$step_name")"); }
+step() {
+  end_step
+  step_name=$1 step_start=$SECONDS
+  printf '\n== %s (%s)\n' "$1" "$(date +%T)"
+}
+summary() {
+  end_step
+  ((${#timings[@]})) || return 0
+  printf '\n== step timings (total %ds)\n' "$SECONDS"
+  printf '%s\n' "${timings[@]}"
+  [[ -z $e2e_note ]] || printf '%s\n' "$e2e_note" >&2
+}
+trap summary EXIT
+
+# The e2e tier did not run: say so where nobody can miss it, now and again at the very end.
+skip_e2e() {
+  e2e_note="$(printf '%s\n' \
+    '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!' \
+    "!! THE E2E TIER DID NOT RUN: $1" \
+    '!! To run it: as root on Linux, "PODQ_E2E=required bash tests/run.sh" brings up the harness cluster;' \
+    '!! against kind or any cluster, see tests/e2e/README.md (KUBECONFIG, PODQ_E2E_WORKER_IMAGE,' \
+    '!! PODQ_E2E_HOST_ADDRESS).' \
+    '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!')"
+  printf '\n%s\n' "$e2e_note" >&2
+  pytest_args=(-m "not e2e")
+}
+
+no_cluster() {
+  if [[ $e2e == required ]]; then
+    echo "PODQ_E2E=required, but $1" >&2
+    exit 1
+  fi
+  skip_e2e "$1"
+}
+
+harness_can_run() {
+  [[ $EUID -eq 0 && $(uname -s) == Linux ]] && command -v go >/dev/null && command -v apt-get >/dev/null
+}
+
+# Decides the e2e tier before anything else runs, so a bad PODQ_E2E fails at once.
+case $e2e in
+  auto | required | off) ;;
+  *) echo "PODQ_E2E must be auto, required or off, not '$e2e'" >&2; exit 2 ;;
+esac
+pytest_args=()
+e2e_cluster=""
+if [[ $e2e == off ]]; then
+  echo "PODQ_E2E=off: the e2e tier is deselected"
+  pytest_args=(-m "not e2e")
+elif [[ -n ${KUBECONFIG:-} && $KUBECONFIG != "$harness_kubeconfig" ]]; then
+  if [[ -z ${PODQ_E2E_WORKER_IMAGE:-} || -z ${PODQ_E2E_HOST_ADDRESS:-} ]]; then
+    no_cluster "KUBECONFIG is set, but PODQ_E2E_WORKER_IMAGE or PODQ_E2E_HOST_ADDRESS is not (both are needed)."
+  else
+    e2e_cluster=kubeconfig
+  fi
+elif harness_can_run; then
+  e2e_cluster=harness
+else
+  no_cluster "no KUBECONFIG, and the harness cluster needs root on Linux with Go and apt-get."
+fi
 
 step "install into $venv"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
@@ -19,6 +91,21 @@ step "ruff"
 step "mypy"
 "$venv/bin/mypy"
 
+if [[ $e2e_cluster == harness ]]; then
+  # A cold build of Kubernetes takes ~13 min on one core: use both (the build runs at nice 19).
+  step "e2e: harness cluster (tests/e2e/cluster/up.sh; builds Kubernetes once, then cached)"
+  exports="$(PODQ_BUILD_JOBS=${PODQ_BUILD_JOBS:-2} "$harness/up.sh")"
+  eval "$exports"
+  step "e2e: worker image (tests/e2e/cluster/build-worker-image.sh)"
+  PODQ_E2E_WORKER_IMAGE="$("$harness/build-worker-image.sh")"
+  export KUBECONFIG PODQ_E2E_HOST_ADDRESS PODQ_E2E_WORKER_IMAGE
+fi
+if [[ -n $e2e_cluster ]]; then
+  echo "e2e tier: KUBECONFIG=$KUBECONFIG PODQ_E2E_WORKER_IMAGE=$PODQ_E2E_WORKER_IMAGE" \
+    "PODQ_E2E_HOST_ADDRESS=$PODQ_E2E_HOST_ADDRESS"
+fi
+
 step "pytest"
-# pytest exits 5 when it collects nothing; set -e turns that into a failure too.
-"$venv/bin/python" -m pytest "$@"
+# The caller's own -m, if any, comes later and wins. pytest exits 5 when it collects nothing; set -e
+# turns that into a failure too.
+"$venv/bin/python" -m pytest "${pytest_args[@]}" "$@"

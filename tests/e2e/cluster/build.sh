@@ -12,24 +12,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 BUILD_JOBS="${PODQ_BUILD_JOBS:-1}"
 
-install_packages() {
-  local missing=()
-  for pkg in $DEBIAN_PACKAGES; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-  done
-  if ((${#missing[@]} == 0)); then
-    log "host packages: cached"
-    return
-  fi
-  log "host packages: installing ${missing[*]}"
-  [[ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null)" ]] ||
-    apt-get update -qq
-  # policy-rc.d keeps Debian's containerd from starting its own daemon: the harness runs its own.
-  DEBIAN_FRONTEND=noninteractive low apt-get install -y -q --no-install-recommends "${missing[@]}" \
-    >"$CACHE_DIR/apt-install.log" 2>&1 || { tail -20 "$CACHE_DIR/apt-install.log"; die "apt-get install failed"; }
-  log "host packages: installed"
-}
-
 k8s_built() {
   local c
   for c in $K8S_COMPONENTS; do [[ -x "$K8S_BIN/$c" ]] || return 1; done
@@ -124,7 +106,8 @@ build_busybox() {
 
 main() {
   mkdir -p "$CACHE_DIR"
-  install_packages
+  # shellcheck disable=SC2086 # a list of names
+  install_packages $DEBIAN_PACKAGES
   [[ "${1:-}" == --packages-only ]] && return
   command -v go >/dev/null || die "go is required to build the cluster components"
   build_pause

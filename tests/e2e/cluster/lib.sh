@@ -28,6 +28,9 @@ ETCD_CLIENT_URL=http://127.0.0.1:12379
 ETCD_PEER_URL=http://127.0.0.1:12380
 CONTAINERD_SOCK="$RUN_DIR/containerd/containerd.sock"
 CNI_BRIDGE=podq0
+# The bridge's own address (host-local's gateway, the range's first address): pods reach this host at
+# it, and a test's fixture server bound to it is reachable from pods and this host only.
+POD_GATEWAY=10.88.0.1
 CNI_BIN_DIR=/usr/lib/cni
 # Pod traffic must stay on this machine: the node address is the host's own primary address.
 NODE_IP="${PODQ_E2E_NODE_IP:-$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i=1;i<NF;i++) if ($i=="src") {print $(i+1); exit}}')}"
@@ -79,6 +82,44 @@ alive() {
 }
 
 ctr_k8s() { ctr --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
+
+# import_image TAR: import an OCI archive of IMAGES_DIR into the cluster's containerd, unless the
+# reference it names already points at the same manifest there (a rebuilt image is imported again).
+import_image() {
+  local ref digest
+  read -r ref digest < <(tar -xOf "$1" index.json | python3 -c 'import json,sys; m=json.load(sys.stdin)["manifests"][0]; print(m["annotations"]["io.containerd.image.name"], m["digest"])')
+  if ctr_k8s images ls "name==$ref" | grep -F "$digest" >/dev/null; then return; fi
+  ctr_k8s images import "$1" >/dev/null
+  log "image $ref: imported"
+}
+
+# install_packages PKG...: install from Debian whichever of PKG is missing. Debian's containerd and
+# docker.io would start daemons of their own on install: a policy-rc.d (the one this machine has, or a
+# temporary one) forbids that, since the harness runs its own.
+install_packages() {
+  local pkg missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  if ((${#missing[@]} == 0)); then
+    log "host packages: cached ($*)"
+    return
+  fi
+  log "host packages: installing ${missing[*]}"
+  mkdir -p "$CACHE_DIR"
+  [[ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null)" ]] ||
+    apt-get update -qq
+  local policy=/usr/sbin/policy-rc.d own_policy=false
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=true
+  fi
+  local rc=0
+  DEBIAN_FRONTEND=noninteractive low apt-get install -y -q --no-install-recommends "${missing[@]}" \
+    >"$CACHE_DIR/apt-install.log" 2>&1 || rc=$?
+  ! $own_policy || rm -f "$policy"
+  ((rc == 0)) || { tail -20 "$CACHE_DIR/apt-install.log"; die "apt-get install failed"; }
+  log "host packages: installed"
+}
 
 # debootstrap takes its packages from the Debian mirror this machine's apt is already set up with.
 host_debian_mirror() {

@@ -4,6 +4,7 @@
 # kubelet and kube-proxy. Idempotent: whatever already runs is left alone, whatever is missing starts.
 # Waits until the node is Ready and the default service account exists, then prints
 #   export KUBECONFIG=<run dir>/kubeconfig
+#   export PODQ_E2E_HOST_ADDRESS=10.88.0.1   (the address pods reach this host at)
 # on stdout (progress goes to stderr). Must run as root. Tear down with down.sh.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -188,19 +189,26 @@ EOF
   ]
 }
 EOF
+  create_bridge
   start containerd containerd --config "$RUN_DIR/containerd/config.toml"
   wait_up containerd 60 ctr --address "$CONTAINERD_SOCK" version
 }
 
+# The CNI plugin creates the bridge with the first pod; creating it (and its gateway address) here
+# lets a test bind a server to POD_GATEWAY before any pod runs. The plugin adopts it as it is.
+create_bridge() {
+  ip link show "$CNI_BRIDGE" >/dev/null 2>&1 && return
+  ip link add "$CNI_BRIDGE" type bridge
+  ip addr add "$POD_GATEWAY/${POD_CIDR#*/}" dev "$CNI_BRIDGE"
+  ip link set "$CNI_BRIDGE" up
+  log "network: bridge $CNI_BRIDGE created ($POD_GATEWAY)"
+}
+
 import_images() {
-  local tar ref digest
+  local tar
   for tar in "$IMAGES_DIR"/*.tar; do
     [[ -e "$tar" ]] || continue
-    read -r ref digest < <(tar -xOf "$tar" index.json | python3 -c 'import json,sys; m=json.load(sys.stdin)["manifests"][0]; print(m["annotations"]["io.containerd.image.name"], m["digest"])')
-    # Skip only when the same ref already points at the same manifest (a rebuilt image re-imports).
-    if ctr_k8s images ls "name==$ref" | grep -F "$digest" >/dev/null; then continue; fi
-    ctr_k8s images import "$tar" >/dev/null
-    log "image $ref: imported"
+    import_image "$tar"
   done
   ctr_k8s images ls -q | grep -xF "$PAUSE_IMAGE" >/dev/null || die "pause image $PAUSE_IMAGE missing (run build.sh)"
 }
@@ -328,6 +336,7 @@ main() {
   for c in etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do alive "$c"; done
   log "up: cluster ready"
   echo "export KUBECONFIG=$KUBECONFIG_PATH"
+  echo "export PODQ_E2E_HOST_ADDRESS=$POD_GATEWAY"
 }
 
 [[ "${BASH_SOURCE[0]}" != "$0" ]] || main "$@"

@@ -75,7 +75,6 @@ def main() -> None:
     p.add_argument("--cmd", action="append", default=None)
     p.add_argument("--env", action="append", default=[])
     p.add_argument("--user", default="")
-    p.add_argument("--workdir", default="/")
     p.add_argument("-o", "--output", required=True)
     args = p.parse_args()
 
@@ -105,7 +104,7 @@ def main() -> None:
                     "Cmd": args.cmd,
                     "Env": args.env or None,
                     "User": args.user or None,
-                    "WorkingDir": args.workdir,
+                    "WorkingDir": "/",
                 }.items()
                 if v
             },
