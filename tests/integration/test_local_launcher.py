@@ -26,7 +26,7 @@ from controller.launchers.base import Job, Limits, Outcome
 from controller.launchers.cgroups import CgroupUnavailable
 from controller.launchers.local import LocalLauncher, MemoryEnforcement
 from controller.launchers.local_child import DEFAULT_INHERITED_ENV, address_space_limit
-from tests.support.fixtures import REPO_ROOT, query_request
+from tests.support.fixtures import HUNGRY_SQL, REPO_ROOT, query_request
 from tests.support.leaks import Proc, live_workers, read_proc, session_members
 from tests.support.waiting import wait_until, wait_until_async
 from worker_image.protocol import WorkerRequest
@@ -44,10 +44,6 @@ SLOW_SQL = (
     "WHERE a.id + b.val + c.id = -1"
 )
 # 400 million distinct groups: gigabytes of hash table, reached within a second.
-HUNGRY_SQL = (
-    "SELECT a.id AS x, b.id AS y, c.id AS z, count(*) AS n "
-    "FROM table2 a CROSS JOIN table2 b CROSS JOIN (SELECT id FROM table2 LIMIT 100) c GROUP BY 1, 2, 3"
-)
 
 
 def make_job(

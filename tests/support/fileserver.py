@@ -1,4 +1,5 @@
-"""A real HTTP server on 127.0.0.1 (a free port) serving a directory, plus routes that misbehave on demand.
+"""A real HTTP server on 127.0.0.1 or a given address (a free port) serving a directory, plus routes that
+misbehave on demand.
 
 =============================  ==========================================================================
 ``/<file>``                    the file from the served directory
@@ -30,8 +31,8 @@ _CHUNK = 64 * 1024
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, directory: Path) -> None:
-        super().__init__(("127.0.0.1", 0), partial(_Handler, directory=str(directory)))
+    def __init__(self, directory: Path, host: str) -> None:
+        super().__init__((host, 0), partial(_Handler, directory=str(directory)))
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.paths: list[str] = []
@@ -95,10 +96,12 @@ class _Handler(SimpleHTTPRequestHandler):
 
 
 class FileServer:
-    """Serves `directory` at `url` (no trailing slash) until `stop()`; also a context manager."""
+    """Serves `directory` at `url` (no trailing slash) until `stop()`; also a context manager.
 
-    def __init__(self, directory: Path) -> None:
-        self._server = _Server(directory)
+    It listens on loopback unless told a `host` (e.g. the address pods reach this machine at)."""
+
+    def __init__(self, directory: Path, host: str = "127.0.0.1") -> None:
+        self._server = _Server(directory, host)
         host, port = self._server.server_address[:2]
         self.url = f"http://{host!s}:{port}"
         self._thread = threading.Thread(

@@ -59,6 +59,13 @@ def file_server(http_file_server: FileServer) -> str:
     return http_file_server.url
 
 
+# Materialises 2000 x 2000 x 100 groups over `sample_datasets`' table2: far beyond a few hundred MiB.
+HUNGRY_SQL = (
+    "SELECT a.id AS x, b.id AS y, c.id AS z, count(*) AS n "
+    "FROM table2 a CROSS JOIN table2 b CROSS JOIN (SELECT id FROM table2 LIMIT 100) c GROUP BY 1, 2, 3"
+)
+
+
 @pytest.fixture
 def sample_datasets(file_server: str) -> list[dict[str, str]]:
     return [

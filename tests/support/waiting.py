@@ -12,13 +12,16 @@ T = TypeVar("T")
 POLL_SECONDS = 0.01
 
 
-def wait_until(predicate: Callable[[], T], what: str = "the condition", within: float = 10) -> T:
-    """Poll `predicate` until it returns something truthy, and return that; fail after `within` seconds."""
+def wait_until(
+    predicate: Callable[[], T], what: str = "the condition", within: float = 10, every: float = POLL_SECONDS
+) -> T:
+    """Poll `predicate` until it returns something truthy, and return that; fail after `within` seconds.
+    `every` is the poll interval: raise it when each look is costly (a kubectl call)."""
     deadline = time.monotonic() + within
     while not (value := predicate()):
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {within} s")
-        time.sleep(POLL_SECONDS)  # sleep-ok: the poll interval of a deadline-bounded wait
+        time.sleep(every)  # sleep-ok: the poll interval of a deadline-bounded wait
     return value
 
 

@@ -1,0 +1,379 @@
+"""Every outcome a user can meet, with each query run as a real pod on a real kubelet, submitted over HTTP
+to the real controller (`podq serve` with `PODQ_LAUNCHER=kubernetes`).
+
+The failures are the kubelet's own: OOMKilled from the kernel's OOM killer inside the pod's memory cgroup,
+DeadlineExceeded from `activeDeadlineSeconds`, exit codes from real signals. The worker's test hooks
+(`debug`, enabled per controller) only make the worker sleep, allocate or die. Each test checks that no
+pod of its controller outlives it (see `kube_controllers`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import polars as pl
+import pytest
+
+from tests.support.controller import wait_finished, wait_status
+from tests.support.e2e import (
+    KUBECTL_POLL_SECONDS,
+    KubeControllers,
+    StartKubeController,
+    kubectl,
+    pod_events,
+    running_pod,
+)
+from tests.support.fileserver import FileServer
+from tests.support.fixtures import HUNGRY_SQL
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.e2e
+
+Controllers = tuple[KubeControllers, StartKubeController]
+POD_TIMEOUT = 120.0
+
+
+def submit(client: httpx.Client, body: dict[str, Any]) -> str:
+    response = client.post("/v1/queries", json=body)
+    assert response.status_code == 202, response.text
+    location: str = response.headers["location"]
+    return location
+
+
+def run(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    return wait_finished(client, submit(client, body), timeout=POD_TIMEOUT)
+
+
+def sleeper(seconds: float = 120, **limits: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"sql": "SELECT 1 AS x", "debug": {"sleep_seconds": seconds}}
+    if limits:
+        body["limits"] = limits
+    return body
+
+
+def count_query(server: FileServer) -> dict[str, Any]:
+    return {
+        "sql": "SELECT count(*) AS n, sum(value) AS total FROM t",
+        "datasets": [{"url": f"{server.url}/simple.parquet", "table_name": "t"}],
+    }
+
+
+def assert_simple_count(record: dict[str, Any]) -> None:
+    assert record["status"] == "succeeded", record
+    assert record["result"]["rows"] == [[10, 67.5]]
+
+
+def evidence(capsys: pytest.CaptureFixture[str], case: str, record: dict[str, Any]) -> None:
+    """Print what the classification read from the pod into the run's log, for the reader of CI output."""
+    placement = record["placement"]
+    fields = {
+        k: placement.get(k) for k in ("pod", "phase", "reason", "message", "container_reason", "exit_code")
+    }
+    with capsys.disabled():
+        print(f"\n[e2e evidence] {case}: error={record['error']['error_type']} pod status read: {fields}")
+
+
+def test_a_query_runs_in_its_own_pod_and_the_pod_is_deleted_after(
+    kube_controllers: Controllers, pod_file_server: FileServer, parquet_dir: Any
+) -> None:
+    controllers, start = kube_controllers
+    with start().client() as client:
+        record = run(
+            client,
+            {
+                "sql": "SELECT name, value FROM t WHERE id > 5 ORDER BY id",
+                "datasets": [{"url": f"{pod_file_server.url}/simple.parquet", "table_name": "t"}],
+            },
+        )
+    expected = pl.read_parquet(parquet_dir / "simple.parquet").filter(pl.col("id") > 5).sort("id")
+    assert record["status"] == "succeeded", record
+    assert record["result"]["rows"] == [list(r) for r in expected.select("name", "value").rows()]
+    placement = record["placement"]
+    assert placement["kind"] == "kubernetes"
+    assert placement["pod"] == f"podq-{record['id']}"
+    assert placement["namespace"] == controllers.namespace
+    assert placement["phase"] == "Succeeded" and placement["exit_code"] == 0
+
+
+def test_an_inspection_runs_in_a_pod(kube_controllers: Controllers, pod_file_server: FileServer) -> None:
+    _, start = kube_controllers
+    with start().client() as client:
+        response = client.post("/v1/inspections", json={"url": f"{pod_file_server.url}/simple.parquet"})
+        assert response.status_code == 202, response.text
+        record = wait_finished(client, response.headers["location"], timeout=POD_TIMEOUT)
+    assert record["result"]["row_count"] == 10 and record["result"]["valid"] is True
+    assert record["placement"]["kind"] == "kubernetes"
+
+
+def test_the_pod_carries_limits_deadline_labels_and_podq_events_and_cancel_deletes_it(
+    kube_controllers: Controllers,
+) -> None:
+    controllers, start = kube_controllers
+    with start().client() as client:
+        location = submit(client, sleeper(cpu="250m", memory="300Mi", timeout_seconds=90))
+        query_id = location.rsplit("/", 1)[1]
+        name = f"podq-{query_id}"
+        pod = running_pod(controllers, query_id, POD_TIMEOUT)
+        labels = pod["metadata"]["labels"]
+        assert labels["app.kubernetes.io/managed-by"] == "podq"
+        assert labels["app.kubernetes.io/instance"] == controllers.instance
+        assert labels["podq.dev/query-id"] == query_id
+        spec = pod["spec"]
+        assert spec["activeDeadlineSeconds"] == 90 and spec["restartPolicy"] == "Never"
+        resources = spec["containers"][0]["resources"]
+        assert resources["limits"] == resources["requests"]
+        assert resources["limits"]["cpu"] == "250m"
+        assert pod["status"]["qosClass"] == "Guaranteed"
+        listing = kubectl(
+            "get", "pods", "-n", controllers.namespace, "-l", "app.kubernetes.io/managed-by=podq"
+        )
+        assert name in listing
+        wait_until(
+            lambda: "QueryStarted" in kubectl("describe", "pod", "-n", controllers.namespace, name),
+            "podq's QueryStarted event in kubectl describe",
+            within=30,
+            every=KUBECTL_POLL_SECONDS,
+        )
+
+        assert client.delete(location).status_code == 200
+        record = wait_finished(client, location)
+    assert record["status"] == "cancelled" and record["error"]["error_type"] == "cancelled"
+    wait_until(
+        lambda: all(p["metadata"]["name"] != name for p in controllers.pods()),
+        "the cancelled query's pod deleted",
+        within=POD_TIMEOUT,
+        every=KUBECTL_POLL_SECONDS,
+    )
+    reasons = {event["reason"] for event in pod_events(controllers.namespace, name)}
+    assert {"QueryStarted", "QueryCancelled"} <= reasons, reasons
+
+
+def test_TIMEOUT_1_2_the_deadline_is_the_kubelets_and_the_next_query_succeeds(
+    kube_controllers: Controllers, pod_file_server: FileServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, start = kube_controllers
+    with start().client() as client:
+        timed_out = run(client, sleeper(timeout_seconds=3))
+        after = run(client, count_query(pod_file_server))
+    assert timed_out["status"] == "failed", timed_out
+    assert timed_out["error"]["error_type"] == "timeout", timed_out["error"]
+    # The kubelet's verdict, read from the pod's status, not a timer of podq's.
+    assert timed_out["placement"]["reason"] == "DeadlineExceeded", timed_out["placement"]
+    evidence(capsys, "TIMEOUT-1", timed_out)
+    assert_simple_count(after)
+
+
+def test_MEM_1_2_an_oom_kill_is_memory_and_the_next_query_succeeds(
+    kube_controllers: Controllers, pod_file_server: FileServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, start = kube_controllers
+    with start().client() as client:
+        oom = run(client, {"sql": "SELECT 1", "debug": {"allocate_mb": 1024}, "limits": {"memory": "200Mi"}})
+        after = run(client, count_query(pod_file_server))
+    assert oom["status"] == "failed", oom
+    assert oom["error"]["error_type"] == "memory", oom["error"]
+    assert oom["placement"]["container_reason"] == "OOMKilled", oom["placement"]
+    assert oom["placement"]["exit_code"] == 137
+    evidence(capsys, "MEM-1", oom)
+    assert_simple_count(after)
+
+
+def test_MEM_1_a_query_materialising_beyond_its_limit_is_memory(
+    kube_controllers: Controllers, pod_file_server: FileServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No test hook: the SQL itself needs more than the pod's memory limit."""
+    _, start = kube_controllers
+    body = {
+        "sql": HUNGRY_SQL,
+        "datasets": [{"url": f"{pod_file_server.url}/large.parquet", "table_name": "table2"}],
+        "limits": {"memory": "256Mi", "timeout_seconds": 100},
+    }
+    with start().client() as client:
+        record = run(client, body)
+    assert record["error"]["error_type"] == "memory", record
+    evidence(capsys, "MEM-1 (sql)", record)
+
+
+@pytest.mark.parametrize("how", ["segv", "exit"])
+def test_CRASH_1_2_a_dead_worker_is_a_crash_and_nothing_carries_over(
+    how: str, kube_controllers: Controllers, pod_file_server: FileServer
+) -> None:
+    _, start = kube_controllers
+    with start().client() as client:
+        crashed = run(client, {"sql": "SELECT 1", "debug": {"crash": how}})
+        first = run(client, count_query(pod_file_server))
+        second = run(client, count_query(pod_file_server))
+    assert crashed["error"]["error_type"] == "crash", crashed
+    details = crashed["error"]["details"]
+    assert details["exit_code"] == (139 if how == "segv" else 1), details
+    assert_simple_count(first)
+    assert_simple_count(second)
+    # CRASH-2: each query had a fresh pod of its own.
+    pods = {r["placement"]["pod"] for r in (crashed, first, second)}
+    assert len(pods) == 3
+
+
+def test_ERR_1_every_error_type_reaches_the_user_in_one_shape(
+    kube_controllers: Controllers, pod_file_server: FileServer, pod_closed_port_url: str
+) -> None:
+    _, start = kube_controllers
+    table = {"url": f"{pod_file_server.url}/simple.parquet", "table_name": "t"}
+    cases = {
+        "validation": {
+            "sql": "SELECT * FROM t",
+            "datasets": [{**table, "url": f"{pod_file_server.url}/fake.parquet"}],
+        },
+        "network": {
+            "sql": "SELECT * FROM t",
+            "datasets": [{**table, "url": f"{pod_closed_port_url}/x.parquet"}],
+        },
+        "sql": {"sql": "SELECT nonexistent FROM t", "datasets": [table]},
+        "timeout": sleeper(timeout_seconds=2),
+        "memory": {"sql": "SELECT 1", "debug": {"allocate_mb": 1024}, "limits": {"memory": "200Mi"}},
+        "crash": {"sql": "SELECT 1", "debug": {"crash": "segv"}},
+    }
+    with start(max_concurrent=3).client() as client:
+        locations = {kind: submit(client, body) for kind, body in cases.items()}
+        records = {kind: wait_finished(client, loc, timeout=POD_TIMEOUT) for kind, loc in locations.items()}
+    for kind, record in records.items():
+        assert record["status"] == "failed", record
+        error = record["error"]
+        assert set(error) == {"error_type", "message", "details", "retryable"}, error
+        assert error["error_type"] == kind, error
+        assert error["message"], error
+    assert "nonexistent" in records["sql"]["error"]["message"]
+
+
+def test_ERR_2_a_failed_query_leaves_the_service_working(
+    kube_controllers: Controllers, pod_file_server: FileServer
+) -> None:
+    _, start = kube_controllers
+    with start().client() as client:
+        failed = run(client, {**count_query(pod_file_server), "sql": "SELECT id FROM t WHERE nosuch > 1"})
+        ok = run(client, count_query(pod_file_server))
+    assert failed["error"]["error_type"] == "sql", failed
+    assert "nosuch" in failed["error"]["message"]
+    assert_simple_count(ok)
+
+
+def test_QUEUE_1_cap_of_two_pods_fifo_and_all_complete(kube_controllers: Controllers) -> None:
+    """Cap 2, four slow queries: two pods, two queued queries without pods; all four complete, FIFO."""
+    controllers, start = kube_controllers
+    with start(max_concurrent=2).client() as client:
+        locations = [submit(client, sleeper(6)) for _ in range(4)]
+        ids = [loc.rsplit("/", 1)[1] for loc in locations]
+        wait_status(client, locations[0], "running", timeout=POD_TIMEOUT)
+        wait_status(client, locations[1], "running", timeout=POD_TIMEOUT)
+        statuses = [client.get(loc).json()["status"] for loc in locations[2:]]
+        pod_names = {p["metadata"]["name"] for p in controllers.pods()}
+        records = [wait_finished(client, loc, timeout=POD_TIMEOUT) for loc in locations]
+    assert statuses == ["queued", "queued"]
+    assert not pod_names & {f"podq-{i}" for i in ids[2:]}, pod_names
+    assert [r["status"] for r in records] == ["succeeded"] * 4
+    starts = [r["started_at"] for r in records]
+    assert starts[2] >= max(starts[:2]) and starts[3] >= max(starts[:2])
+    assert min(r["finished_at"] for r in records[:2]) <= min(starts[2:])
+
+
+def test_limits_no_node_could_ever_hold_are_refused_at_submission(kube_controllers: Controllers) -> None:
+    controllers, start = kube_controllers
+    with start(max_cpu="512", max_memory="4Ti").client() as client:
+        for limits in ({"cpu": "500"}, {"memory": "3Ti"}):
+            response = client.post("/v1/queries", json={"sql": "SELECT 1", "limits": limits})
+            assert response.status_code == 422, response.text
+            assert response.json()["details"]["errors"][0]["field"] == "limits", response.json()
+            assert "no node could ever hold" in response.json()["message"]
+        assert client.get("/v1/queries").json()["items"] == []
+    assert controllers.pods() == []
+
+
+def test_limits_that_do_not_fit_now_fail_as_unschedulable_after_the_wait(
+    kube_controllers: Controllers, ballast: Callable[[str], None]
+) -> None:
+    controllers, start = kube_controllers
+    free_millicores = ballast(controllers.namespace)
+    with start(unschedulable_after_seconds=5).client() as client:
+        record = run(client, sleeper(5, cpu=f"{free_millicores + 100}m", memory="128Mi"))
+    assert record["error"]["error_type"] == "unschedulable", record
+    assert "Insufficient cpu" in record["error"]["message"], record["error"]
+    assert record["error"]["retryable"] is True
+
+
+def test_an_image_that_cannot_be_pulled_fails_as_image(kube_controllers: Controllers) -> None:
+    _, start = kube_controllers
+    with start(worker_image="podq.local/no-such-image:0", image_pull_grace_seconds=3).client() as client:
+        record = run(client, {"sql": "SELECT 1"})
+    assert record["error"]["error_type"] == "image", record
+    assert "podq.local/no-such-image:0" in record["error"]["message"]
+
+
+@pytest.mark.parametrize("stop", ["kill -9", "SIGTERM"])
+def test_a_restarted_controller_adopts_running_pods_and_each_result_lands_once(
+    stop: str, kube_controllers: Controllers, pod_file_server: FileServer
+) -> None:
+    controllers, start = kube_controllers
+    first = start(max_concurrent=2)
+    body = {**count_query(pod_file_server), "debug": {"sleep_seconds": 20}}
+    with first.client() as client:
+        locations = [submit(client, body) for _ in range(2)]
+    ids = [loc.rsplit("/", 1)[1] for loc in locations]
+    uids = {query_id: running_pod(controllers, query_id, POD_TIMEOUT)["metadata"]["uid"] for query_id in ids}
+    if stop == "kill -9":
+        first.kill()
+    else:
+        assert first.stop() in (0, -15)  # uvicorn re-raises the SIGTERM it handled
+    # The pods outlive their controller: nobody deleted them.
+    assert {p["metadata"]["uid"] for p in controllers.pods()} >= set(uids.values())
+
+    with start(max_concurrent=2).client() as client:
+        records = [wait_finished(client, loc, timeout=POD_TIMEOUT) for loc in locations]
+    for record in records:
+        assert_simple_count(record)
+    for query_id, uid in uids.items():
+        adopted = [
+            e
+            for e in pod_events(controllers.namespace, f"podq-{query_id}")
+            if e["reason"] == "QueryAdopted" and e["involvedObject"].get("uid") == uid
+        ]
+        assert adopted, (
+            f"pod podq-{query_id} was not adopted: {pod_events(controllers.namespace, f'podq-{query_id}')}"
+        )
+        created = [
+            e for e in pod_events(controllers.namespace, f"podq-{query_id}") if e["reason"] == "QueryStarted"
+        ]
+        assert len(created) == 1, created
+
+
+def test_a_finished_pod_is_kept_for_its_ttl_then_deleted(
+    kube_controllers: Controllers, pod_file_server: FileServer
+) -> None:
+    controllers, start = kube_controllers
+    with start(pod_ttl_seconds=5).client() as client:
+        record = run(client, count_query(pod_file_server))
+    assert_simple_count(record)
+    name = record["placement"]["pod"]
+    logs = kubectl("logs", "-n", controllers.namespace, name)
+    assert "PODQ-RESULT-V1" in logs
+    wait_until(
+        lambda: all(p["metadata"]["name"] != name for p in controllers.pods()),
+        "the pod deleted after its TTL",
+        within=POD_TIMEOUT,
+        every=KUBECTL_POLL_SECONDS,
+    )
+
+
+def test_a_pod_deleted_by_someone_else_fails_the_query_as_a_retryable_crash(
+    kube_controllers: Controllers,
+) -> None:
+    controllers, start = kube_controllers
+    with start().client() as client:
+        location = submit(client, sleeper(120))
+        query_id = location.rsplit("/", 1)[1]
+        running_pod(controllers, query_id, POD_TIMEOUT)
+        kubectl("delete", "pod", "-n", controllers.namespace, f"podq-{query_id}", "--wait=false")
+        record = wait_finished(client, location, timeout=POD_TIMEOUT)
+    assert record["status"] == "failed", record
+    assert record["error"]["error_type"] == "crash", record["error"]
+    assert record["error"]["retryable"] is True
