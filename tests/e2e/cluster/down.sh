@@ -72,10 +72,23 @@ for ns in json.load(sys.stdin).get("Spec", {}).get("linux", {}).get("namespaces"
     ctr_k8s containers delete "$id" >/dev/null 2>&1 || true
   done
   for id in "${netns[@]}"; do
-    umount "$id" 2>/dev/null || true
-    rm -f "$id"
+    remove_netns "$id"
   done
   [[ -z "$ids" ]] || log "pods: $(wc -w <<<"$ids") containers removed through containerd"
+}
+
+# A pod's network namespace is an nsfs mount on a file under /run/netns. When something later bind-mounts
+# /run/netns onto itself (`ip netns` does), that mount hides the nsfs one beneath it, and the file can be
+# neither unmounted nor unlinked (EBUSY) until the self-bind is gone; `ip netns` makes it again when needed.
+remove_netns() {
+  local path=$1
+  umount "$path" 2>/dev/null || true
+  rm -f "$path" 2>/dev/null && return 0
+  if awk '$5 == "/run/netns" && $4 == "/run/netns"' /proc/self/mountinfo | grep -q .; then
+    umount -l /run/netns 2>/dev/null || true
+    umount "$path" 2>/dev/null || true
+  fi
+  rm -f "$path" 2>/dev/null || log "warning: cannot remove $path (still mounted)"
 }
 
 clean_network() {
