@@ -12,6 +12,7 @@ from typing import Any
 from controller.models import InspectionIn, LimitsIn, QueryIn
 from controller.quantity import parse_cpu_millicores, parse_memory_bytes
 from controller.settings import Settings
+from worker_image.netpolicy import FetchPolicy, Refused, check_url
 from worker_image.protocol import FetchOptions, WorkerRequest
 
 # The request travels to the worker in one environment variable; Linux takes at most 128 KiB for one
@@ -63,7 +64,19 @@ def _fetch(settings: Settings) -> FetchOptions:
         "read_timeout_seconds": settings.fetch_read_timeout_seconds,
         "total_timeout_seconds": settings.fetch_total_timeout_seconds,
         "max_download_bytes": settings.max_download_bytes,
+        "allowed_networks": settings.fetch_allowed_networks,
+        "blocked_networks": settings.fetch_blocked_networks,
     }
+
+
+def _check_url(field: str, url: str, settings: Settings) -> None:
+    """Refuses early what the worker would refuse anyway: a bad shape, or a host that is a blocked address.
+    Names are not resolved here; the worker judges the addresses it connects to."""
+    policy = FetchPolicy.from_lists(settings.fetch_allowed_networks, settings.fetch_blocked_networks)
+    try:
+        check_url(url, policy)
+    except Refused as exc:
+        raise Rejected(field, exc.message) from None
 
 
 def _debug(debug: dict[str, Any] | None, settings: Settings) -> dict[str, Any]:
@@ -94,6 +107,8 @@ def admit_query(body: QueryIn, settings: Settings) -> Admitted:
         raise Rejected(
             "datasets", f"{len(body.datasets)} datasets, above the maximum {settings.max_datasets}"
         )
+    for index, dataset in enumerate(body.datasets):
+        _check_url(f"datasets[{index}].url", dataset.url, settings)
     max_rows = body.max_rows or settings.default_max_rows
     if max_rows > settings.max_rows_limit:
         raise Rejected("max_rows", f"max_rows {max_rows} is above the maximum {settings.max_rows_limit}")
@@ -109,6 +124,7 @@ def admit_query(body: QueryIn, settings: Settings) -> Admitted:
 
 
 def admit_inspection(body: InspectionIn, settings: Settings) -> Admitted:
+    _check_url("url", body.url, settings)
     request: WorkerRequest = {
         "operation": "inspect",
         "fetch": _fetch(settings),

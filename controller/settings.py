@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, FilePath, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from controller.quantity import parse_cpu_millicores, parse_memory_bytes
+from worker_image.netpolicy import parse_networks
 
 
 def _default_data_dir() -> Path:
@@ -71,6 +72,17 @@ class Settings(BaseSettings):
     )
     max_download_bytes: int = Field(
         1_073_741_824, ge=1, description="Largest dataset download, counted while streaming."
+    )
+    fetch_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="Networks dataset URLs may reach although they are not public, as a JSON list of CIDRs: "
+        '`["10.20.0.0/16"]`. By default loopback, link-local (the cloud metadata address), private, '
+        "carrier-grade NAT, multicast and reserved addresses are refused (README, Dataset URLs).",
+    )
+    fetch_blocked_networks: list[str] = Field(
+        default_factory=list,
+        description="Further networks dataset URLs may not reach, as a JSON list of CIDRs: the cluster's "
+        "service and pod ranges when they are public addresses. Wins over `PODQ_FETCH_ALLOWED_NETWORKS`.",
     )
     memory_enforcement: Literal["auto", "cgroup", "rlimit"] = Field(
         "auto",
@@ -159,6 +171,28 @@ class Settings(BaseSettings):
         300, gt=0, description="Period of a full relist of the worker pods, a safety net under the watch."
     )
 
+    # API access.
+    api_tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description='Bearer tokens the API accepts, as a JSON list: `["t0k3n-a", "t0k3n-b"]`. With neither '
+        "this nor `PODQ_API_TOKENS_FILE` set, auth is off. `/healthz`, `/readyz`, `/docs` and "
+        "`/openapi.json` are always open.",
+    )
+    api_tokens_file: FilePath | None = Field(
+        None,
+        description="A file of bearer tokens, one per line (a mounted Secret). Re-read when it changes, so "
+        "rotation needs no restart; set, it turns auth on even when empty (then no token is valid).",
+    )
+    metrics_require_auth: bool = Field(
+        False, description="With auth on, `/metrics` also demands a token; off, scrapers need none."
+    )
+    idempotency_key_ttl_seconds: float = Field(
+        86_400,
+        gt=0,
+        description="How long an `Idempotency-Key` is remembered; a retry within it gets the first query "
+        "back, later the key is free again.",
+    )
+
     @field_validator("default_cpu", "max_cpu")
     @classmethod
     def _cpu(cls, value: str) -> str:
@@ -169,6 +203,12 @@ class Settings(BaseSettings):
     @classmethod
     def _memory(cls, value: str) -> str:
         parse_memory_bytes(value)
+        return value
+
+    @field_validator("fetch_allowed_networks", "fetch_blocked_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)
         return value
 
     @property

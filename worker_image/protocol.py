@@ -134,6 +134,9 @@ class FetchOptions(TypedDict):
     read_timeout_seconds: float
     total_timeout_seconds: float
     max_download_bytes: int
+    # The address policy as CIDR lists (worker_image/netpolicy.py); absent means empty, the strictest.
+    allowed_networks: NotRequired[list[str]]
+    blocked_networks: NotRequired[list[str]]
 
 
 class WorkerRequest(TypedDict):

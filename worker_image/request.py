@@ -6,6 +6,7 @@ import json
 import math
 from typing import Any, TypeGuard, cast
 
+from worker_image.netpolicy import parse_networks
 from worker_image.protocol import REQUEST_ENV, ErrorType, WorkerError, WorkerRequest
 
 DEFAULT_MAX_ROWS = 1000
@@ -45,6 +46,14 @@ def _check_fetch(fetch: Any) -> None:
     max_bytes = fetch.get("max_download_bytes")
     if not _is_int(max_bytes) or max_bytes <= 0:
         raise _invalid("'fetch.max_download_bytes' must be a positive integer")
+    for key in ("allowed_networks", "blocked_networks"):
+        networks = fetch.get(key, [])
+        if not isinstance(networks, list) or not all(isinstance(value, str) for value in networks):
+            raise _invalid(f"'fetch.{key}' must be a list of CIDR strings")
+        try:
+            parse_networks(networks)
+        except ValueError as exc:
+            raise _invalid(f"'fetch.{key}': {exc}") from None
 
 
 def _check_query(request: dict[str, Any]) -> None:

@@ -132,6 +132,8 @@ def kube_controllers(
             "PODQ_KUBE_INSTANCE": controllers.instance,
             "PODQ_WORKER_IMAGE": e2e_env.worker_image,
             "PODQ_ENABLE_TEST_HOOKS": "true",
+            # The fixture server is on this machine's private address, which the fetch policy refuses.
+            "PODQ_FETCH_ALLOWED_NETWORKS": json.dumps([f"{e2e_env.host_address}/32"]),
             **{f"PODQ_{key.upper()}": str(value) for key, value in settings.items()},
         }
         controller = ControllerProcess(controllers.data_dir, env, controllers.log_path)

@@ -8,7 +8,10 @@ misbehave on demand.
                                without ``drip``) until S seconds have passed or the server stops
 ``/big?bytes=N``               N bytes streamed without a Content-Length; ``&content_length=M`` sends
                                ``Content-Length: M`` instead (which may be a lie)
-``/redirect?to=/<path>``       302 to that path
+``/redirect?to=/<path>``       302 to that path (or to any absolute URL)
+``/gzip?bytes=N``              N zero bytes gzip-compressed (a compression bomb for large N), sent with
+                               ``Content-Encoding: gzip`` (or ``&encoding=E``) and the compressed length
+``/gzip?file=<name>``          that file from the served directory, gzip-compressed the same way
 =============================  ==========================================================================
 
 Every request's path (with query) is recorded in `FileServer.requests`. `stop()` returns promptly:
@@ -18,6 +21,8 @@ slow responses end as soon as the server stops.
 from __future__ import annotations
 
 import threading
+import zlib
+from collections.abc import Iterable
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,8 +36,9 @@ _CHUNK = 64 * 1024
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, directory: Path, host: str) -> None:
-        super().__init__((host, 0), partial(_Handler, directory=str(directory)))
+    def __init__(self, directory: Path, host: str, port: int) -> None:
+        super().__init__((host, port), partial(_Handler, directory=str(directory)))
+        self.directory = directory
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.paths: list[str] = []
@@ -53,6 +59,8 @@ class _Handler(SimpleHTTPRequestHandler):
                 self._slow(float(query["seconds"]), float(query.get("drip", 0)))
             elif url.path == "/big":
                 self._big(int(query["bytes"]), query.get("content_length"))
+            elif url.path == "/gzip":
+                self._gzip(query)
             elif url.path == "/redirect":
                 self.send_response(302)
                 self.send_header("Location", query["to"])
@@ -80,6 +88,19 @@ class _Handler(SimpleHTTPRequestHandler):
                 self.wfile.write(b"x")
                 self.wfile.flush()
 
+    def _gzip(self, query: dict[str, str]) -> None:
+        if "file" in query:
+            body = _gzipped([(self.server.directory / query["file"]).read_bytes()])
+        else:
+            size = int(query["bytes"])
+            zeros = b"\0" * _CHUNK
+            body = _gzipped(zeros[: min(_CHUNK, size - offset)] for offset in range(0, size, _CHUNK))
+        self.send_response(200)
+        self.send_header("Content-Encoding", query.get("encoding", "gzip"))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def _big(self, size: int, content_length: str | None) -> None:
         self.send_response(200)
         if content_length is not None:
@@ -95,13 +116,19 @@ class _Handler(SimpleHTTPRequestHandler):
         pass  # requests are recorded in `paths`; stderr stays quiet
 
 
+def _gzipped(chunks: Iterable[bytes]) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return b"".join([*(compressor.compress(chunk) for chunk in chunks), compressor.flush()])
+
+
 class FileServer:
     """Serves `directory` at `url` (no trailing slash) until `stop()`; also a context manager.
 
-    It listens on loopback unless told a `host` (e.g. the address pods reach this machine at)."""
+    It listens on loopback unless told a `host` (e.g. the address pods reach this machine at), on a free
+    port unless told a `port`."""
 
-    def __init__(self, directory: Path, host: str = "127.0.0.1") -> None:
-        self._server = _Server(directory, host)
+    def __init__(self, directory: Path, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._server = _Server(directory, host, port)
         host, port = self._server.server_address[:2]
         self.url = f"http://{host!s}:{port}"
         self._thread = threading.Thread(

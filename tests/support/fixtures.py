@@ -77,21 +77,24 @@ def sample_datasets(file_server: str) -> list[dict[str, str]]:
 # ---------------------------------------------------------------- the worker as a subprocess
 
 TEST_HOOKS_ON = {TEST_HOOKS_ENV: "1"}
+# The fixture servers listen on loopback, which the fetch policy refuses unless allowed.
+LOOPBACK_ALLOWED = ["127.0.0.0/8"]
 
 
-def fetch_options(**overrides: float) -> dict[str, float]:
-    """Fetch options for a worker request: generous defaults, tightened per test."""
+def fetch_options(**overrides: Any) -> dict[str, Any]:
+    """Fetch options for a worker request: generous defaults, loopback allowed, tightened per test."""
     return {
         "connect_timeout_seconds": 5,
         "read_timeout_seconds": 10,
         "total_timeout_seconds": 30,
         "max_download_bytes": 64 * 1024 * 1024,
+        "allowed_networks": LOOPBACK_ALLOWED,
         **overrides,
     }
 
 
 def query_request(
-    sql: str, datasets: list[dict[str, str]], max_rows: int = 1000, **fetch: float
+    sql: str, datasets: list[dict[str, str]], max_rows: int = 1000, **fetch: Any
 ) -> dict[str, Any]:
     return {
         "operation": "query",
@@ -102,7 +105,7 @@ def query_request(
     }
 
 
-def inspect_request(url: str, **fetch: float) -> dict[str, Any]:
+def inspect_request(url: str, **fetch: Any) -> dict[str, Any]:
     return {"operation": "inspect", "url": url, "fetch": fetch_options(**fetch)}
 
 
@@ -166,8 +169,14 @@ def termination_log(tmp_path: Path) -> Path:
 # ---------------------------------------------------------------- the controller (`podq serve`)
 
 # Settings every test controller gets unless a test overrides them: test hooks on (crash, sleep,
-# allocate), a small SQL cap so the size check is cheap to hit, and the default concurrency of 2.
-CONTROLLER_DEFAULTS = {"enable_test_hooks": "true", "max_sql_bytes": "1000", "max_body_bytes": "65536"}
+# allocate), a small SQL cap so the size check is cheap to hit, the default concurrency of 2, and
+# loopback allowed for the fixture file server.
+CONTROLLER_DEFAULTS = {
+    "enable_test_hooks": "true",
+    "max_sql_bytes": "1000",
+    "max_body_bytes": "65536",
+    "fetch_allowed_networks": json.dumps(LOOPBACK_ALLOWED),
+}
 
 
 def _env(settings: Mapping[str, object]) -> dict[str, str]:

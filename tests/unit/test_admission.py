@@ -1,3 +1,4 @@
+import re
 from typing import Any
 
 import pytest
@@ -114,6 +115,45 @@ def test_inspection_takes_the_same_limits() -> None:
         admit_inspection(
             InspectionIn.model_validate({"url": "http://x/y", "limits": {"memory": "8Gi"}}), SETTINGS
         )
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://2852039166/x.parquet", "link-local (cloud metadata)"),
+        ("http://0xa9fea9fe/x.parquet", "link-local (cloud metadata)"),
+        ("http://0251.0376.0251.0376/x.parquet", "link-local (cloud metadata)"),
+        ("http://[::ffff:169.254.169.254]/x.parquet", "IPv4-mapped IPv6"),
+        ("http://127.0.0.1.:8000/x.parquet", "loopback"),
+        ("http://10.88.0.1/x.parquet", "private"),
+        ("https://user:secret@example.test/x.parquet", "must not carry a user name or password"),
+    ],
+)
+def test_dataset_urls_outside_the_fetch_policy_are_refused_naming_the_field(url: str, message: str) -> None:
+    with pytest.raises(Rejected) as refused:
+        admit_query(query(datasets=[DATASET, {"url": url, "table_name": "b"}]), SETTINGS)
+    assert refused.value.field == "datasets[1].url"
+    assert message in refused.value.message
+    with pytest.raises(Rejected) as refused:
+        admit_inspection(InspectionIn(url=url), SETTINGS)
+    assert refused.value.field == "url"
+
+
+def test_the_fetch_policy_settings_admit_and_travel_to_the_worker() -> None:
+    policy = {"fetch_allowed_networks": ["10.88.0.1/32"], "fetch_blocked_networks": ["10.96.0.0/12"]}
+    admitted = admit_inspection(
+        InspectionIn(url="http://10.88.0.1:8080/x.parquet"), SETTINGS.model_copy(update=policy)
+    )
+    assert admitted.request["fetch"].get("allowed_networks") == ["10.88.0.1/32"]
+    assert admitted.request["fetch"].get("blocked_networks") == ["10.96.0.0/12"]
+    # A name is not resolved at admission: the worker judges the addresses it connects to.
+    assert admit_inspection(InspectionIn(url="http://localhost/x.parquet"), SETTINGS)
+
+
+@pytest.mark.parametrize("field", ["fetch_allowed_networks", "fetch_blocked_networks"])
+def test_malformed_fetch_networks_stop_the_settings(field: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape("'10.0.0.1/8' is not a network in CIDR notation")):
+        Settings(**{field: ["10.0.0.1/8"]})
 
 
 def test_a_request_too_big_for_the_worker_environment_is_refused() -> None:

@@ -22,7 +22,13 @@ QUERY = {"operation": "query", "fetch": FETCH, "sql": "SELECT 1", "datasets": []
 INSPECT = {"operation": "inspect", "fetch": FETCH, "url": "http://example.test/a.parquet"}
 
 
-@pytest.mark.parametrize("request_body", [QUERY, INSPECT, {**INSPECT, "debug": {"crash": "exit"}}])
+POLICY = {"allowed_networks": ["10.88.0.1/32", "fd00::/8"], "blocked_networks": []}
+
+
+@pytest.mark.parametrize(
+    "request_body",
+    [QUERY, INSPECT, {**INSPECT, "debug": {"crash": "exit"}}, {**INSPECT, "fetch": {**FETCH, **POLICY}}],
+)
 def test_well_formed_requests_load_unchanged(request_body: dict[str, Any]) -> None:
     assert load_request(json.dumps(request_body)) == request_body
 
@@ -54,6 +60,15 @@ def test_unknown_keys_are_ignored_for_forward_compatibility() -> None:
             "connect_timeout",
         ),
         (json.dumps({**QUERY, "fetch": {**FETCH, "max_download_bytes": 1.5}}), "fetch.max_download_bytes"),
+        (
+            json.dumps({**QUERY, "fetch": {**FETCH, "allowed_networks": "10.0.0.0/8"}}),
+            "fetch.allowed_networks",
+        ),
+        (json.dumps({**QUERY, "fetch": {**FETCH, "blocked_networks": [10]}}), "fetch.blocked_networks"),
+        (
+            json.dumps({**QUERY, "fetch": {**FETCH, "allowed_networks": ["10.0.0.1/8"]}}),
+            "'fetch.allowed_networks': '10.0.0.1/8' is not a network in CIDR notation",
+        ),
         (json.dumps({**QUERY, "sql": "   "}), "'sql' is empty"),
         (json.dumps({**QUERY, "sql": 1}), "'sql' must be a non-empty string"),
         (json.dumps({**QUERY, "datasets": {}}), "'datasets' must be a list"),
