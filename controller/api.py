@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from controller.admission import Admitted, Rejected, admit_inspection, admit_query
+from controller.auth import client_scope
 from controller.dispatcher import CancelResult, Dispatcher
 from controller.errors import error_response
+from controller.idempotency import fingerprint, parse_key
 from controller.launchers.base import Launcher, limits_from
 from controller.metrics import Metrics
 from controller.models import InspectionIn, QueryIn, RecordOut, RecordPage, Status
 from controller.settings import Settings
-from controller.store import Row, Store
+from controller.store import IdempotencyKey, Row, Store
 from worker_image.protocol import ErrorType
 
 MAX_WAIT_SECONDS = 300.0
@@ -39,6 +44,15 @@ def _services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(_services)]
 WaitParam = Annotated[
     float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Seconds to wait for a terminal state (long poll).")
+]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Retries with this key and the same body get the first query back (202, same "
+        "`Location`, `Idempotent-Replayed: true`) instead of a second run; another body is a 422. "
+        "1-255 printable ASCII characters, bare or as a quoted structured-field string.",
+    ),
 ]
 
 queries = APIRouter(prefix="/v1/queries", tags=["queries"])
@@ -70,17 +84,51 @@ def record(row: Row) -> RecordOut:
     )
 
 
-def _submit(services: Services, operation: str, admitted: Admitted, location: str) -> JSONResponse:
+def _idempotency_key(
+    request: Request, header: str | None, operation: str, body: BaseModel
+) -> IdempotencyKey | None:
+    if header is None:
+        return None
+    try:
+        key = parse_key(header)
+    except ValueError as exc:
+        raise Rejected("Idempotency-Key", str(exc)) from None
+    return IdempotencyKey(client_scope(request.scope), key, fingerprint(operation, body))
+
+
+def _accepted(row: Row, location: str, *, replayed: bool) -> JSONResponse:
+    headers = {"Location": f"{location}/{row.id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(record(row).model_dump(mode="json"), status_code=202, headers=headers)
+
+
+def _submit(
+    services: Services,
+    operation: str,
+    admit: Callable[[], Admitted],
+    location: str,
+    key: IdempotencyKey | None,
+) -> JSONResponse:
+    ttl = services.settings.idempotency_key_ttl_seconds
+    # A retry gets its query back before admission, so a cap or setting changed since cannot refuse it.
+    if key is not None and (known := services.store.find_key(key, ttl)) is not None:
+        return _accepted(known, location, replayed=True)
+    admitted = admit()
     refusal = services.launcher.refusal(limits_from(admitted.limits))
     if refusal is not None:
         raise Rejected("limits", refusal)
-    query_id = uuid.uuid4().hex
-    row = services.store.insert(query_id, operation, dict(admitted.request), admitted.limits)
-    services.metrics.observe_submitted(operation)
-    services.dispatcher.notify()
-    return JSONResponse(
-        record(row).model_dump(mode="json"), status_code=202, headers={"Location": f"{location}/{query_id}"}
-    )
+    query_id, request = uuid.uuid4().hex, dict(admitted.request)
+    if key is None:
+        row, created = services.store.insert(query_id, operation, request, admitted.limits), True
+    else:
+        row, created = services.store.insert_once(
+            key, ttl, query_id=query_id, operation=operation, request=request, limits=admitted.limits
+        )
+    if created:
+        services.metrics.observe_submitted(operation)
+        services.dispatcher.notify()
+    return _accepted(row, location, replayed=not created)
 
 
 def _not_found(query_id: str) -> JSONResponse:
@@ -95,9 +143,12 @@ async def _get(services: Services, query_id: str, operation: str, wait: float) -
 
 
 @queries.post("", status_code=202, response_model=RecordOut, responses={202: {"headers": {"Location": {}}}})
-async def submit_query(body: QueryIn, services: ServicesDep) -> JSONResponse:
+async def submit_query(
+    body: QueryIn, request: Request, services: ServicesDep, idempotency_key: IdempotencyKeyHeader = None
+) -> JSONResponse:
     """Queue a query. Answers 202 with its record; `Location` names the record."""
-    return _submit(services, "query", admit_query(body, services.settings), "/v1/queries")
+    key = _idempotency_key(request, idempotency_key, "query", body)
+    return _submit(services, "query", partial(admit_query, body, services.settings), "/v1/queries", key)
 
 
 @queries.get("", response_model=RecordPage)
@@ -141,9 +192,13 @@ async def cancel_query(query_id: str, services: ServicesDep) -> RecordOut | JSON
 
 
 @inspections.post("", status_code=202, response_model=RecordOut)
-async def submit_inspection(body: InspectionIn, services: ServicesDep) -> JSONResponse:
+async def submit_inspection(
+    body: InspectionIn, request: Request, services: ServicesDep, idempotency_key: IdempotencyKeyHeader = None
+) -> JSONResponse:
     """Inspect one parquet dataset (columns, row count, validity) in a worker of its own."""
-    return _submit(services, "inspect", admit_inspection(body, services.settings), "/v1/inspections")
+    key = _idempotency_key(request, idempotency_key, "inspect", body)
+    admit = partial(admit_inspection, body, services.settings)
+    return _submit(services, "inspect", admit, "/v1/inspections", key)
 
 
 @inspections.get("/{query_id}", response_model=RecordOut)

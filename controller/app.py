@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from controller import api
+from controller.auth import Authenticator, BearerAuth, document
 from controller.dispatcher import Dispatcher
 from controller.errors import BodySizeLimit, install_error_handlers
 from controller.launchers import make_launcher
@@ -60,6 +61,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    authenticator = Authenticator.from_settings(settings)
+    if authenticator.enabled:
+        # Added last, so outermost: an unauthenticated request is refused before its body is read.
+        metrics_open = not settings.metrics_require_auth
+        app.add_middleware(BearerAuth, authenticator=authenticator, metrics_open=metrics_open)
+        plain_openapi = app.openapi
+        app.openapi = lambda: document(plain_openapi(), metrics_open)  # type: ignore[method-assign]
     for router in (api.queries, api.inspections, api.health):
         app.include_router(router)
+    log.info("API auth %s", "on" if authenticator.enabled else "off (no tokens configured)")
     return app

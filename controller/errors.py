@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controller.admission import Rejected
+from controller.store import KeyReused
 from worker_image.protocol import ErrorType, error_info
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,17 @@ async def _rejected(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _key_reused(_: Request, exc: Exception) -> JSONResponse:
+    # 422, not 409: draft-ietf-httpapi-idempotency-key-header keeps 409 for a retry racing the original.
+    assert isinstance(exc, KeyReused)
+    return error_response(
+        422,
+        ErrorType.VALIDATION,
+        "Idempotency-Key: this key was first used with a different request; use a new key for a new request",
+        {"errors": [{"field": "Idempotency-Key", "message": "already used with a different request"}]},
+    )
+
+
 async def _http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     return error_response(exc.status_code, ErrorType.VALIDATION, str(exc.detail), headers=exc.headers)
@@ -66,6 +78,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(Rejected, _rejected)
+    app.add_exception_handler(KeyReused, _key_reused)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)
 

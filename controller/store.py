@@ -4,6 +4,8 @@ SQLite in WAL mode with `synchronous=FULL`: a submission acknowledged with 202 s
 cut. The queue is the table: FIFO by `seq`, claimed with a conditional UPDATE so a row moves
 queued -> running once, and every terminal write is conditional on the row not being terminal yet, so each
 query reaches exactly one terminal state whatever races (cancel vs. finish, restart vs. finish).
+An idempotency key is a row whose primary key is (client, key), written in the transaction that inserts
+its query, so one key can never name two queries.
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ CREATE TABLE IF NOT EXISTS queries (
 );
 CREATE INDEX IF NOT EXISTS queries_by_status ON queries (status, seq);
 CREATE INDEX IF NOT EXISTS queries_by_operation ON queries (operation, seq);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    client      TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    query_id    TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    PRIMARY KEY (client, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_at);
 """
 
 _ACTIVE = ("queued", "running")
@@ -80,6 +91,43 @@ def _row(raw: sqlite3.Row) -> Row:
     )
 
 
+def _insert(
+    db: sqlite3.Connection, query_id: str, operation: str, request: dict[str, Any], limits: dict[str, Any]
+) -> Row:
+    db.execute(
+        "INSERT INTO queries (id, operation, request, limits, status, submitted_at)"
+        " VALUES (?, ?, ?, ?, 'queued', ?)",
+        (query_id, operation, json.dumps(request), json.dumps(limits), time.time()),
+    )
+    return _row(db.execute("SELECT * FROM queries WHERE id = ?", (query_id,)).fetchone())
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """A client's `Idempotency-Key` and the fingerprint of the request it first came with."""
+
+    client: str
+    key: str
+    fingerprint: str
+
+
+class KeyReused(Exception):
+    """The idempotency key is taken by a different request."""
+
+
+def _keyed(db: sqlite3.Connection, key: IdempotencyKey, born_after: float) -> Row | None:
+    raw = db.execute(
+        "SELECT k.fingerprint AS fingerprint, q.* FROM idempotency_keys k JOIN queries q ON q.id = k.query_id"
+        " WHERE k.client = ? AND k.key = ? AND k.created_at >= ?",
+        (key.client, key.key, born_after),
+    ).fetchone()
+    if raw is None:
+        return None
+    if raw["fingerprint"] != key.fingerprint:
+        raise KeyReused(key.key)
+    return _row(raw)
+
+
 @dataclass(frozen=True)
 class Recovery:
     requeued: list[str]
@@ -119,13 +167,41 @@ class Store:
 
     def insert(self, query_id: str, operation: str, request: dict[str, Any], limits: dict[str, Any]) -> Row:
         with self._transaction() as db:
-            db.execute(
-                "INSERT INTO queries (id, operation, request, limits, status, submitted_at)"
-                " VALUES (?, ?, ?, ?, 'queued', ?)",
-                (query_id, operation, json.dumps(request), json.dumps(limits), time.time()),
-            )
-            raw = db.execute("SELECT * FROM queries WHERE id = ?", (query_id,)).fetchone()
-        return _row(raw)
+            return _insert(db, query_id, operation, request, limits)
+
+    def insert_once(
+        self,
+        key: IdempotencyKey,
+        ttl_seconds: float,
+        *,
+        query_id: str,
+        operation: str,
+        request: dict[str, Any],
+        limits: dict[str, Any],
+    ) -> tuple[Row, bool]:
+        """Insert the query unless the key already names one: then that one, and False.
+
+        The key's primary key decides, not a lookup beforehand, so concurrent submissions with one key
+        (from any connection to this file) create one query. Raises `KeyReused` for another request.
+        """
+        with self._transaction() as db:
+            now = time.time()
+            db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (now - ttl_seconds,))
+            claimed = db.execute(
+                "INSERT INTO idempotency_keys (client, key, fingerprint, query_id, created_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (client, key) DO NOTHING",
+                (key.client, key.key, key.fingerprint, query_id, now),
+            ).rowcount
+            if claimed:
+                return _insert(db, query_id, operation, request, limits), True
+            existing = _keyed(db, key, now - ttl_seconds)
+        assert existing is not None, "the conflicting key is alive: expired ones were deleted above"
+        return existing, False
+
+    def find_key(self, key: IdempotencyKey, ttl_seconds: float) -> Row | None:
+        """The query a live key names, None if the key is unknown or expired; `KeyReused` if taken."""
+        with self._lock:
+            return _keyed(self._db, key, time.time() - ttl_seconds)
 
     def get(self, query_id: str) -> Row | None:
         with self._lock:

@@ -1,11 +1,13 @@
 """The store against a real SQLite file: FIFO claims, one terminal state, crash recovery."""
 
+import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from controller.store import Store
+from controller.store import IdempotencyKey, KeyReused, Row, Store
 
 pytestmark = pytest.mark.unit
 
@@ -99,3 +101,109 @@ def test_page_is_newest_first_with_a_cursor(store: Store) -> None:
     store.claim_next()
     assert [r.id for r in store.page(operation="query", status="running", limit=10, before_seq=None)] == ["a"]
     assert store.count_by_status() == {"queued": 4, "running": 1}
+
+
+DAY = 86_400.0
+REQUEST = {"operation": "query", "sql": "SELECT 1"}
+
+
+def insert_once(store: Store, key: IdempotencyKey, query_id: str, ttl: float = DAY) -> tuple[Row, bool]:
+    return store.insert_once(key, ttl, query_id=query_id, operation="query", request=REQUEST, limits=LIMITS)
+
+
+def all_ids(store: Store) -> list[str]:
+    return [r.id for r in store.page(operation="query", status=None, limit=100, before_seq=None)]
+
+
+def test_a_key_names_one_query(store: Store) -> None:
+    key = IdempotencyKey("client", "k1", "fp")
+    first, created = insert_once(store, key, "a")
+    again, created_again = insert_once(store, key, "b")
+    assert (first.id, created) == ("a", True)
+    assert (again.id, created_again) == ("a", False)
+    assert store.find_key(key, DAY) == store.get("a")
+    assert all_ids(store) == ["a"]
+
+
+def test_a_key_reused_for_another_request_is_refused_and_stores_nothing(store: Store) -> None:
+    insert_once(store, IdempotencyKey("client", "k1", "fp"), "a")
+    other = IdempotencyKey("client", "k1", "other-fp")
+    with pytest.raises(KeyReused):
+        insert_once(store, other, "b")
+    with pytest.raises(KeyReused):
+        store.find_key(other, DAY)
+    assert all_ids(store) == ["a"]
+
+
+def test_keys_are_per_client(store: Store) -> None:
+    insert_once(store, IdempotencyKey("alice", "k1", "fp"), "a")
+    _, created = insert_once(store, IdempotencyKey("bob", "k1", "fp"), "b")
+    assert created
+    assert store.find_key(IdempotencyKey("carol", "k1", "fp"), DAY) is None
+
+
+def test_an_expired_key_is_free_again(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    key = IdempotencyKey("client", "k1", "fp")
+    insert_once(store, key, "a", ttl=60)
+    now[0] += 59
+    assert store.find_key(key, 60) is not None
+    now[0] += 2
+    assert store.find_key(key, 60) is None
+    reused, created = insert_once(store, IdempotencyKey("client", "k1", "new-fp"), "b", ttl=60)
+    assert (reused.id, created) == ("b", True)
+    assert all_ids(store) == ["b", "a"], "the first query stays; only its key is gone"
+
+
+def test_concurrent_submissions_on_separate_connections_create_one_query(tmp_path: Path) -> None:
+    """Two Store objects are two SQLite connections: only the key's primary key can keep them apart."""
+    stores = [Store(tmp_path / "podq.db") for _ in range(2)]
+    key = IdempotencyKey("client", "k1", "fp")
+    barrier = threading.Barrier(8)
+    outcomes: list[tuple[str, bool]] = []
+    lock = threading.Lock()
+
+    def submit_once(n: int) -> None:
+        barrier.wait()
+        row, created = insert_once(stores[n % 2], key, f"q{n}")
+        with lock:
+            outcomes.append((row.id, created))
+
+    threads = [threading.Thread(target=submit_once, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [query_id for query_id, created in outcomes if created]
+    assert len(outcomes) == 8 and len(winners) == 1
+    assert {query_id for query_id, _ in outcomes} == set(winners)
+    assert all_ids(stores[0]) == winners
+    for s in stores:
+        s.close()
+
+
+# The schema before idempotency keys: a database file written by that version must keep working.
+PREVIOUS_SCHEMA = """
+CREATE TABLE queries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, operation TEXT NOT NULL,
+    request TEXT NOT NULL, limits TEXT NOT NULL, status TEXT NOT NULL, result TEXT, error TEXT,
+    placement TEXT NOT NULL DEFAULT '{}', attempts INTEGER NOT NULL DEFAULT 0, submitted_at REAL NOT NULL,
+    started_at REAL, finished_at REAL
+);
+INSERT INTO queries (id, operation, request, limits, status, submitted_at)
+VALUES ('old', 'query', '{"sql": "SELECT 1"}', '{}', 'queued', 1.0);
+"""
+
+
+def test_a_database_of_the_previous_schema_gains_idempotency_keys(tmp_path: Path) -> None:
+    path = tmp_path / "podq.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(PREVIOUS_SCHEMA)
+    db.close()
+    store = Store(path)
+    _, created = insert_once(store, IdempotencyKey("client", "k1", "fp"), "new")
+    assert created
+    assert all_ids(store) == ["new", "old"]
+    assert store.claim_next().id == "old"  # type: ignore[union-attr]
+    store.close()
