@@ -98,7 +98,9 @@ if [[ $e2e_cluster == harness ]]; then
   eval "$exports"
   step "e2e: worker image (tests/e2e/cluster/build-worker-image.sh)"
   PODQ_E2E_WORKER_IMAGE="$("$harness/build-worker-image.sh")"
-  export KUBECONFIG PODQ_E2E_HOST_ADDRESS PODQ_E2E_WORKER_IMAGE
+  # How the e2e tier restarts this cluster's API server (the watch-recovery test).
+  PODQ_E2E_RESTART_APISERVER="$PWD/$harness/restart-apiserver.sh"
+  export KUBECONFIG PODQ_E2E_HOST_ADDRESS PODQ_E2E_WORKER_IMAGE PODQ_E2E_RESTART_APISERVER
 fi
 if [[ -n $e2e_cluster ]]; then
   echo "e2e tier: KUBECONFIG=$KUBECONFIG PODQ_E2E_WORKER_IMAGE=$PODQ_E2E_WORKER_IMAGE" \

@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any, TypeVar
 
 from controller.launchers.aio import shielded
 from controller.launchers.base import Job, Limits, Outcome
@@ -28,6 +28,7 @@ from controller.launchers.kube_api import (
     Forbidden,
     KubeClient,
     KubeError,
+    NotFound,
     is_transient,
     load_config,
     make_event,
@@ -46,10 +47,12 @@ from controller.settings import Settings
 from worker_image.protocol import ENVELOPE_MARKER, ErrorType, error_info
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A result larger than this is reported as cut, never parsed short (the envelope carries its length).
 MAX_LOG_BYTES = 64 * 2**20
-CREATE_ATTEMPTS = 5
+# How long a transient API failure is retried (creating a pod, reading its log): an API server restart.
+API_RETRY_SECONDS = 180.0
 NODE_REFRESH_SECONDS = 60.0
 # How long an ended container's pod may take to show its final phase before podq decides without it.
 PHASE_SETTLE_SECONDS = 15.0
@@ -219,48 +222,50 @@ class KubernetesLauncher:
         """Create the pod, or adopt the one already there. An outcome when the pod cannot be created."""
         assert self._template is not None
         body = build_pod(job, self._template, submitted_at=job.submitted_at or time.time())
-        backoff = Backoff()
-        for attempt in range(1, CREATE_ATTEMPTS + 1):
-            try:
-                pod = await self._api.create_pod(self._namespace, body)
-            except AlreadyExists:
-                existing = self._pods.state(name)
-                if existing is None or existing.gone:
-                    existing_pod = await self._api.get_pod(self._namespace, name)
-                    self._pods.seen(existing_pod)
-                    pod = existing_pod
-                else:
-                    pod = dict(existing.pod)
-                log.info(
-                    "query %s: adopted pod %s/%s (attempt %d)",
-                    job.query_id,
-                    self._namespace,
-                    name,
-                    job.attempt,
-                )
-                await self._event(pod, Reason.ADOPTED, f"podq follows this pod again (attempt {job.attempt})")
-                return None
-            except KubeError as exc:
-                if is_transient(exc) and attempt < CREATE_ATTEMPTS:
-                    delay = backoff.next_delay()
-                    log.warning(
-                        "query %s: creating pod %s: %s; retrying in %.1fs", job.query_id, name, exc, delay
-                    )
-                    await asyncio.sleep(delay)
-                    continue
-                log.error("query %s: the API server refused pod %s: %s", job.query_id, name, exc)
-                message = f"the API server refused the worker pod: {exc}"
-                return Outcome(
-                    error=error_info(ErrorType.INTERNAL, message, {"pod": name}, retryable=is_transient(exc)),
-                    placement={"kind": "kubernetes", "namespace": self._namespace, "pod": name},
-                )
-            self._pods.seen(pod)
-            log.info(
-                "query %s: created pod %s/%s (attempt %d)", job.query_id, self._namespace, name, job.attempt
+        try:
+            pod = await self._retrying(
+                f"query {job.query_id}: creating pod {name}",
+                lambda: self._api.create_pod(self._namespace, body),
             )
-            await self._event(pod, Reason.STARTED, f"query {job.query_id}, attempt {job.attempt}")
+        except AlreadyExists:
+            # A restarted controller's predecessor made it, or an earlier try whose answer was lost did.
+            existing = self._pods.state(name)
+            if existing is None or existing.gone:
+                adopted = await self._api.get_pod(self._namespace, name)
+                self._pods.seen(adopted)
+            else:
+                adopted = dict(existing.pod)
+            log.info(
+                "query %s: adopted pod %s/%s (attempt %d)", job.query_id, self._namespace, name, job.attempt
+            )
+            await self._event(adopted, Reason.ADOPTED, f"podq follows this pod again (attempt {job.attempt})")
             return None
-        raise AssertionError("unreachable")  # pragma: no cover
+        except KubeError as exc:
+            log.error("query %s: the API server refused pod %s: %s", job.query_id, name, exc)
+            message = f"the API server refused the worker pod: {exc}"
+            return Outcome(
+                error=error_info(ErrorType.INTERNAL, message, {"pod": name}, retryable=is_transient(exc)),
+                placement=self._placement(name),
+            )
+        self._pods.seen(pod)
+        log.info("query %s: created pod %s/%s (attempt %d)", job.query_id, self._namespace, name, job.attempt)
+        await self._event(pod, Reason.STARTED, f"query {job.query_id}, attempt {job.attempt}")
+        return None
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`, again after a transient API failure (the API server restarting, overloaded, out of
+        reach) for up to `API_RETRY_SECONDS`; any other failure, or the last one, is raised."""
+        backoff = Backoff()
+        give_up = time.monotonic() + API_RETRY_SECONDS
+        while True:
+            try:
+                return await call()
+            except KubeError as exc:
+                if not is_transient(exc) or time.monotonic() >= give_up:
+                    raise
+                delay = backoff.next_delay()
+                log.warning("%s: %s; retrying in %.1fs", what, exc, delay)
+                await asyncio.sleep(delay)
 
     async def _follow(self, job: Job, name: str, changed: asyncio.Event) -> Outcome:
         settings = self._settings
@@ -333,19 +338,16 @@ class KubernetesLauncher:
         return outcome
 
     async def _read_log(self, name: str) -> tuple[str | None, str | None]:
-        backoff = Backoff()
-        for attempt in range(1, CREATE_ATTEMPTS + 1):
-            try:
-                text = await self._api.read_log(
-                    self._namespace, name, CONTAINER_NAME, limit_bytes=MAX_LOG_BYTES
-                )
-            except KubeError as exc:
-                if is_transient(exc) and attempt < CREATE_ATTEMPTS:
-                    await asyncio.sleep(backoff.next_delay())
-                    continue
-                return None, f"the pod's log could not be read: {exc}"
-            return text, None
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            text = await self._retrying(
+                f"reading the log of pod {name}",
+                lambda: self._api.read_log(self._namespace, name, CONTAINER_NAME, limit_bytes=MAX_LOG_BYTES),
+            )
+        except NotFound:
+            return None, "the pod was deleted before its log was read"
+        except KubeError as exc:
+            return None, f"the pod's log could not be read: {exc}"
+        return text, None
 
     def _placement(self, name: str) -> dict[str, Any]:
         return {"kind": "kubernetes", "namespace": self._namespace, "pod": name}

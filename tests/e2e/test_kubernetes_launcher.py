@@ -9,6 +9,9 @@ pod of its controller outlives it (see `kube_controllers`).
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -377,3 +380,31 @@ def test_a_pod_deleted_by_someone_else_fails_the_query_as_a_retryable_crash(
     assert record["status"] == "failed", record
     assert record["error"]["error_type"] == "crash", record["error"]
     assert record["error"]["retryable"] is True
+
+
+@pytest.mark.parametrize("how", ["graceful", "kill"])
+def test_the_watch_recovers_from_an_api_server_restart_and_every_result_lands(
+    how: str, kube_controllers: Controllers, pod_file_server: FileServer
+) -> None:
+    """The API server goes away while pods run (gracefully, as in an upgrade, or killed): the controller's
+    watch reconnects, the pods' results are read once it is back, and queries queued meanwhile run."""
+    command = os.environ.get("PODQ_E2E_RESTART_APISERVER")
+    if not command:
+        pytest.skip("PODQ_E2E_RESTART_APISERVER is not set: no way to restart this cluster's API server")
+    controllers, start = kube_controllers
+    body = {**count_query(pod_file_server), "debug": {"sleep_seconds": 8}}
+    # After a minute without an API server the node controller taints the node unreachable, and pods made
+    # right after the restart stay Pending until the kubelet is heard again (over a minute, measured here):
+    # the cluster's recovery, not podq's, so the unschedulable wait is set above it.
+    settings = {"max_concurrent": 2, "kube_request_timeout_seconds": 5, "unschedulable_after_seconds": 600}
+    with start(**settings).client() as client:
+        locations = [submit(client, body) for _ in range(4)]
+        running_pod(controllers, locations[0].rsplit("/", 1)[1], POD_TIMEOUT)
+        restart = [*shlex.split(command), *(["--kill"] if how == "kill" else [])]
+        subprocess.run(restart, check=True, timeout=240, capture_output=True)
+        records = [wait_finished(client, loc, timeout=3 * POD_TIMEOUT) for loc in locations]
+        wait_until(lambda: client.get("/readyz").status_code == 200, "the controller ready again", within=60)
+    for record in records:
+        assert_simple_count(record)
+        assert record["attempts"] == 1, record
+    assert len({r["id"] for r in records}) == 4
