@@ -118,6 +118,7 @@ def admit_query(body: QueryIn, settings: Settings) -> Admitted:
         "sql": body.sql,
         "datasets": [{"url": d.url, "table_name": d.table_name} for d in body.datasets],
         "max_rows": max_rows,
+        "max_result_bytes": settings.max_result_bytes,
         **_debug(body.debug, settings),  # type: ignore[typeddict-item]
     }
     return _admitted(request, _limits(body.limits, settings))

@@ -109,6 +109,9 @@ class QueryResult(BaseModel):
     rows: list[list[Any]]
     total_rows: int
     truncated: bool
+    truncated_by: Literal["rows", "bytes"] | None = Field(
+        None, description="Which cap cut the rows: `max_rows`, or the server's result size in bytes."
+    )
 
 
 class InspectionResult(BaseModel):

@@ -83,7 +83,12 @@ def _run(request: WorkerRequest, directory: Path) -> dict[str, Any]:
     from worker_image.sql import run_query
 
     return run_query(
-        request["sql"], request.get("datasets", []), request["max_rows"], request["fetch"], directory
+        request["sql"],
+        request.get("datasets", []),
+        request["fetch"],
+        directory,
+        max_rows=request["max_rows"],
+        max_result_bytes=request["max_result_bytes"],
     )
 
 

@@ -25,10 +25,14 @@ Extension                   its storage value, converted by these rules
 Null (any type)             ``null``
 anything else               its polars string form
 ==========================  =======================================================================
+
+`rows_within` converts a few rows at a time and stops before the rows' JSON would pass a byte budget,
+so a frame of huge cells is never converted whole.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -53,6 +57,26 @@ def to_rows(frame: pl.DataFrame) -> list[list[Any]]:
         # Non-finite floats are the one thing no polars type can carry next to numbers.
         columns.append([_finite(value) for value in values] if _has_float(dtype) else values)
     return [list(row) for row in zip(*columns, strict=True)]
+
+
+def rows_within(frame: pl.DataFrame, max_bytes: int, batch_rows: int = 256) -> list[list[Any]]:
+    """The longest prefix of `to_rows(frame)` whose JSON array, as the envelope encodes it, fits in
+    `max_bytes`."""
+    rows: list[list[Any]] = []
+    used = len(b"[]")
+    for batch in frame.iter_slices(batch_rows):
+        for row in to_rows(batch):
+            # One byte for the comma before every row but the first.
+            used += len(json_bytes(row)) + (1 if rows else 0)
+            if used > max_bytes:
+                return rows
+            rows.append(row)
+    return rows
+
+
+def json_bytes(value: Any) -> bytes:
+    """`value` encoded as the worker's envelope encodes it (worker_image/protocol.py)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def _json_expr(expr: pl.Expr, dtype: pl.DataType | DataTypeClass) -> pl.Expr:

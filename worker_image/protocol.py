@@ -146,6 +146,8 @@ class WorkerRequest(TypedDict):
     sql: NotRequired[str]
     datasets: NotRequired[list[DatasetRef]]
     max_rows: NotRequired[int]
+    # Bytes of result JSON at most; rows beyond it are cut (`truncated_by: "bytes"`).
+    max_result_bytes: NotRequired[int]
     # operation "inspect"
     url: NotRequired[str]
     # test hooks, honoured only with PODQ_ENABLE_TEST_HOOKS=1: {"crash": "exit"|"segv"|"abort",

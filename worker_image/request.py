@@ -10,6 +10,8 @@ from worker_image.netpolicy import parse_networks
 from worker_image.protocol import REQUEST_ENV, ErrorType, WorkerError, WorkerRequest
 
 DEFAULT_MAX_ROWS = 1000
+# Below kubelet's default containerLogMaxSize (10 MiB): a pod log rotated mid-envelope loses the result.
+DEFAULT_MAX_RESULT_BYTES = 8 * 2**20
 
 _FETCH_FLOATS = ("connect_timeout_seconds", "read_timeout_seconds", "total_timeout_seconds")
 
@@ -70,6 +72,9 @@ def _check_query(request: dict[str, Any]) -> None:
     max_rows = request.setdefault("max_rows", DEFAULT_MAX_ROWS)
     if not _is_int(max_rows) or max_rows < 1:
         raise _invalid("'max_rows' must be a positive integer")
+    max_result_bytes = request.setdefault("max_result_bytes", DEFAULT_MAX_RESULT_BYTES)
+    if not _is_int(max_result_bytes) or max_result_bytes < 1:
+        raise _invalid("'max_result_bytes' must be a positive integer")
 
 
 def _require_str(mapping: dict[str, Any], key: str, label: str | None = None) -> str:

@@ -6,6 +6,13 @@ Each dataset is registered under its table name as a lazy parquet scan. The resu
 every column the count does not need). Neither materialises the full result, so a query over a dataset
 larger than the worker's memory can still return its first rows; the price is that a query whose
 count cannot be pruned is computed twice.
+
+The rows returned are cut twice: at `max_rows`, and at `max_result_bytes` of result JSON (a few huge
+cells can make a handful of rows larger than any log or response should carry). `truncated` says rows
+were cut, `truncated_by` which cap cut them: "rows" or "bytes" (null when nothing was cut).
+
+A dataset polars finds malformed while reading (a page it cannot decode, a string that is not UTF-8)
+is a `validation` error, like one refused by worker_image/parquet.py; other polars errors are `sql`.
 """
 
 from __future__ import annotations
@@ -18,17 +25,25 @@ from typing import Any
 
 import polars as pl
 
-from worker_image.encode import describe_columns, to_rows
+from worker_image.encode import describe_columns, json_bytes, rows_within
 from worker_image.fetch import fetch_all
 from worker_image.parquet import check_parquet
 from worker_image.protocol import DatasetRef, ErrorType, FetchOptions, WorkerError
 from worker_image.sqlguard import check_query, table_key
 
+# How polars 2.1 begins the message of a parquet file it cannot decode.
+_MALFORMED_DATA = "parquet: File out of specification"
 _MISSING_COLUMN = re.compile(r'unable to find column "((?:[^"\\]|\\.)*)"; valid columns: (\[.*?\])')
 
 
 def run_query(
-    sql: str, datasets: Sequence[DatasetRef], max_rows: int, options: FetchOptions, directory: Path
+    sql: str,
+    datasets: Sequence[DatasetRef],
+    options: FetchOptions,
+    directory: Path,
+    *,
+    max_rows: int,
+    max_result_bytes: int,
 ) -> dict[str, Any]:
     names = [dataset["table_name"] for dataset in datasets]
     _check_unique(names)
@@ -43,12 +58,36 @@ def run_query(
         total_rows: int = query.select(pl.len()).collect().item()
     except pl.exceptions.PolarsError as exc:
         raise _sql_error(exc) from None
-    return {
+    return _result(head, total_rows, max_result_bytes)
+
+
+def _result(head: pl.DataFrame, total_rows: int, max_result_bytes: int) -> dict[str, Any]:
+    result: dict[str, Any] = {
         "columns": describe_columns(head.schema),
-        "rows": to_rows(head),
+        "rows": [],
         "total_rows": total_rows,
-        "truncated": total_rows > head.height,
+        "truncated": True,
+        "truncated_by": "bytes",
     }
+    # Everything but the rows, at its largest; the rows get what is left.
+    budget = max_result_bytes - len(json_bytes(result)) + len(b"[]")
+    if budget < len(b"[]"):
+        raise WorkerError(
+            ErrorType.VALIDATION,
+            f"the result's column list alone is larger than max_result_bytes ({max_result_bytes} bytes): "
+            "select fewer columns",
+            max_result_bytes=max_result_bytes,
+        )
+    rows = rows_within(head, budget)
+    if len(rows) < head.height:
+        result["truncated_by"] = "bytes"
+    elif total_rows > head.height:
+        result["truncated_by"] = "rows"
+    else:
+        result["truncated_by"] = None
+    result["rows"] = rows
+    result["truncated"] = result["truncated_by"] is not None
+    return result
 
 
 def _check_unique(names: Sequence[str]) -> None:
@@ -65,6 +104,10 @@ def _check_unique(names: Sequence[str]) -> None:
 
 def _sql_error(exc: pl.exceptions.PolarsError) -> WorkerError:
     message = _summary(str(exc))
+    if message.startswith(_MALFORMED_DATA):
+        return WorkerError(
+            ErrorType.VALIDATION, f"Not a valid parquet file: polars cannot read a dataset: {message}"
+        )
     if isinstance(exc, pl.exceptions.ColumnNotFoundError) and (match := _MISSING_COLUMN.search(message)):
         column = _unquote(match.group(1))
         available = ", ".join(_column_list(match.group(2)))

@@ -208,6 +208,7 @@ def test_SQL_1_tables_registered_and_joined(
         "rows": rows_of(simple),
         "total_rows": 10,
         "truncated": False,
+        "truncated_by": None,
     }
 
     sql = "SELECT t1.id, t1.name, t2.val FROM table1 AS t1 JOIN table2 AS t2 ON t1.id = t2.id ORDER BY t1.id"
@@ -233,6 +234,7 @@ def test_SQL_2_filter_returns_the_matching_rows(
         "rows": [],
         "total_rows": 0,
         "truncated": False,
+        "truncated_by": None,
     }
 
 
@@ -246,6 +248,7 @@ def test_SQL_2_query_over_an_empty_dataset(
         "rows": [],
         "total_rows": 0,
         "truncated": False,
+        "truncated_by": None,
     }
 
 

@@ -39,6 +39,7 @@ def test_defaults_fill_what_the_request_leaves_out() -> None:
         "memory_bytes": 256 * 2**20,
     }
     assert admitted.request["max_rows"] == 1000
+    assert admitted.request["max_result_bytes"] == SETTINGS.max_result_bytes
     assert admitted.request["datasets"] == [DATASET]
     assert admitted.request["fetch"]["max_download_bytes"] == SETTINGS.max_download_bytes
     assert "debug" not in admitted.request

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing.parametric import column, dataframes
 
-from worker_image.encode import describe_columns, to_rows
+from worker_image.encode import describe_columns, json_bytes, rows_within, to_rows
 
 pytestmark = pytest.mark.unit
 
@@ -151,3 +151,13 @@ def test_any_frame_encodes_to_strict_json(frame: pl.DataFrame) -> None:
     json.dumps(rows, allow_nan=False)
     assert len(rows) == frame.height
     assert all(len(row) == frame.width for row in rows)
+
+
+@pytest.mark.parametrize("max_bytes", [2, 10, 11, 12, 100, 10_000])
+def test_rows_within_is_the_longest_prefix_that_fits(max_bytes: int) -> None:
+    frame = pl.DataFrame({"s": ["é" * i for i in range(40)]})
+    rows = rows_within(frame, max_bytes, batch_rows=7)
+    assert rows == to_rows(frame)[: len(rows)]
+    assert len(json_bytes(rows)) <= max_bytes
+    if len(rows) < frame.height:
+        assert len(json_bytes(to_rows(frame)[: len(rows) + 1])) > max_bytes

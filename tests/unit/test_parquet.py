@@ -61,4 +61,22 @@ def test_magic_at_both_ends_with_a_garbage_footer_is_refused(tmp_path: Path) -> 
 def test_footer_length_pointing_outside_the_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "lying.parquet"
     path.write_bytes(b"PAR1" + b"\x00" * 8 + (10**6).to_bytes(4, "little") + b"PAR1")
-    assert "footer cannot be read" in refusal(path).message
+    assert "its footer claims 1000000 bytes, more than the file holds" in refusal(path).message
+
+
+def test_more_columns_than_the_cap_are_refused(files: Path) -> None:
+    path = files / "wide.parquet"  # 100 columns
+    assert check_parquet(path, "src", max_columns=100) == 5
+    with pytest.raises(WorkerError) as caught:
+        check_parquet(path, "src", max_columns=99)
+    assert caught.value.error_type is ErrorType.VALIDATION
+    assert caught.value.message == "Not a valid parquet file: src: it has 100 columns, above the limit of 99"
+
+
+def test_a_footer_over_the_cap_is_refused_before_it_is_parsed(files: Path) -> None:
+    path = files / "wide.parquet"
+    footer = int.from_bytes(path.read_bytes()[-8:-4], "little")
+    assert check_parquet(path, "src", max_footer_bytes=footer) == 5
+    with pytest.raises(WorkerError) as caught:
+        check_parquet(path, "src", max_footer_bytes=footer - 1)
+    assert f"its footer is {footer} bytes, above the limit of {footer - 1}" in caught.value.message

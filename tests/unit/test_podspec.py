@@ -60,6 +60,7 @@ QUERY: WorkerRequest = {
     "sql": SQL,
     "datasets": [{"url": URL, "table_name": "t"}],
     "max_rows": 1000,
+    "max_result_bytes": 8 * 2**20,
 }
 INSPECTION: WorkerRequest = {"operation": "inspect", "fetch": FETCH, "url": URL}
 DEBUG = {"sleep_seconds": 2.5}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from worker_image.protocol import ErrorType, WorkerError
-from worker_image.request import DEFAULT_MAX_ROWS, load_request
+from worker_image.request import DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_ROWS, load_request
 
 pytestmark = pytest.mark.unit
 
@@ -18,7 +18,14 @@ FETCH = {
     "total_timeout_seconds": 60,
     "max_download_bytes": 1024,
 }
-QUERY = {"operation": "query", "fetch": FETCH, "sql": "SELECT 1", "datasets": [], "max_rows": 10}
+QUERY = {
+    "operation": "query",
+    "fetch": FETCH,
+    "sql": "SELECT 1",
+    "datasets": [],
+    "max_rows": 10,
+    "max_result_bytes": 65536,
+}
 INSPECT = {"operation": "inspect", "fetch": FETCH, "url": "http://example.test/a.parquet"}
 
 
@@ -36,6 +43,11 @@ def test_well_formed_requests_load_unchanged(request_body: dict[str, Any]) -> No
 def test_max_rows_defaults_when_absent() -> None:
     body = {key: value for key, value in QUERY.items() if key != "max_rows"}
     assert load_request(json.dumps(body))["max_rows"] == DEFAULT_MAX_ROWS
+
+
+def test_max_result_bytes_defaults_below_kubelets_log_rotation() -> None:
+    body = {key: value for key, value in QUERY.items() if key != "max_result_bytes"}
+    assert load_request(json.dumps(body))["max_result_bytes"] == DEFAULT_MAX_RESULT_BYTES < 10 * 2**20
 
 
 def test_unknown_keys_are_ignored_for_forward_compatibility() -> None:
@@ -77,6 +89,8 @@ def test_unknown_keys_are_ignored_for_forward_compatibility() -> None:
         (json.dumps({**QUERY, "datasets": [{"url": "", "table_name": "t"}]}), "'datasets[0].url'"),
         (json.dumps({**QUERY, "max_rows": 0}), "'max_rows' must be a positive integer"),
         (json.dumps({**QUERY, "max_rows": True}), "'max_rows' must be a positive integer"),
+        (json.dumps({**QUERY, "max_result_bytes": 0}), "'max_result_bytes' must be a positive integer"),
+        (json.dumps({**QUERY, "max_result_bytes": "8Mi"}), "'max_result_bytes' must be a positive integer"),
         (json.dumps({**INSPECT, "url": None}), "'url' must be a non-empty string"),
         (json.dumps({**INSPECT, "debug": []}), "'debug' must be an object"),
     ],

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.support.fileserver import FileServer
 from worker_image.protocol import ErrorType, WorkerError
-from worker_image.sqlguard import check_query, table_key
+from worker_image.sqlguard import MAX_DEPTH, check_query, table_key
 
 pytestmark = pytest.mark.unit
 
@@ -319,3 +319,28 @@ def test_no_lexical_trick_lets_polars_read_what_the_guard_passed(
     with contextlib.suppress(Exception):
         polars_context().execute(sql, eager=True)
     assert not secret_server.requested("secret.csv"), sql
+
+
+def _or_chain(terms: int) -> str:
+    return "SELECT id FROM table1 WHERE " + " OR ".join(f"id = {i}" for i in range(terms))
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        _or_chain(MAX_DEPTH),
+        "SELECT " + "+".join(["1"] * 30_000) + " AS x",
+        " UNION ALL ".join(["SELECT id FROM table1"] * 1_000),
+    ],
+    ids=["OR chain just over", "30k chained +", "1k UNION ALL"],
+)
+def test_trees_deeper_than_the_limit_are_refused(sql: str) -> None:
+    error = refusal(sql)
+    assert error.error_type is ErrorType.VALIDATION
+    assert error.message.startswith("the query is nested too deeply: ")
+    assert f"above the limit of {MAX_DEPTH}" in error.message
+
+
+def test_flat_lists_of_any_length_are_not_deep() -> None:
+    check_query(_or_chain(MAX_DEPTH - 10), TABLES)
+    check_query("SELECT id FROM table1 WHERE id IN (" + ", ".join(map(str, range(10_000))) + ")", TABLES)
