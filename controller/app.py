@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_concurrent=settings.max_concurrent,
             max_attempts=settings.max_attempts,
             metrics=metrics,
+            crash_at=settings.test_crash_at if settings.enable_test_hooks else None,
         )
         await launcher.start()
         await dispatcher.start()

@@ -16,10 +16,14 @@ from typing import Any, cast
 
 from controller.launchers.base import Job, Launcher, Outcome, limits_from
 from controller.metrics import Metrics
-from controller.store import Row, Store
+from controller.store import Row, Store, StoreUnavailable
+from controller.testcrash import crash_if
 from worker_image.protocol import ErrorType, WorkerRequest, error_info
 
 log = logging.getLogger(__name__)
+
+# How long the dispatcher waits before it tries a failed store write (disk full, locked) again.
+STORE_RETRY_SECONDS = 1.0
 
 
 class CancelResult(Enum):
@@ -71,7 +75,14 @@ class _Running:
 
 class Dispatcher:
     def __init__(
-        self, store: Store, launcher: Launcher, *, max_concurrent: int, max_attempts: int, metrics: Metrics
+        self,
+        store: Store,
+        launcher: Launcher,
+        *,
+        max_concurrent: int,
+        max_attempts: int,
+        metrics: Metrics,
+        crash_at: str | None = None,
     ) -> None:
         self._store = store
         self._launcher = launcher
@@ -83,6 +94,7 @@ class Dispatcher:
         self._waiters = _Waiters()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._crash_at = crash_at
 
     @property
     def running_count(self) -> int:
@@ -128,7 +140,7 @@ class Dispatcher:
             except Exception:
                 # The store failed (disk full, locked): keep the loop alive and look again shortly.
                 log.exception("dispatcher could not claim the next query; retrying")
-                await asyncio.sleep(1)
+                await asyncio.sleep(STORE_RETRY_SECONDS)
                 self.notify()
 
     def _start(self, row: Row) -> None:
@@ -149,7 +161,7 @@ class Dispatcher:
         finally:
             self._running.pop(row.id, None)
             self.notify()
-        self._record(row.id, outcome)
+        await self._record_when_possible(row.id, outcome)
         try:
             await self._launcher.release(row.id)
         except Exception:
@@ -165,13 +177,28 @@ class Dispatcher:
         elif self._store.requeue(query_id):
             log.info("query %s: handed back to the queue at shutdown", query_id)
 
+    async def _record_when_possible(self, query_id: str, outcome: Outcome) -> None:
+        """Store the outcome; while the store cannot write (disk full), hold it and try again.
+
+        The query stays `running` meanwhile. Should the controller die first, recovery runs it again.
+        """
+        while True:
+            try:
+                self._record(query_id, outcome)
+                return
+            except StoreUnavailable as exc:
+                log.error("query %s: outcome not stored yet (%s); retrying", query_id, exc)
+                await asyncio.sleep(STORE_RETRY_SECONDS)
+
     def _record(self, query_id: str, outcome: Outcome) -> None:
+        crash_if(self._crash_at, "before_finish")
         if outcome.error is None:
             status, error_type = "succeeded", None
             decided = self._store.finish(query_id, status, result=outcome.result, placement=outcome.placement)
         else:
             status, error_type = "failed", outcome.error["error_type"]
             decided = self._store.finish(query_id, status, error=outcome.error, placement=outcome.placement)
+        crash_if(self._crash_at, "after_finish")
         if decided:
             log.info("query %s: %s%s", query_id, status, f" ({error_type})" if error_type else "")
             self._finished(query_id, status, error_type)

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controller.admission import Rejected
-from controller.store import KeyReused
+from controller.store import KeyReused, StoreUnavailable
 from worker_image.protocol import ErrorType, error_info
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,22 @@ async def _key_reused(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# How long a client should wait before retrying a submission the store could not take.
+STORE_RETRY_AFTER_SECONDS = 5
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StoreUnavailable)
+    log.error("store cannot write, %s %s answered 503: %s", request.method, request.url.path, exc)
+    return error_response(
+        503,
+        ErrorType.INTERNAL,
+        f"the store cannot write just now ({exc}); nothing was stored, retry later",
+        {"cause": str(exc)},
+        headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
+    )
+
+
 async def _http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     return error_response(exc.status_code, ErrorType.VALIDATION, str(exc.detail), headers=exc.headers)
@@ -79,6 +95,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(Rejected, _rejected)
     app.add_exception_handler(KeyReused, _key_reused)
+    app.add_exception_handler(StoreUnavailable, _store_unavailable)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)
 

@@ -44,6 +44,7 @@ from controller.launchers.podspec import (
 )
 from controller.launchers.worker_output import EXCERPT_LINES, log_excerpt
 from controller.settings import Settings
+from controller.testcrash import crash_if
 from worker_image.protocol import ENVELOPE_MARKER, ErrorType, error_info
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class KubernetesLauncher:
         self._rooms: list[NodeRoom] | None = None
         self._detached = False
         self._nodes_forbidden = False
+        self._crash_at = settings.test_crash_at if settings.enable_test_hooks else None
 
     # Lifetime -------------------------------------------------------------------------------------------
 
@@ -248,6 +250,7 @@ class KubernetesLauncher:
                 placement=self._placement(name),
             )
         self._pods.seen(pod)
+        crash_if(self._crash_at, "after_create")
         log.info("query %s: created pod %s/%s (attempt %d)", job.query_id, self._namespace, name, job.attempt)
         await self._event(pod, Reason.STARTED, f"query {job.query_id}, attempt {job.attempt}")
         return None
@@ -330,6 +333,7 @@ class KubernetesLauncher:
                 for c in status.get("containerStatuses") or []
             ],
         )
+        crash_if(self._crash_at, "before_log")
         text, problem = (
             (None, "the pod was deleted before its log was read") if gone else await self._read_log(name)
         )
@@ -401,6 +405,7 @@ class KubernetesLauncher:
         if state is None or state.gone:
             self._pods.forget(name)
             return
+        crash_if(self._crash_at, "before_delete")
         self._expire(state.pod, query_id)
 
     def _expire(self, pod: Mapping[str, Any], query_id: str) -> None:
