@@ -14,14 +14,15 @@ from pydantic import BaseModel
 
 from controller.admission import Admitted, Rejected, admit_inspection, admit_query
 from controller.auth import client_scope
+from controller.backpressure import RECENT_RUNS, retry_after_seconds
 from controller.dispatcher import CancelResult, Dispatcher
 from controller.errors import error_response
 from controller.idempotency import fingerprint, parse_key
 from controller.launchers.base import Launcher, limits_from
 from controller.metrics import Metrics
-from controller.models import InspectionIn, QueryIn, RecordOut, RecordPage, Status
+from controller.models import ErrorOut, InspectionIn, QueryIn, RecordOut, RecordPage, Status
 from controller.settings import Settings
-from controller.store import IdempotencyKey, Row, Store
+from controller.store import IdempotencyKey, QueueFull, Row, Store
 from worker_image.protocol import ErrorType
 
 MAX_WAIT_SECONDS = 300.0
@@ -54,6 +55,16 @@ IdempotencyKeyHeader = Annotated[
         "1-255 printable ASCII characters, bare or as a quoted structured-field string.",
     ),
 ]
+
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"headers": {"Location": {"description": "The record's path.", "schema": {"type": "string"}}}},
+    429: {
+        "model": ErrorOut,
+        "description": "The queue is full (`PODQ_MAX_QUEUED`); nothing was stored. Submit again after "
+        "`Retry-After` seconds.",
+        "headers": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}},
+    },
+}
 
 queries = APIRouter(prefix="/v1/queries", tags=["queries"])
 inspections = APIRouter(prefix="/v1/inspections", tags=["inspections"])
@@ -118,17 +129,42 @@ def _submit(
     refusal = services.launcher.refusal(limits_from(admitted.limits))
     if refusal is not None:
         raise Rejected("limits", refusal)
-    query_id, request = uuid.uuid4().hex, dict(admitted.request)
-    if key is None:
-        row, created = services.store.insert(query_id, operation, request, admitted.limits), True
-    else:
-        row, created = services.store.insert_once(
-            key, ttl, query_id=query_id, operation=operation, request=request, limits=admitted.limits
-        )
+    query_id, request, max_queued = uuid.uuid4().hex, dict(admitted.request), services.settings.max_queued
+    try:
+        if key is None:
+            row = services.store.insert(query_id, operation, request, admitted.limits, max_queued=max_queued)
+            created = True
+        else:
+            row, created = services.store.insert_once(
+                key,
+                ttl,
+                query_id=query_id,
+                operation=operation,
+                request=request,
+                limits=admitted.limits,
+                max_queued=max_queued,
+            )
+    except QueueFull:
+        return _queue_full(services)
     if created:
         services.metrics.observe_submitted(operation)
         services.dispatcher.notify()
     return _accepted(row, location, replayed=not created)
+
+
+def _queue_full(services: Services) -> JSONResponse:
+    # `unschedulable`: the taxonomy's "no room to run this now" (retryable), not a fault of the request.
+    limit = services.settings.max_queued
+    seconds = retry_after_seconds(
+        services.store.recent_run_seconds(RECENT_RUNS), services.settings.max_concurrent
+    )
+    return error_response(
+        429,
+        ErrorType.UNSCHEDULABLE,
+        f"the queue is full ({limit} queries waiting to start); submit again in {seconds} s",
+        {"max_queued": limit, "retry_after_seconds": seconds},
+        headers={"Retry-After": str(seconds)},
+    )
 
 
 def _not_found(query_id: str) -> JSONResponse:
@@ -142,7 +178,7 @@ async def _get(services: Services, query_id: str, operation: str, wait: float) -
     return record(row)
 
 
-@queries.post("", status_code=202, response_model=RecordOut, responses={202: {"headers": {"Location": {}}}})
+@queries.post("", status_code=202, response_model=RecordOut, responses=SUBMIT_RESPONSES)
 async def submit_query(
     body: QueryIn, request: Request, services: ServicesDep, idempotency_key: IdempotencyKeyHeader = None
 ) -> JSONResponse:
@@ -156,7 +192,8 @@ async def list_queries(
     services: ServicesDep,
     status: Status | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(pattern=r"^[0-9]+$")] = None,
+    # At most 18 digits: any cursor podq hands out fits, and a longer one would overflow SQLite's INTEGER.
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
 ) -> RecordPage:
     """Queries, newest first, optionally only those in one status."""
     rows = services.store.page(
@@ -191,7 +228,7 @@ async def cancel_query(query_id: str, services: ServicesDep) -> RecordOut | JSON
     return record(row)
 
 
-@inspections.post("", status_code=202, response_model=RecordOut)
+@inspections.post("", status_code=202, response_model=RecordOut, responses=SUBMIT_RESPONSES)
 async def submit_inspection(
     body: InspectionIn, request: Request, services: ServicesDep, idempotency_key: IdempotencyKeyHeader = None
 ) -> JSONResponse:

@@ -17,6 +17,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from controller.quantity import parse_cpu_millicores, parse_memory_bytes
+from controller.testcrash import parse_crash_at
 from worker_image.netpolicy import parse_networks
 
 
@@ -43,6 +44,14 @@ class Settings(BaseSettings):
     max_concurrent: int = Field(
         2, ge=1, description="Queries running at once; the rest wait FIFO. Default fits a 2-core host."
     )
+    max_queued: int = Field(
+        1000,
+        ge=1,
+        description="Queries and inspections that may wait to start; one more is refused with 429 and "
+        "`Retry-After`, storing nothing. The queue is on disk, so this bounds the backlog, not memory: "
+        "1000 one-second queries at the default concurrency are ~8 minutes of waiting, beyond which a "
+        "client is better told to come back than left waiting.",
+    )
     max_attempts: int = Field(
         2,
         ge=1,
@@ -57,6 +66,14 @@ class Settings(BaseSettings):
     max_timeout_seconds: float = Field(600, gt=0, description="Largest deadline a query may ask for.")
     default_max_rows: int = Field(1000, ge=1, description="Rows returned when a query sets no `max_rows`.")
     max_rows_limit: int = Field(100_000, ge=1, description="Largest `max_rows` a query may ask for.")
+    max_result_bytes: int = Field(
+        8_388_608,
+        ge=65_536,
+        le=33_554_432,
+        description="Largest result a query returns, in bytes of JSON; rows beyond it are cut and the result "
+        'says `"truncated_by": "bytes"`. Below kubelet\'s default 10 MiB log rotation, which could cut a '
+        "result read from a pod log; at most 32 MiB (the launchers read at most 64 MiB of output).",
+    )
     max_sql_bytes: int = Field(65_536, ge=1, description="Largest SQL text accepted (UTF-8 bytes).")
     max_body_bytes: int = Field(262_144, ge=1024, description="Largest request body accepted.")
     max_datasets: int = Field(32, ge=1, description="Most datasets one query may register.")
@@ -98,6 +115,15 @@ class Settings(BaseSettings):
         False,
         description="Test only: accept a request's `debug` section (crash, sleep, allocate) and pass it to "
         "the worker. Never enable in production.",
+    )
+    test_crash_at: str | None = Field(
+        None,
+        description="Test only, honoured only with `PODQ_ENABLE_TEST_HOOKS`: the controller SIGKILLs itself "
+        "the first time it reaches this point, for restart tests. `before_finish`: a worker has ended, its "
+        "outcome is not stored yet; `after_finish`: right after a query's terminal state is committed; "
+        "kubernetes only: `after_create` (a pod was just created), `before_log` (a pod ended, its log is "
+        "not read yet), `before_delete` (an outcome is stored, its pod not deleted yet). `point@N`: the Nth "
+        "time. Never set in production.",
     )
     log_level: str = Field("INFO", description="Python logging level of the controller.")
 
@@ -192,6 +218,13 @@ class Settings(BaseSettings):
         description="How long an `Idempotency-Key` is remembered; a retry within it gets the first query "
         "back, later the key is free again.",
     )
+
+    @field_validator("test_crash_at")
+    @classmethod
+    def _crash_at(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_crash_at(value)
+        return value
 
     @field_validator("default_cpu", "max_cpu")
     @classmethod

@@ -5,7 +5,8 @@ cut. The queue is the table: FIFO by `seq`, claimed with a conditional UPDATE so
 queued -> running once, and every terminal write is conditional on the row not being terminal yet, so each
 query reaches exactly one terminal state whatever races (cancel vs. finish, restart vs. finish).
 An idempotency key is a row whose primary key is (client, key), written in the transaction that inserts
-its query, so one key can never name two queries.
+its query, so one key can never name two queries. The queue limit is checked in that transaction too (a
+count on the status index under the write lock), so a burst of submissions cannot overshoot it.
 """
 
 from __future__ import annotations
@@ -91,9 +92,27 @@ def _row(raw: sqlite3.Row) -> Row:
     )
 
 
+class QueueFull(Exception):
+    """The queue already holds the most queries it may; nothing was stored."""
+
+    def __init__(self, queued: int) -> None:
+        super().__init__(f"{queued} queries queued")
+        self.queued = queued
+
+
 def _insert(
-    db: sqlite3.Connection, query_id: str, operation: str, request: dict[str, Any], limits: dict[str, Any]
+    db: sqlite3.Connection,
+    query_id: str,
+    operation: str,
+    request: dict[str, Any],
+    limits: dict[str, Any],
+    *,
+    max_queued: int | None,
 ) -> Row:
+    if max_queued is not None:
+        (queued,) = db.execute("SELECT COUNT(*) FROM queries WHERE status = 'queued'").fetchone()
+        if queued >= max_queued:
+            raise QueueFull(queued)
     db.execute(
         "INSERT INTO queries (id, operation, request, limits, status, submitted_at)"
         " VALUES (?, ?, ?, ?, 'queued', ?)",
@@ -128,6 +147,17 @@ def _keyed(db: sqlite3.Connection, key: IdempotencyKey, born_after: float) -> Ro
     return _row(raw)
 
 
+class StoreUnavailable(Exception):
+    """The store cannot write just now (disk full, I/O error, locked past the timeout); nothing was written,
+    and the same write may succeed later."""
+
+
+# Primary result codes (the low byte of an extended code) of a write that failed for want of room or access.
+_TRANSIENT_FAILURES = frozenset(
+    {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+)
+
+
 @dataclass(frozen=True)
 class Recovery:
     requeued: list[str]
@@ -152,22 +182,39 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """All or nothing; `StoreUnavailable` if SQLite could not write (a failed COMMIT included)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    # After SQLITE_FULL or an I/O error SQLite may have rolled back already.
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF in _TRANSIENT_FAILURES:
+                    raise StoreUnavailable(str(exc)) from exc
                 raise
-            self._db.execute("COMMIT")
 
     def ping(self) -> None:
         with self._lock:
             self._db.execute("SELECT 1").fetchone()
 
-    def insert(self, query_id: str, operation: str, request: dict[str, Any], limits: dict[str, Any]) -> Row:
+    def insert(
+        self,
+        query_id: str,
+        operation: str,
+        request: dict[str, Any],
+        limits: dict[str, Any],
+        *,
+        max_queued: int | None = None,
+    ) -> Row:
+        """Queue a query; `QueueFull` (nothing stored) if `max_queued` are queued already."""
         with self._transaction() as db:
-            return _insert(db, query_id, operation, request, limits)
+            return _insert(db, query_id, operation, request, limits, max_queued=max_queued)
 
     def insert_once(
         self,
@@ -178,11 +225,13 @@ class Store:
         operation: str,
         request: dict[str, Any],
         limits: dict[str, Any],
+        max_queued: int | None = None,
     ) -> tuple[Row, bool]:
         """Insert the query unless the key already names one: then that one, and False.
 
         The key's primary key decides, not a lookup beforehand, so concurrent submissions with one key
-        (from any connection to this file) create one query. Raises `KeyReused` for another request.
+        (from any connection to this file) create one query. Raises `KeyReused` for another request, and
+        `QueueFull` as `insert` does (the key is then not kept).
         """
         with self._transaction() as db:
             now = time.time()
@@ -193,7 +242,7 @@ class Store:
                 (key.client, key.key, key.fingerprint, query_id, now),
             ).rowcount
             if claimed:
-                return _insert(db, query_id, operation, request, limits), True
+                return _insert(db, query_id, operation, request, limits, max_queued=max_queued), True
             existing = _keyed(db, key, now - ttl_seconds)
         assert existing is not None, "the conflicting key is alive: expired ones were deleted above"
         return existing, False
@@ -307,6 +356,21 @@ class Store:
         with self._lock:
             raws = self._db.execute(sql, (*params, limit)).fetchall()
         return [_row(raw) for raw in raws]
+
+    def recent_run_seconds(self, limit: int) -> list[float]:
+        """How long the latest `limit` queries that ran to an end (succeeded or failed) ran, newest first.
+
+        NOT INDEXED: walking the table back from the newest row stops after `limit` matches (past at most the
+        active rows); the status index would sort every finished query ever stored.
+        """
+        with self._lock:
+            raws = self._db.execute(
+                "SELECT finished_at - started_at AS seconds FROM queries NOT INDEXED"
+                " WHERE status IN ('succeeded', 'failed') AND started_at IS NOT NULL"
+                " ORDER BY seq DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [raw["seconds"] for raw in raws]
 
     def count_by_status(self) -> dict[str, int]:
         with self._lock:
