@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from controller.launchers.classify import Ended, Failed, Waiting, decide, observe, parse_time, placement
@@ -420,7 +420,7 @@ def test_a_cut_envelope_is_never_a_result(before: str, cut: int, after: str) -> 
     except EnvelopeError:
         pass
     else:
-        pytest.skip("the surrounding text completed an envelope of its own")
+        assume(False)  # the surrounding text completed an envelope of its own
 
     outcome = decide(load("succeeded"), log)
 
