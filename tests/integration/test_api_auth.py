@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -194,3 +196,23 @@ def test_AUTH_9_a_token_with_non_ascii_bytes_is_refused_not_a_crash(secured: Con
     with httpx.Client(base_url=secured.url) as client:
         response = client.get("/v1/queries", headers={"Authorization": b"Bearer \xff\xfe"})
     assert response.status_code == 401
+
+
+def test_AUTH_10_podq_submit_sends_PODQ_TOKEN(secured: ControllerProcess) -> None:
+    """The CLI against a controller with auth on: `$PODQ_TOKEN` gets in, no token is a 401 and exit 1."""
+    command = [sys.executable, "-m", "controller", "submit", "--url", secured.url, "--sql", "SELECT 1 AS x"]
+    env = {k: v for k, v in os.environ.items() if k != "PODQ_TOKEN"}
+
+    refused = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
+    accepted = subprocess.run(
+        [*command, "--wait"],
+        capture_output=True,
+        text=True,
+        env={**env, "PODQ_TOKEN": FILE_TOKEN},
+        timeout=60,
+        check=False,
+    )
+
+    assert refused.returncode == 1 and "401" in refused.stderr, refused
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.splitlines() == ["x", "-", "1", "(1 rows)"]
