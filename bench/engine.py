@@ -1,0 +1,166 @@
+"""Section 1, the worker engine: podq's worker end to end vs polars in-process vs DuckDB, per query.
+
+The worker runs as `python -m worker_image` with the request in PODQ_REQUEST and fetches every table over
+HTTP from a loopback file server, as it would in production (the fetch policy must allow 127.0.0.0/8).
+Polars and DuckDB read the same files from local disk in this process. Each figure is the median of
+`repeats` runs after one warm-up run per engine. "net" is the worker less its fixed cost (a worker run of
+`SELECT 1` over no dataset: interpreter, imports, envelope), leaving the fetch, the checks and the query.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from bench.data import TABLES
+from bench.queries import QUERIES
+from bench.stats import geomean, median, ms, ratio, table
+from tests.support.fileserver import FileServer
+from worker_image.protocol import REQUEST_ENV, decode_envelope
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MAX_ROWS = 1000
+
+
+@dataclass(frozen=True)
+class QueryTimes:
+    name: str
+    worker: float
+    # The worker less its fixed cost (a `SELECT 1` worker run): fetch, checks and the query itself.
+    worker_net: float
+    polars: float
+    duckdb: float
+    rows: int
+
+
+def _timed(run: Callable[[], int], repeats: int) -> tuple[float, int]:
+    rows = run()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - started)
+    return median(samples), rows
+
+
+def _worker_runner(sql: str, tables: tuple[str, ...], base_url: str, scratch: Path) -> Callable[[], int]:
+    request: dict[str, Any] = {
+        "operation": "query",
+        "sql": sql,
+        "datasets": [{"url": f"{base_url}/{name}.parquet", "table_name": name} for name in tables],
+        "max_rows": MAX_ROWS,
+        "max_result_bytes": 16 * 1024 * 1024,
+        "fetch": {
+            "connect_timeout_seconds": 5,
+            "read_timeout_seconds": 60,
+            "total_timeout_seconds": 600,
+            "max_download_bytes": 8 * 1024**3,
+            "allowed_networks": ["127.0.0.0/8"],
+        },
+    }
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PODQ_")}
+    env.update({"PYTHONPATH": str(REPO_ROOT), REQUEST_ENV: json.dumps(request), "TMPDIR": str(scratch)})
+
+    def run() -> int:
+        done = subprocess.run(
+            [sys.executable, "-m", "worker_image"], env=env, capture_output=True, text=True, check=False
+        )
+        envelope = decode_envelope(done.stdout)
+        if not envelope["ok"]:
+            raise RuntimeError(f"worker failed: {envelope['error']}")
+        rows: int = envelope["result"]["total_rows"]
+        return rows
+
+    return run
+
+
+def _polars_runner(sql: str, paths: dict[str, Path]) -> Callable[[], int]:
+    def run() -> int:
+        context = pl.SQLContext({name: pl.scan_parquet(path) for name, path in paths.items()})
+        return context.execute(sql).collect().height
+
+    return run
+
+
+def _duckdb_runner(sql: str, connection: duckdb.DuckDBPyConnection) -> Callable[[], int]:
+    def run() -> int:
+        return len(connection.execute(sql).fetchall())
+
+    return run
+
+
+def measure(paths: dict[str, Path], scratch: Path, repeats: int) -> list[QueryTimes]:
+    directory = next(iter(paths.values())).parent
+    scratch.mkdir(parents=True, exist_ok=True)
+    connection = duckdb.connect()
+    for name, path in paths.items():
+        connection.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
+    results = []
+    with FileServer(directory) as server:
+        startup, _ = _timed(_worker_runner("SELECT 1 AS one", (), server.url, scratch), repeats)
+        for name, sql in QUERIES.items():
+            worker, worker_rows = _timed(_worker_runner(sql, TABLES, server.url, scratch), repeats)
+            in_process, polars_rows = _timed(_polars_runner(sql, paths), repeats)
+            reference, duckdb_rows = _timed(_duckdb_runner(sql, connection), repeats)
+            if not worker_rows == polars_rows == duckdb_rows:
+                raise RuntimeError(f"{name}: row counts differ: {worker_rows}, {polars_rows}, {duckdb_rows}")
+            # Noise can make the difference negative on tiny data; clamp so the geometric mean stays defined.
+            net = max(worker - startup, 1e-4)
+            results.append(QueryTimes(name, worker, net, in_process, reference, polars_rows))
+    connection.close()
+    return results
+
+
+def report(label: str, results: list[QueryTimes]) -> str:
+    rows = [
+        [
+            r.name,
+            str(r.rows),
+            ms(r.worker),
+            ms(r.worker_net),
+            ms(r.polars),
+            ms(r.duckdb),
+            ratio(r.worker / r.polars),
+            ratio(r.worker_net / r.polars),
+            ratio(r.polars / r.duckdb),
+            ratio(r.worker / r.duckdb),
+        ]
+        for r in results
+    ]
+    rows.append(
+        [
+            "**geomean**",
+            "",
+            "",
+            "",
+            "",
+            "",
+            ratio(geomean([r.worker / r.polars for r in results])),
+            ratio(geomean([r.worker_net / r.polars for r in results])),
+            ratio(geomean([r.polars / r.duckdb for r in results])),
+            ratio(geomean([r.worker / r.duckdb for r in results])),
+        ]
+    )
+    header = [
+        f"query ({label})",
+        "rows",
+        "worker ms",
+        "worker net ms",
+        "polars ms",
+        "duckdb ms",
+        "worker/polars",
+        "net/polars",
+        "polars/duckdb",
+        "worker/duckdb",
+    ]
+    return table(header, rows)
