@@ -166,6 +166,12 @@ class Settings(BaseSettings):
     worker_tmp_size: str = Field(
         "1Gi", description="Size limit of the worker's writable `/tmp` (an emptyDir; the root is read-only)."
     )
+    worker_owned_by_service_account: bool = Field(
+        False,
+        description="Make every worker pod a dependent of the controller's own service account (read "
+        "from its in-cluster token), so deleting that account (`helm uninstall`) garbage-collects the "
+        "worker pods, running ones included. Needs the workers in the controller's namespace.",
+    )
     pod_ttl_seconds: float = Field(
         0,
         ge=0,

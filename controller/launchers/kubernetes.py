@@ -27,12 +27,14 @@ from controller.launchers.kube_api import (
     AlreadyExists,
     Forbidden,
     KubeClient,
+    KubeConfig,
     KubeError,
     NotFound,
     is_transient,
     load_config,
     make_event,
 )
+from controller.launchers.owner import OwnerError, identity_from_token
 from controller.launchers.pod_watch import Backoff, PodWatch
 from controller.launchers.podspec import (
     CONTAINER_NAME,
@@ -92,6 +94,23 @@ def _log_tail(text: str) -> str:
     return log_excerpt("\n".join(lines))
 
 
+def _service_account_owner(config: KubeConfig, namespace: str) -> dict[str, Any]:
+    """The owner reference of the worker pods: the service account whose token the controller uses."""
+    what = "PODQ_WORKER_OWNED_BY_SERVICE_ACCOUNT"
+    if config.token_file is None:
+        raise RuntimeError(f"{what} needs a service-account token file; {config.source} has none")
+    try:
+        identity = identity_from_token(config.token_file.read_text())
+    except (OSError, OwnerError) as exc:
+        raise RuntimeError(f"{what}: {exc}") from None
+    if identity.namespace != namespace:
+        raise RuntimeError(
+            f"{what} needs the worker pods in the controller's namespace {identity.namespace!r} "
+            f"(owners cannot be in another namespace), not {namespace!r}"
+        )
+    return identity.owner_reference()
+
+
 class KubernetesLauncher:
     name = "kubernetes"
 
@@ -113,13 +132,18 @@ class KubernetesLauncher:
         settings = self._settings
         config = load_config(settings.kube_config, settings.kube_context)
         self._namespace = settings.kube_namespace or config.namespace or "default"
+        owner = (
+            _service_account_owner(config, self._namespace)
+            if settings.worker_owned_by_service_account
+            else None
+        )
         self._client = KubeClient(
             config,
             qps=settings.kube_qps,
             burst=settings.kube_burst,
             request_timeout=settings.kube_request_timeout_seconds,
         )
-        self._template = PodTemplate.from_settings(settings, self._namespace)
+        self._template = PodTemplate.from_settings(settings, self._namespace, owner)
         self._watch = PodWatch(
             self._client,
             self._namespace,

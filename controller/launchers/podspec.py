@@ -86,6 +86,8 @@ class PodTemplate:
     image_pull_secrets: Sequence[str]
     tmp_size: str
     enable_test_hooks: bool
+    # An ownerReference every pod carries (see owner.py); None: the pods have no owner.
+    owner: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # Checked here so a bad release name stops the controller at start, not every pod at creation.
@@ -96,7 +98,9 @@ class PodTemplate:
             )
 
     @classmethod
-    def from_settings(cls, settings: Settings, namespace: str) -> PodTemplate:
+    def from_settings(
+        cls, settings: Settings, namespace: str, owner: Mapping[str, Any] | None = None
+    ) -> PodTemplate:
         return cls(
             namespace=namespace,
             instance=settings.kube_instance,
@@ -109,6 +113,7 @@ class PodTemplate:
             image_pull_secrets=tuple(settings.worker_image_pull_secrets),
             tmp_size=settings.worker_tmp_size,
             enable_test_hooks=settings.enable_test_hooks,
+            owner=owner,
         )
 
 
@@ -137,10 +142,12 @@ def query_id_of(pod: Mapping[str, Any]) -> str | None:
 
 def build_pod(job: Job, template: PodTemplate, *, submitted_at: float) -> dict[str, Any]:
     """The pod running `job`; `submitted_at` is the query's submission time (epoch seconds)."""
+    owners = {"ownerReferences": [dict(template.owner)]} if template.owner else {}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
+            **owners,
             "name": pod_name(job.query_id),
             "namespace": template.namespace,
             "labels": {

@@ -294,6 +294,12 @@ def test_the_service_account_never_brings_its_token() -> None:
     assert pod(template=FULL)["spec"]["automountServiceAccountToken"] is False
 
 
+def test_pods_have_no_owner_unless_the_template_names_one() -> None:
+    assert "ownerReferences" not in pod()["metadata"]
+    owner = {"apiVersion": "v1", "kind": "ServiceAccount", "name": "podq", "uid": "0f1e2d3c"}
+    assert pod(template=dataclasses.replace(BARE, owner=owner))["metadata"]["ownerReferences"] == [owner]
+
+
 def test_empty_service_account_and_priority_class_are_unset() -> None:
     template = dataclasses.replace(BARE, service_account="", priority_class="")
     assert OPTIONAL_SPEC_FIELDS & set(pod(template=template)["spec"]) == set()
