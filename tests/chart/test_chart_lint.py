@@ -1,0 +1,20 @@
+"""`helm lint --strict` passes on the chart's defaults and with every optional part switched on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.helm import ALL_TOGGLES, CHART_DIR, Helm
+
+pytestmark = pytest.mark.chart
+
+
+@pytest.mark.parametrize("files", [(), (ALL_TOGGLES,)], ids=["defaults", "all-toggles"])
+def test_lint_strict(helm: Helm, files: tuple[Path, ...]) -> None:
+    args = ["lint", "--strict", str(CHART_DIR)]
+    for path in files:
+        args += ["--values", str(path)]
+    output = helm.run(*args)
+    assert "1 chart(s) linted, 0 chart(s) failed" in output, output
