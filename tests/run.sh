@@ -8,6 +8,9 @@
 #             with the worker image built and imported; else the e2e tier is deselected, loudly.
 #   required  the same, but without a cluster the run fails.
 #   off       the e2e tier is deselected.
+# The chart tests (marker `chart`) need helm: tests/tools/build-helm.sh builds the pinned version from the
+# Go module proxy (cached), else the helm on PATH is used, else they are deselected, loudly (with
+# PODQ_E2E=required the run fails instead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +19,7 @@ e2e=${PODQ_E2E:-auto}
 harness=tests/e2e/cluster
 harness_kubeconfig=${PODQ_E2E_RUN_DIR:-/var/lib/podq-e2e}/kubeconfig
 
-timings=() step_name="" step_start=0 e2e_note=""
+timings=() step_name="" step_start=0 skipped_note=""
 end_step() { [[ -z $step_name ]] || timings+=("$(printf '%6ds  %s' $((SECONDS - step_start)) "$step_name")"); }
 step() {
   end_step
@@ -28,21 +31,27 @@ summary() {
   ((${#timings[@]})) || return 0
   printf '\n== step timings (total %ds)\n' "$SECONDS"
   printf '%s\n' "${timings[@]}"
-  [[ -z $e2e_note ]] || printf '%s\n' "$e2e_note" >&2
+  [[ -z $skipped_note ]] || printf '%s\n' "$skipped_note" >&2
 }
 trap summary EXIT
 
-# The e2e tier did not run: say so where nobody can miss it, now and again at the very end.
-skip_e2e() {
-  e2e_note="$(printf '%s\n' \
+# A tier did not run: say so where nobody can miss it, now and again at the very end.
+deselected=()
+banner() {
+  local text
+  text="$(printf '%s\n' \
     '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!' \
-    "!! THE E2E TIER DID NOT RUN: $1" \
+    "$@" \
+    '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!')"
+  printf '\n%s\n' "$text" >&2
+  skipped_note="${skipped_note:+$skipped_note$'\n'}$text"
+}
+skip_e2e() {
+  banner "!! THE E2E TIER DID NOT RUN: $1" \
     '!! To run it: as root on Linux, "PODQ_E2E=required bash tests/run.sh" brings up the harness cluster;' \
     '!! against kind or any cluster, see tests/e2e/README.md (KUBECONFIG, PODQ_E2E_WORKER_IMAGE,' \
-    '!! PODQ_E2E_HOST_ADDRESS).' \
-    '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!')"
-  printf '\n%s\n' "$e2e_note" >&2
-  pytest_args=(-m "not e2e")
+    '!! PODQ_E2E_CONTROLLER_IMAGE, PODQ_E2E_HOST_ADDRESS).'
+  deselected+=(e2e)
 }
 
 no_cluster() {
@@ -62,14 +71,13 @@ case $e2e in
   auto | required | off) ;;
   *) echo "PODQ_E2E must be auto, required or off, not '$e2e'" >&2; exit 2 ;;
 esac
-pytest_args=()
 e2e_cluster=""
 if [[ $e2e == off ]]; then
   echo "PODQ_E2E=off: the e2e tier is deselected"
-  pytest_args=(-m "not e2e")
+  deselected+=(e2e)
 elif [[ -n ${KUBECONFIG:-} && $KUBECONFIG != "$harness_kubeconfig" ]]; then
-  if [[ -z ${PODQ_E2E_WORKER_IMAGE:-} || -z ${PODQ_E2E_HOST_ADDRESS:-} ]]; then
-    no_cluster "KUBECONFIG is set, but PODQ_E2E_WORKER_IMAGE or PODQ_E2E_HOST_ADDRESS is not (both are needed)."
+  if [[ -z ${PODQ_E2E_WORKER_IMAGE:-} || -z ${PODQ_E2E_CONTROLLER_IMAGE:-} || -z ${PODQ_E2E_HOST_ADDRESS:-} ]]; then
+    no_cluster "KUBECONFIG is set, but PODQ_E2E_WORKER_IMAGE, PODQ_E2E_CONTROLLER_IMAGE or PODQ_E2E_HOST_ADDRESS is not (all are needed)."
   else
     e2e_cluster=kubeconfig
   fi
@@ -91,23 +99,46 @@ step "ruff"
 step "mypy"
 "$venv/bin/mypy"
 
+if [[ -z ${PODQ_HELM:-} ]] && command -v go >/dev/null; then
+  step "helm (tests/tools/build-helm.sh; built once, then cached)"
+  PODQ_HELM="$(PODQ_BUILD_JOBS=${PODQ_BUILD_JOBS:-2} tests/tools/build-helm.sh)"
+fi
+PODQ_HELM="${PODQ_HELM:-$(command -v helm || true)}"
+if [[ -n $PODQ_HELM ]]; then
+  export PODQ_HELM
+  echo "chart tests: PODQ_HELM=$PODQ_HELM ($("$PODQ_HELM" version --short))"
+elif [[ $e2e == required ]]; then
+  echo "PODQ_E2E=required, but there is no helm: neither Go to build it nor helm on PATH" >&2
+  exit 1
+else
+  banner "!! THE CHART TESTS DID NOT RUN: no helm, and no Go to build it (tests/tools/build-helm.sh)."
+  deselected+=(chart)
+fi
+
 if [[ $e2e_cluster == harness ]]; then
   # A cold build of Kubernetes takes ~13 min on one core: use both (the build runs at nice 19).
   step "e2e: harness cluster (tests/e2e/cluster/up.sh; builds Kubernetes once, then cached)"
   exports="$(PODQ_BUILD_JOBS=${PODQ_BUILD_JOBS:-2} "$harness/up.sh")"
   eval "$exports"
-  step "e2e: worker image (tests/e2e/cluster/build-worker-image.sh)"
-  PODQ_E2E_WORKER_IMAGE="$("$harness/build-worker-image.sh")"
+  step "e2e: images (tests/e2e/cluster/build-image.sh worker, controller)"
+  PODQ_E2E_WORKER_IMAGE="$("$harness/build-image.sh" worker)"
+  PODQ_E2E_CONTROLLER_IMAGE="$("$harness/build-image.sh" controller)"
   # How the e2e tier restarts this cluster's API server (the watch-recovery test).
   PODQ_E2E_RESTART_APISERVER="$PWD/$harness/restart-apiserver.sh"
-  export KUBECONFIG PODQ_E2E_HOST_ADDRESS PODQ_E2E_WORKER_IMAGE PODQ_E2E_RESTART_APISERVER
+  export KUBECONFIG PODQ_E2E_HOST_ADDRESS PODQ_E2E_WORKER_IMAGE PODQ_E2E_CONTROLLER_IMAGE PODQ_E2E_RESTART_APISERVER
 fi
 if [[ -n $e2e_cluster ]]; then
   echo "e2e tier: KUBECONFIG=$KUBECONFIG PODQ_E2E_WORKER_IMAGE=$PODQ_E2E_WORKER_IMAGE" \
-    "PODQ_E2E_HOST_ADDRESS=$PODQ_E2E_HOST_ADDRESS"
+    "PODQ_E2E_CONTROLLER_IMAGE=$PODQ_E2E_CONTROLLER_IMAGE PODQ_E2E_HOST_ADDRESS=$PODQ_E2E_HOST_ADDRESS"
 fi
 
 step "pytest"
-# The caller's own -m, if any, comes later and wins. pytest exits 5 when it collects nothing; set -e
-# turns that into a failure too.
+# The caller's own -m, if any, comes later and wins.
+pytest_args=()
+if ((${#deselected[@]})); then
+  expression="not ${deselected[0]}"
+  for marker in "${deselected[@]:1}"; do expression+=" and not $marker"; done
+  pytest_args=(-m "$expression")
+fi
+# pytest exits 5 when it collects nothing; set -e turns that into a failure too.
 "$venv/bin/python" -m pytest "${pytest_args[@]}" "$@"
