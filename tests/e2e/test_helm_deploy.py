@@ -217,7 +217,7 @@ class Deployment:
             ran = self.shell.run(command)
             if command.startswith(prefix):
                 return ran
-            assert ran.returncode == 0, f"{command!r} exited {ran.returncode}:\n{ran.stdout}\n{ran.stderr}"
+            ok(ran)
         raise AssertionError(f"the README's deployment block has no command starting {prefix!r}")
 
     def client(self) -> httpx.Client:
@@ -226,8 +226,24 @@ class Deployment:
 
 
 def ok(ran: Ran) -> Ran:
-    assert ran.returncode == 0, f"{ran.command!r} exited {ran.returncode}:\n{ran.stdout}\n{ran.stderr}"
+    assert ran.returncode == 0, (
+        f"{ran.command!r} exited {ran.returncode}:\n{ran.stdout}\n{ran.stderr}\n{_cluster_state()}"
+    )
     return ran
+
+
+def _cluster_state() -> str:
+    """What an operator would look at first: the namespace's objects, events and the controller's log."""
+    looks = [
+        ("get", "all,pvc", "-n", NAMESPACE, "-o", "wide"),
+        ("get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp"),
+        ("logs", "-n", NAMESPACE, f"deployment/{RELEASE}", "--tail=40"),
+    ]
+    parts = []
+    for args in looks:
+        done = subprocess.run(["kubectl", *args], capture_output=True, text=True, timeout=60, check=False)
+        parts.append(f"$ kubectl {' '.join(args)}\n{done.stdout}{done.stderr}")
+    return "\n".join(parts)
 
 
 def test_readme_deployment_path(shell: Shell, pod_file_server: FileServer) -> None:
