@@ -22,8 +22,10 @@ import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
@@ -189,6 +191,10 @@ def _ipv4_part(part: str) -> int | None:
 
 def check_url(url: str, policy: FetchPolicy) -> httpx.URL:
     """The URL parsed as the fetch will parse it; refuses a bad shape or a host that is a blocked address."""
+    # Imported here: every worker loads this module to read its request, and httpx costs ~100 ms of
+    # start-up that a query without datasets never needs.
+    import httpx
+
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:

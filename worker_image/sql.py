@@ -1,11 +1,16 @@
 """Operation `query`: check the SQL, fetch and check every dataset, run the query with polars.
 
 Each dataset is registered under its table name as a lazy parquet scan. The result is the first
-`max_rows` rows plus the total row count, computed as two lazy queries over the same plan: the head
-(polars pushes the slice down, so a plain scan reads only what it returns) and a count (polars prunes
-every column the count does not need). Neither materialises the full result, so a query over a dataset
-larger than the worker's memory can still return its first rows; the price is that a query whose
-count cannot be pruned is computed twice.
+`max_rows` rows plus the total row count. The head is collected first (polars pushes the slice down, so
+a plain scan reads only what it returns); when it holds fewer than `max_rows` rows it is the whole
+result and its height is the count. Only a full head needs a second query over the same plan, a count
+(polars prunes every column the count does not need). Neither materialises the full result, so a query
+over a dataset larger than the worker's memory can still return its first rows; the price is that a
+query with more than `max_rows` rows whose count cannot be pruned is computed twice. (`pl.collect_all`
+on both would share the plan, but it caches the scan whole: a plain `SELECT *` then reads every row.)
+
+A query without datasets imports neither the fetch (httpx) nor the parquet check (pyarrow): they are a
+large share of the worker's start-up.
 
 The rows returned are cut twice: at `max_rows`, and at `max_result_bytes` of result JSON (a few huge
 cells can make a handful of rows larger than any log or response should carry). `truncated` says rows
@@ -26,8 +31,6 @@ from typing import Any
 import polars as pl
 
 from worker_image.encode import describe_columns, json_bytes, rows_within
-from worker_image.fetch import fetch_all
-from worker_image.parquet import check_parquet
 from worker_image.protocol import DatasetRef, ErrorType, FetchOptions, WorkerError
 from worker_image.sqlguard import check_query, table_key
 
@@ -48,17 +51,27 @@ def run_query(
     names = [dataset["table_name"] for dataset in datasets]
     _check_unique(names)
     check_query(sql, names)
-    paths = fetch_all([dataset["url"] for dataset in datasets], options, directory)
-    for path, dataset in zip(paths, datasets, strict=True):
-        check_parquet(path, dataset["url"])
+    paths = _fetch_checked(datasets, options, directory) if datasets else []
     context = pl.SQLContext({name: pl.scan_parquet(path) for name, path in zip(names, paths, strict=True)})
     try:
         query = context.execute(sql)
         head = query.head(max_rows).collect()
-        total_rows: int = query.select(pl.len()).collect().item()
+        total_rows: int = head.height
+        if total_rows == max_rows:
+            total_rows = query.select(pl.len()).collect().item()
     except pl.exceptions.PolarsError as exc:
         raise _sql_error(exc) from None
     return _result(head, total_rows, max_result_bytes)
+
+
+def _fetch_checked(datasets: Sequence[DatasetRef], options: FetchOptions, directory: Path) -> list[Path]:
+    from worker_image.fetch import fetch_all
+    from worker_image.parquet import check_parquet
+
+    paths = fetch_all([dataset["url"] for dataset in datasets], options, directory)
+    for path, dataset in zip(paths, datasets, strict=True):
+        check_parquet(path, dataset["url"])
+    return paths
 
 
 def _result(head: pl.DataFrame, total_rows: int, max_result_bytes: int) -> dict[str, Any]:
