@@ -1,21 +1,25 @@
 """`python -m bench --size smoke|small|full`: run the sections and print their tables as Markdown.
 
-smoke keeps the code alive (seconds, for CI); small is the 1M-row fact table, 50 latency runs and 10,000
-stored queries; full adds the 10M-row fact table.
+smoke keeps the code alive (seconds, for CI); small is the 1M-row fact table, 50 latency runs, 10,000
+stored queries, and on Kubernetes 20 latency runs and 200 queued queries; full adds the 10M-row fact table.
+The kube section runs when asked for (`--only kube`), or by default when both `KUBECONFIG` and a worker
+image (`--worker-image`, `$PODQ_E2E_WORKER_IMAGE`) are set: a kubeconfig alone may point at a cluster
+nobody meant to benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import api, engine, latency
+from bench import api, engine, kube, latency
 from bench.data import generate
 from bench.machine import describe
 
-SECTIONS = ("engine", "latency", "api")
+SECTIONS = ("engine", "latency", "api", "kube")
 
 
 @dataclass(frozen=True)
@@ -24,13 +28,38 @@ class Size:
     repeats: int
     latency_runs: int
     stored: int
+    kube_runs: int
+    kube_queued: int
 
 
 SIZES = {
-    "smoke": Size(fact_rows=(20_000,), repeats=1, latency_runs=5, stored=200),
-    "small": Size(fact_rows=(1_000_000,), repeats=3, latency_runs=50, stored=10_000),
-    "full": Size(fact_rows=(1_000_000, 10_000_000), repeats=3, latency_runs=50, stored=10_000),
+    "smoke": Size(fact_rows=(20_000,), repeats=1, latency_runs=5, stored=200, kube_runs=3, kube_queued=16),
+    "small": Size(
+        fact_rows=(1_000_000,), repeats=3, latency_runs=50, stored=10_000, kube_runs=20, kube_queued=200
+    ),
+    "full": Size(
+        fact_rows=(1_000_000, 10_000_000),
+        repeats=3,
+        latency_runs=50,
+        stored=10_000,
+        kube_runs=20,
+        kube_queued=200,
+    ),
 }
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _sections(only: list[str] | None, worker_image: str | None) -> list[str]:
+    if only:
+        return only
+    kube_ready = os.environ.get("KUBECONFIG") and (worker_image or os.environ.get(kube.IMAGE_ENV))
+    return list(SECTIONS) if kube_ready else [s for s in SECTIONS if s != "kube"]
 
 
 def main() -> None:
@@ -40,8 +69,34 @@ def main() -> None:
     parser.add_argument(
         "--workdir", type=Path, help="keep data here (reused across runs); default a temp dir"
     )
+    parser.add_argument(
+        "--worker-image", help=f"kube: the worker image on the nodes; default ${kube.IMAGE_ENV}"
+    )
+    parser.add_argument(
+        "--kube-namespace", help="kube: namespace to create and delete; default podq-bench-<random>"
+    )
+    parser.add_argument(
+        "--kube-label",
+        type=_label,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="kube: a label of the namespace (repeatable); default podq.dev/test=bench",
+    )
+    parser.add_argument(
+        "--kube-cpu", default="200m", help="kube: CPU limit of every query (default %(default)s)"
+    )
+    parser.add_argument(
+        "--kube-memory", default="256Mi", help="kube: memory limit of every query (default %(default)s)"
+    )
     args = parser.parse_args()
-    size, sections = SIZES[args.size], args.only or list(SECTIONS)
+    size, sections = SIZES[args.size], _sections(args.only, args.worker_image)
+    target = None
+    if "kube" in sections:
+        labels = dict(args.kube_label) or {"podq.dev/test": "bench"}
+        target = kube.Target.from_env(
+            args.worker_image, args.kube_namespace, labels, args.kube_cpu, args.kube_memory
+        )
     with tempfile.TemporaryDirectory(prefix="podq-bench-") as temporary:
         workdir = args.workdir or Path(temporary)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -59,6 +114,12 @@ def main() -> None:
             print("## 3. API and store\n", flush=True)
             results_api = api.measure(workdir, size.stored, clients=20, runs=200)
             print(api.report(results_api) + "\n", flush=True)
+        if target is not None:
+            print(f"## 4. Kubernetes mode ({size.kube_runs} latency runs each)\n", flush=True)
+            results_kube = kube.measure(target, workdir, size.kube_runs, size.kube_queued)
+            print(kube.report(*results_kube, target) + "\n", flush=True)
+        elif not args.only:
+            print(f"## 4. Kubernetes mode: not run (needs KUBECONFIG and {kube.IMAGE_ENV})\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ submission rate is set beside the rate of `GET /healthz` from the same clients: 
 from __future__ import annotations
 
 import random
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -90,6 +91,8 @@ def _latency(name: str, client: httpx.Client, paths: list[str]) -> Series:
 
 
 def measure(workdir: Path, stored: int, clients: int, runs: int) -> ApiResults:
+    # A store of this run's own: one left in a reused --workdir would add its queries to `stored`.
+    workdir = Path(tempfile.mkdtemp(prefix="api-", dir=workdir))
     stand_in = workdir / "sleeping-worker"
     stand_in.write_text(STAND_IN)
     stand_in.chmod(0o755)

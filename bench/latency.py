@@ -140,8 +140,10 @@ def measure(workdir: Path, runs: int) -> tuple[list[Series], dict[str, float], l
     worker = _repeat("python -m worker_image (bare subprocess)", _bare_worker(env), runs)
     with tempfile.TemporaryDirectory(dir=workdir) as scratch:
         in_process = _repeat("run_query in-process", _in_process(Path(scratch)), runs)
+    # A store of this run's own, even in a reused --workdir.
+    run_dir = Path(tempfile.mkdtemp(prefix="latency-", dir=workdir))
     controller = ControllerProcess(
-        workdir / "latency-data", {"PODQ_LOG_LEVEL": "WARNING"}, workdir / "latency.log"
+        run_dir / "data", {"PODQ_LOG_LEVEL": "WARNING"}, run_dir / "controller.log"
     )
     controller.start()
     try:
