@@ -190,9 +190,12 @@ class Settings(BaseSettings):
         description="How long a worker pod may fail to pull its image before the query fails as `image`.",
     )
     kube_qps: float = Field(
-        5, gt=0, description="Sustained requests per second to the API server (as client-go)."
+        20,
+        gt=0,
+        description="Sustained requests per second to the API server (kube-controller-manager's default). "
+        "Each query makes 5 requests, so this bounds dispatch at `PODQ_KUBE_QPS / 5` pods per second.",
     )
-    kube_burst: int = Field(10, ge=1, description="Requests allowed above `PODQ_KUBE_QPS` in a burst.")
+    kube_burst: int = Field(30, ge=1, description="Requests allowed above `PODQ_KUBE_QPS` in a burst.")
     kube_request_timeout_seconds: float = Field(
         30, gt=0, description="Client-side timeout of every API request, so a dropped connection cannot hang."
     )
