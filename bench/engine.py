@@ -17,9 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import polars as pl
 
 from bench.data import TABLES
@@ -27,6 +26,9 @@ from bench.queries import QUERIES
 from bench.stats import geomean, median, ms, ratio, table
 from tests.support.fileserver import FileServer
 from worker_image.protocol import REQUEST_ENV, decode_envelope
+
+if TYPE_CHECKING:
+    import duckdb
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_ROWS = 1000
@@ -102,6 +104,12 @@ def _duckdb_runner(sql: str, connection: duckdb.DuckDBPyConnection) -> Callable[
 def measure(paths: dict[str, Path], scratch: Path, repeats: int) -> list[QueryTimes]:
     directory = next(iter(paths.values())).parent
     scratch.mkdir(parents=True, exist_ok=True)
+    # Imported here: DuckDB is the `bench` extra, and the other sections run without it.
+    try:
+        import duckdb
+    except ImportError:
+        raise SystemExit("the engine section needs DuckDB: pip install -e '.[bench]'") from None
+
     connection = duckdb.connect()
     for name, path in paths.items():
         connection.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{path}')")

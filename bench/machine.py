@@ -6,9 +6,9 @@ import datetime
 import os
 import platform
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import duckdb
 import polars as pl
 
 
@@ -26,6 +26,13 @@ def _memory_gib() -> float:
     return float("nan")
 
 
+def _duckdb_version() -> str:
+    try:
+        return version("duckdb")
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def describe() -> str:
     return "\n".join(
         [
@@ -33,6 +40,6 @@ def describe() -> str:
             f"- cpu: {os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), {_cpu_model()}",
             f"- memory: {_memory_gib():.1f} GiB",
             f"- kernel: {platform.system()} {platform.release()}",
-            f"- python {sys.version.split()[0]}, polars {pl.__version__}, duckdb {duckdb.__version__}",
+            f"- python {sys.version.split()[0]}, polars {pl.__version__}, duckdb {_duckdb_version()}",
         ]
     )

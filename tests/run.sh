@@ -90,7 +90,8 @@ fi
 step "install into $venv"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
-"$venv/bin/python" -m pip install --quiet -e '.[dev]'
+# bench: DuckDB, so the benchmark's smoke test covers its engine section too.
+"$venv/bin/python" -m pip install --quiet -e '.[dev,bench]'
 
 step "ruff"
 "$venv/bin/ruff" check .
