@@ -23,6 +23,7 @@ import pytest
 
 from tests.support.e2e import kubectl
 from tests.support.helm import ALL_TOGGLES, Helm, Manifest, controller_pod_spec, one
+from tests.support.rbac import Account, can_i
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chart]
@@ -212,34 +213,6 @@ def labelled_objects(manifests: list[Manifest], *kinds: str) -> list[Manifest]:
         for m in manifests
         if m["kind"] in kinds
     ]
-
-
-class Account(NamedTuple):
-    namespace: str
-    name: str
-
-
-def can_i(account: Account, verb: str, resource: str, namespace: str | None, subresource: str = "") -> bool:
-    """The API server's answer to whether the service account may do this (in every namespace at once when
-    `namespace` is None), asked as the account with the groups its token carries."""
-    args = [
-        "kubectl",
-        "auth",
-        "can-i",
-        verb,
-        resource,
-        f"--as=system:serviceaccount:{account.namespace}:{account.name}",
-        "--as-group=system:serviceaccounts",
-        f"--as-group=system:serviceaccounts:{account.namespace}",
-        "--as-group=system:authenticated",
-    ]
-    args.append("--all-namespaces" if namespace is None else f"--namespace={namespace}")
-    if subresource:
-        args.append(f"--subresource={subresource}")
-    done = subprocess.run(args, capture_output=True, text=True, timeout=KUBECTL_TIMEOUT_SECONDS, check=False)
-    answer = done.stdout.strip()
-    assert answer in ("yes", "no"), f"kubectl auth can-i: {done.returncode} {answer!r} {done.stderr.strip()}"
-    return answer == "yes"
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ import pytest
 from tests.support.e2e import kubectl, kubectl_json
 from tests.support.fileserver import FileServer
 from tests.support.helm import Helm
+from tests.support.rbac import Account, can_i
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -159,20 +160,6 @@ def _podq_pods() -> list[dict[str, Any]]:
     return items
 
 
-def _can_i(verb: str, resource: str, namespace: str = NAMESPACE) -> bool:
-    account = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
-    done = subprocess.run(
-        ["kubectl", "auth", "can-i", verb, resource, "-n", namespace, "--as", account],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    answer = done.stdout.strip()
-    assert answer in ("yes", "no"), f"kubectl auth can-i {verb} {resource}: {done.stdout} {done.stderr}"
-    return answer == "yes"
-
-
 def _controller_pod() -> dict[str, Any]:
     selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=podq"
     pods: list[dict[str, Any]] = kubectl_json("get", "pods", "-n", NAMESPACE, "-l", selector)["items"]
@@ -254,19 +241,25 @@ def test_readme_deployment_path(shell: Shell, pod_file_server: FileServer) -> No
     assert controller["spec"]["serviceAccountName"] == RELEASE
     assert controller["status"]["phase"] == "Running"
     # The API server's word on the chart's ServiceAccount: its Role, nothing more.
-    for verb, resource in [("create", "pods"), ("list", "pods"), ("get", "pods/log"), ("create", "events")]:
-        assert _can_i(verb, resource), f"the ServiceAccount may not {verb} {resource}"
+    account = Account(NAMESPACE, RELEASE)
+    for verb, resource, subresource in [
+        ("create", "pods", ""),
+        ("list", "pods", ""),
+        ("get", "pods", "log"),
+        ("create", "events", ""),
+    ]:
+        assert can_i(account, verb, resource, NAMESPACE, subresource), (
+            f"may not {verb} {resource} {subresource}"
+        )
     for verb, resource, namespace in [
         ("list", "secrets", NAMESPACE),
         ("get", "configmaps", NAMESPACE),
         ("create", "deployments", NAMESPACE),
         ("patch", "pods", NAMESPACE),
-        ("list", "nodes", NAMESPACE),
+        ("list", "nodes", None),
         ("create", "pods", "default"),
     ]:
-        assert not _can_i(verb, resource, namespace), (
-            f"the ServiceAccount may {verb} {resource} in {namespace}"
-        )
+        assert not can_i(account, verb, resource, namespace), f"may {verb} {resource} in {namespace}"
     # And the controller itself was refused: it asked for nodes, and says so once.
     logs = kubectl("logs", "-n", NAMESPACE, controller["metadata"]["name"])
     assert "cannot list nodes (forbidden)" in logs, logs
