@@ -46,7 +46,7 @@ RUN rm -rf /usr/local/bin/pip* /usr/local/lib/python3*/site-packages/pip \
         /opt/podq/controller/requirements.txt \
     && ! python3 -m pip --version 2>/dev/null \
     && python3 -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/podq \
-    && python3 -c 'import controller.app, controller.launchers.kubernetes' \
+    && python3 -c 'import controller.http.app, controller.launchers.kubernetes.launcher' \
     && mkdir -p /var/lib/podq && chown 65532:65532 /var/lib/podq
 WORKDIR /opt/podq
 USER 65532:65532

@@ -20,7 +20,7 @@ import httpx
 
 from bench.latency import Series
 from bench.stats import median, ms, percentile, ratio, table
-from tests.support.controller import ControllerProcess
+from controller.testing.process import ControllerProcess
 
 STAND_IN = "#!/bin/sh\nexec sleep 3600\n"
 

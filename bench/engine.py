@@ -24,7 +24,7 @@ import polars as pl
 from bench.data import TABLES
 from bench.queries import QUERIES
 from bench.stats import geomean, median, ms, ratio, table
-from tests.support.fileserver import FileServer
+from controller.testing.fileserver import FileServer
 from worker_image.protocol import REQUEST_ENV, decode_envelope
 
 if TYPE_CHECKING:

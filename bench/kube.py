@@ -31,13 +31,13 @@ from bench.kube_pods import Namespace, bare_pod, wait_no_pods
 from bench.kube_requests import PER_QUERY, request_kinds
 from bench.latency import Series
 from bench.stats import median, ms, ratio, table
-from controller.admission import admit_query
 from controller.launchers.base import limits_from
-from controller.launchers.kube_api import KubeClient, load_config
-from controller.launchers.podspec import PodTemplate, selector
+from controller.launchers.kubernetes.client.api import KubeClient, load_config
+from controller.launchers.kubernetes.podspec import PodTemplate, selector
 from controller.models import QueryIn
+from controller.queue.admission import admit_query
 from controller.settings import Settings
-from tests.support.controller import TERMINAL, ControllerProcess
+from controller.testing.process import TERMINAL, ControllerProcess
 
 SQL = "SELECT 1 AS one"
 IMAGE_ENV = "PODQ_E2E_WORKER_IMAGE"

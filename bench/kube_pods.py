@@ -1,9 +1,10 @@
 """The Kubernetes side of section 4: a namespace of the run's own, bare worker pods (the floor) and waits.
 
-A bare pod is the pod podq would create for the same query (`controller.launchers.podspec.build_pod`:
-same image, security context, limits and request), created, watched to its end and its log read
-directly through the API, with no controller, queue or rate limit in the way. Its instance label is not
-the controller's, so the controller running beside it never sees it.
+A bare pod is the pod podq would create for the same query
+(`controller.launchers.kubernetes.podspec.build_pod`: same image, security context, limits and request),
+created, watched to its end and its log read directly through the API, with no controller, queue or rate
+limit in the way. Its instance label is not the controller's, so the controller running beside it never
+sees it.
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from controller.launchers.base import Job, Limits
-from controller.launchers.kube_api import KubeClient
-from controller.launchers.podspec import CONTAINER_NAME, LABEL_QUERY_ID, PodTemplate, build_pod, selector
+from controller.launchers.kubernetes.client.api import KubeClient
+from controller.launchers.kubernetes.podspec import (
+    CONTAINER_NAME,
+    LABEL_QUERY_ID,
+    PodTemplate,
+    build_pod,
+    selector,
+)
 from worker_image.protocol import WorkerRequest, decode_envelope
 
 POD_DONE_SECONDS = 180

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from bench.stats import median, ms, percentile, ratio, table
-from tests.support.controller import ControllerProcess, wait_finished
+from controller.testing.process import ControllerProcess, wait_finished
 from worker_image.protocol import REQUEST_ENV, FetchOptions, decode_envelope
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

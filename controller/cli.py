@@ -20,7 +20,7 @@ EXIT_USAGE = 2
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from controller.app import create_app
+    from controller.http.app import create_app
     from controller.settings import Settings
 
     overrides = {

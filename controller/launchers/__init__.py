@@ -9,11 +9,11 @@ from controller.settings import Settings
 
 def make_launcher(settings: Settings) -> Launcher:
     if settings.launcher == "kubernetes":
-        from controller.launchers.kubernetes import KubernetesLauncher
+        from controller.launchers.kubernetes.launcher import KubernetesLauncher
 
         return KubernetesLauncher(settings)
 
-    from controller.launchers.local import LocalLauncher
+    from controller.launchers.local.launcher import LocalLauncher
 
     return LocalLauncher(
         python=settings.worker_python,

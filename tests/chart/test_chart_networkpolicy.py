@@ -1,7 +1,7 @@
 """The worker NetworkPolicy selects exactly the pods the controller creates, from the chart's own settings.
 
-The worker pod here is built by controller/launchers/podspec.py from the settings the rendered chart gives
-the controller, so the policy and the pods cannot drift apart unnoticed.
+The worker pod here is built by controller/launchers/kubernetes/podspec.py from the settings the rendered
+chart gives the controller, so the policy and the pods cannot drift apart unnoticed.
 """
 
 from __future__ import annotations
@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from controller.launchers.base import Job, Limits
-from controller.launchers.podspec import LABEL_INSTANCE, LABEL_NAME, WORKER_APP, PodTemplate, build_pod
+from controller.launchers.kubernetes.podspec import (
+    LABEL_INSTANCE,
+    LABEL_NAME,
+    WORKER_APP,
+    PodTemplate,
+    build_pod,
+)
 from controller.settings import Settings
 from tests.support.helm import ALL_TOGGLES, NAMESPACE, RELEASE, Helm, Manifest, controller_env, find, one
 from worker_image.netpolicy import DEFAULT_BLOCKED

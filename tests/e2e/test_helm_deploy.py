@@ -31,8 +31,8 @@ from typing import Any
 import httpx
 import pytest
 
+from controller.testing.fileserver import FileServer
 from tests.support.e2e import kubectl, kubectl_json
-from tests.support.fileserver import FileServer
 from tests.support.helm import Helm
 from tests.support.rbac import Account, can_i
 from tests.support.waiting import wait_until

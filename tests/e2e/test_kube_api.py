@@ -1,4 +1,4 @@
-"""The API client against a real API server (controller/launchers/kube_api): pods, watches, logs, events.
+"""The API client (controller/launchers/kubernetes/client/) against a real API server: pods, watches, logs.
 
 How it copes with servers that misbehave is tests/integration/test_kube_client.py, on loopback servers.
 """
@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from controller.launchers.kube_api import (
+from controller.launchers.kubernetes.client.api import (
     AlreadyExists,
     Forbidden,
     Gone,

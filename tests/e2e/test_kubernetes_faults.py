@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.controller import wait_finished
+from controller.testing.fileserver import FileServer
+from controller.testing.process import wait_finished
 from tests.support.e2e import KubeControllers, StartKubeController, kubectl_json
-from tests.support.fileserver import FileServer
 
 pytestmark = pytest.mark.e2e
 

@@ -19,7 +19,8 @@ import httpx
 import polars as pl
 import pytest
 
-from tests.support.controller import wait_finished, wait_status
+from controller.testing.fileserver import FileServer
+from controller.testing.process import wait_finished, wait_status
 from tests.support.e2e import (
     KUBECTL_POLL_SECONDS,
     KubeControllers,
@@ -28,7 +29,6 @@ from tests.support.e2e import (
     pod_events,
     running_pod,
 )
-from tests.support.fileserver import FileServer
 from tests.support.fixtures import HUNGRY_SQL
 from tests.support.waiting import wait_until
 

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from controller.launchers.base import Job, Limits
-from controller.launchers.podspec import PodTemplate, build_pod
+from controller.launchers.kubernetes.podspec import PodTemplate, build_pod
 from tests.support.e2e import kubectl
 from tests.support.waiting import wait_until
 from worker_image.protocol import WorkerRequest

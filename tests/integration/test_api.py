@@ -10,7 +10,7 @@ import httpx
 import polars as pl
 import pytest
 
-from tests.support.controller import ControllerProcess, wait_finished, wait_status
+from controller.testing.process import ControllerProcess, wait_finished, wait_status
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.controller import ControllerProcess, wait_finished
+from controller.testing.process import ControllerProcess, wait_finished
 from tests.support.fixtures import CONTROLLER_DEFAULTS
 
 pytestmark = pytest.mark.integration

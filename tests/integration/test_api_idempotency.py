@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.controller import ControllerProcess, wait_finished
-from tests.support.fileserver import FileServer
+from controller.testing.fileserver import FileServer
+from controller.testing.process import ControllerProcess, wait_finished
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.support.controller import REPO_ROOT, ControllerProcess, free_port
+from controller.testing.process import REPO_ROOT, ControllerProcess, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.controller import ControllerProcess, wait_finished, wait_status
+from controller.testing.process import ControllerProcess, wait_finished, wait_status
 from tests.support.fixtures import workers_under
 from tests.support.waiting import wait_until
 

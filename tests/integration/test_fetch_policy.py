@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.controller import ControllerProcess, wait_finished
-from tests.support.fileserver import FileServer
+from controller.testing.fileserver import FileServer
+from controller.testing.process import ControllerProcess, wait_finished
 from tests.support.fixtures import RunWorker, fetch_options, inspect_request
 from tests.support.parquet_files import generate
 from worker_image.fetch import fetch_all

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.fileserver import FileServer
+from controller.testing.fileserver import FileServer
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 
-from tests.support.controller import ControllerProcess
+from controller.testing.process import ControllerProcess
 
 pytestmark = pytest.mark.integration
 

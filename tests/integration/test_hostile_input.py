@@ -19,10 +19,10 @@ import polars as pl
 import pytest
 
 from controller.launchers.base import Outcome
+from controller.testing.fileserver import FileServer
+from controller.testing.process import wait_finished, wait_status
 from tests.integration.test_local_launcher import MakeLauncher, error_of, make_job, rows_of
 from tests.integration.test_worker import failed, succeeded
-from tests.support.controller import wait_finished, wait_status
-from tests.support.fileserver import FileServer
 from tests.support.fixtures import HUNGRY_SQL, RunWorker, inspect_request, query_request
 from tests.support.hostile_parquet import (
     BINARY_VALUES,

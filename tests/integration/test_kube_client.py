@@ -1,4 +1,4 @@
-"""The API client against real loopback servers that misbehave on purpose (controller/launchers/kube_api).
+"""The API client (controller/launchers/kubernetes/client/) against real loopback servers that misbehave.
 
 No cluster needed: what a real API server does is the e2e tier's (tests/e2e/test_kube_api.py). Here: no
 httpx exception leaves the client, a silent server or a silent watch ends in `Unreachable`, HTTP errors
@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from controller.launchers.kube_api import (
+from controller.launchers.kubernetes.client.api import (
     AlreadyExists,
     Gone,
     KubeClient,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.controller import REPO_ROOT, free_port
+from controller.testing.process import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.integration
 

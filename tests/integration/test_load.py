@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.controller import ControllerProcess
+from controller.testing.process import ControllerProcess
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration

@@ -23,9 +23,9 @@ from typing import Any, cast
 import pytest
 
 from controller.launchers.base import Job, Limits, Outcome
-from controller.launchers.cgroups import CgroupUnavailable
-from controller.launchers.local import LocalLauncher, MemoryEnforcement
-from controller.launchers.local_child import DEFAULT_INHERITED_ENV, address_space_limit
+from controller.launchers.local.cgroups import CgroupUnavailable
+from controller.launchers.local.child import DEFAULT_INHERITED_ENV, address_space_limit
+from controller.launchers.local.launcher import LocalLauncher, MemoryEnforcement
 from tests.support.fixtures import HUNGRY_SQL, REPO_ROOT, query_request
 from tests.support.leaks import Proc, live_workers, read_proc, session_members
 from tests.support.waiting import wait_until, wait_until_async
@@ -347,7 +347,7 @@ CONTROLLER_SCRIPT = """
 import asyncio, json, sys
 from pathlib import Path
 from controller.launchers.base import Job, Limits
-from controller.launchers.local import LocalLauncher, MemoryEnforcement
+from controller.launchers.local.launcher import LocalLauncher, MemoryEnforcement
 
 async def main():
     work_dir, mode = Path(sys.argv[1]), sys.argv[2]

@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from tests.support.fileserver import FileServer
+from controller.testing.fileserver import FileServer
 from tests.support.fixtures import TEST_HOOKS_ON, RunWorker, WorkerRun, inspect_request, query_request
 from tests.support.parquet_files import TYPES_ROWS
 from worker_image.encode import to_rows

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from controller.quantity import parse_cpu_millicores
-from tests.support.controller import ControllerProcess
-from tests.support.fileserver import FileServer
+from controller.testing.fileserver import FileServer
+from controller.testing.process import ControllerProcess
 from tests.support.waiting import wait_until
 
 POD_GONE_TIMEOUT = 90.0

@@ -18,10 +18,10 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from controller.launchers.cgroups import CgroupUnavailable, JobCgroups
-from controller.launchers.local import LocalLauncher
-from tests.support.controller import ControllerProcess, free_port
-from tests.support.fileserver import FileServer
+from controller.launchers.local.cgroups import CgroupUnavailable, JobCgroups
+from controller.launchers.local.launcher import LocalLauncher
+from controller.testing.fileserver import FileServer
+from controller.testing.process import ControllerProcess, free_port
 from tests.support.leaks import Proc, live_workers, processes
 from tests.support.parquet_files import generate
 from tests.support.waiting import wait_until

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from controller.launchers.kube_api import Gone, KubeClient, KubeConfig, load_config
+from controller.launchers.kubernetes.client.api import Gone, KubeClient, KubeConfig, load_config
 from tests.support.e2e import kubectl
 from tests.support.waiting import wait_until
 

@@ -4,8 +4,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from controller.admission import Rejected, admit_inspection, admit_query
 from controller.models import InspectionIn, QueryIn
+from controller.queue.admission import Rejected, admit_inspection, admit_query
 from controller.settings import Settings
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.auth import Authenticator, bearer_token, tokens_in
+from controller.http.auth import Authenticator, bearer_token, tokens_in
 from controller.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -82,7 +82,7 @@ def test_an_unreadable_token_file_keeps_the_last_tokens(
     token_file.write_text("kept\n")
     auth = Authenticator([], token_file)
     token_file.unlink()
-    with caplog.at_level(logging.ERROR, logger="controller.auth"):
+    with caplog.at_level(logging.ERROR, logger="controller.http.auth"):
         assert auth.identify("kept")
     assert "cannot re-read" in caplog.text
     assert "kept" not in caplog.text

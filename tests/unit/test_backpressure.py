@@ -2,7 +2,7 @@
 
 import pytest
 
-from controller.backpressure import MAX_SECONDS, MIN_SECONDS, retry_after_seconds
+from controller.queue.backpressure import MAX_SECONDS, MIN_SECONDS, retry_after_seconds
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from controller.launchers.base import Limits
-from controller.launchers.capacity import NodeRoom, node_rooms, refusal
+from controller.launchers.kubernetes.capacity import NodeRoom, node_rooms, refusal
 
 pytestmark = pytest.mark.unit
 

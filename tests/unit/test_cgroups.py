@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.launchers.cgroups import Hierarchy, JobCgroup, MemoryCounters, find_memory_hierarchy
+from controller.launchers.local.cgroups import Hierarchy, JobCgroup, MemoryCounters, find_memory_hierarchy
 
 pytestmark = pytest.mark.unit
 

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.dispatcher import CancelResult, Dispatcher
 from controller.launchers.base import Job, Limits, Outcome
-from controller.metrics import Metrics
-from controller.store import Store
+from controller.queue.dispatcher import CancelResult, Dispatcher
+from controller.queue.metrics import Metrics
+from controller.queue.store import Store
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.idempotency import MAX_KEY_LENGTH, fingerprint, parse_key
+from controller.http.idempotency import MAX_KEY_LENGTH, fingerprint, parse_key
 from controller.models import InspectionIn, QueryIn
 
 pytestmark = pytest.mark.unit

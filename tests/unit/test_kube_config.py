@@ -12,7 +12,12 @@ from typing import Any, NamedTuple
 import pytest
 import yaml
 
-from controller.launchers.kube_config import KubeConfig, KubeConfigError, load_config, ssl_context
+from controller.launchers.kubernetes.client.config import (
+    KubeConfig,
+    KubeConfigError,
+    load_config,
+    ssl_context,
+)
 
 pytestmark = pytest.mark.unit
 

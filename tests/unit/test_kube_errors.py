@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from controller.launchers.kube_api import (
+from controller.launchers.kubernetes.client.api import (
     AlreadyExists,
     Conflict,
     Forbidden,
@@ -23,7 +23,7 @@ from controller.launchers.kube_api import (
     decode_watch_line,
     is_transient,
 )
-from controller.launchers.kube_errors import api_error
+from controller.launchers.kubernetes.client.errors import api_error
 
 pytestmark = pytest.mark.unit
 

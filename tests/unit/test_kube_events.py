@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from controller.launchers.kube_events import make_event
+from controller.launchers.kubernetes.client.events import make_event
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.launchers.kube_ratelimit import RateLimiter
+from controller.launchers.kubernetes.client.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.unit
 

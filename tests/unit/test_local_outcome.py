@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from controller.launchers.local_outcome import MemoryEvidence, WorkerEnd, classify
+from controller.launchers.local.outcome import MemoryEvidence, WorkerEnd, classify
 from worker_image.protocol import (
     EXIT_INTERNAL_ERROR,
     EXIT_USER_ERROR,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.launchers.local_streams import EnvelopeScanner, TailBuffer
+from controller.launchers.local.streams import EnvelopeScanner, TailBuffer
 from worker_image.protocol import encode_envelope
 
 pytestmark = pytest.mark.unit

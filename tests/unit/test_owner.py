@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from controller.launchers.kube_config import KubeConfig
-from controller.launchers.kubernetes import _service_account_owner
-from controller.launchers.owner import OwnerError, ServiceAccountIdentity, identity_from_token
+from controller.launchers.kubernetes.client.config import KubeConfig
+from controller.launchers.kubernetes.launcher import _service_account_owner
+from controller.launchers.kubernetes.owner import OwnerError, ServiceAccountIdentity, identity_from_token
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,8 @@ from typing import Any, cast
 
 import pytest
 
-from controller.launchers.kube_api import KubeClient, WatchEvent
-from controller.launchers.pod_watch import Backoff, PodWatch
+from controller.launchers.kubernetes.client.api import KubeClient, WatchEvent
+from controller.launchers.kubernetes.pod_watch import Backoff, PodWatch
 
 pytestmark = pytest.mark.unit
 

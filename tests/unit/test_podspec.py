@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.launchers.base import Job, Limits
-from controller.launchers.podspec import (
+from controller.launchers.kubernetes.podspec import (
     ANNOTATION_ATTEMPT,
     ANNOTATION_OPERATION,
     ANNOTATION_SQL_SHA256,

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tests.support.fileserver import FileServer
+from controller.testing.fileserver import FileServer
 from worker_image.protocol import ErrorType, WorkerError
 from worker_image.sqlguard import MAX_DEPTH, check_query, table_key
 

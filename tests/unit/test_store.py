@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.store import IdempotencyKey, KeyReused, Row, Store
+from controller.queue.store import IdempotencyKey, KeyReused, Row, Store
 
 pytestmark = pytest.mark.unit
 

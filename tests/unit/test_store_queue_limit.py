@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.store import IdempotencyKey, QueueFull, Store
+from controller.queue.store import IdempotencyKey, QueueFull, Store
 
 pytestmark = pytest.mark.unit
 

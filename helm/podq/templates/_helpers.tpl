@@ -79,7 +79,7 @@ app.kubernetes.io/component: controller
 {{- end }}
 
 {{/*
-The worker pods' labels, as the controller sets them (controller/launchers/podspec.py): the NetworkPolicy
+The worker pods' labels, as the controller sets them (controller/launchers/kubernetes/podspec.py): the NetworkPolicy
 selects exactly one release's workers.
 */}}
 {{- define "podq.workerSelectorLabels" -}}

@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from controller.admission import Rejected
-from controller.store import KeyReused, StoreUnavailable
+from controller.queue.admission import Rejected
+from controller.queue.store import KeyReused, StoreUnavailable
 from worker_image.protocol import ErrorType, error_info
 
 log = logging.getLogger(__name__)

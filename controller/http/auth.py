@@ -20,7 +20,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from controller.errors import error_response
+from controller.http.errors import error_response
 from controller.settings import Settings
 from worker_image.protocol import ErrorType
 

@@ -12,17 +12,17 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from controller.admission import Admitted, Rejected, admit_inspection, admit_query
-from controller.auth import client_scope
-from controller.backpressure import RECENT_RUNS, retry_after_seconds
-from controller.dispatcher import CancelResult, Dispatcher
-from controller.errors import error_response
-from controller.idempotency import fingerprint, parse_key
+from controller.http.auth import client_scope
+from controller.http.errors import error_response
+from controller.http.idempotency import fingerprint, parse_key
 from controller.launchers.base import Launcher, limits_from
-from controller.metrics import Metrics
 from controller.models import ErrorOut, InspectionIn, QueryIn, RecordOut, RecordPage, Status
+from controller.queue.admission import Admitted, Rejected, admit_inspection, admit_query
+from controller.queue.backpressure import RECENT_RUNS, retry_after_seconds
+from controller.queue.dispatcher import CancelResult, Dispatcher
+from controller.queue.metrics import Metrics
+from controller.queue.store import IdempotencyKey, QueueFull, Row, Store
 from controller.settings import Settings
-from controller.store import IdempotencyKey, QueueFull, Row, Store
 from worker_image.protocol import ErrorType
 
 MAX_WAIT_SECONDS = 300.0

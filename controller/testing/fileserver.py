@@ -129,8 +129,8 @@ class FileServer:
 
     def __init__(self, directory: Path, host: str = "127.0.0.1", port: int = 0) -> None:
         self._server = _Server(directory, host, port)
-        host, port = self._server.server_address[:2]
-        self.url = f"http://{host!s}:{port}"
+        bound_host, bound_port = self._server.server_address[:2]
+        self.url = f"http://{bound_host!s}:{bound_port}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="fixture-file-server", daemon=True
         )

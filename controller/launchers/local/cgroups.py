@@ -5,7 +5,7 @@ when podq may create cgroups there, else ``podq`` at the hierarchy's root, else 
 operator names. Under v2 the own cgroup is rarely usable: a cgroup holding processes cannot hand the
 memory controller to its children, so the root is where it usually works.
 
-Everything here is file I/O on cgroupfs; deciding what the numbers mean is `local_outcome`'s job.
+Everything here is file I/O on cgroupfs; deciding what the numbers mean is `outcome`'s job.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Reading what a worker left behind, the same for every launcher: its envelope, its termination message.
+"""What every launcher hands a worker (its request, its thread count) and reads back from it (its envelope,
+its termination message), the same for a process and a pod.
 
 A launcher knows how its worker ended (an exit status, a signal, a pod's fate); this module only judges
 the worker's own words against that end. An envelope is trusted only when the exit agrees with it: a
@@ -9,7 +10,10 @@ trusted only when it is a valid `ErrorInfo` JSON, never as free text.
 from __future__ import annotations
 
 import json
+import math
 import signal
+from collections.abc import Mapping
+from typing import Any
 
 from controller.launchers.base import Outcome
 from worker_image.protocol import (
@@ -25,8 +29,10 @@ from worker_image.protocol import (
 __all__ = [
     "PROTOCOL_ERROR_CODES",
     "as_error_info",
+    "encode_request",
     "envelope_outcome",
     "log_excerpt",
+    "polars_threads",
     "signal_name",
     "termination_error",
 ]
@@ -35,6 +41,16 @@ PROTOCOL_ERROR_CODES = (EXIT_USER_ERROR, EXIT_INTERNAL_ERROR)
 EXCERPT_LINES = 20
 EXCERPT_CHARS = 2000
 _ERROR_TYPES = frozenset(item.value for item in ErrorType)
+
+
+def encode_request(request: Mapping[str, Any]) -> str:
+    """The request as the worker gets it: compact, and UTF-8 rather than escapes (an env var is bounded)."""
+    return json.dumps(request, ensure_ascii=False, separators=(",", ":"))
+
+
+def polars_threads(cpu_millicores: int) -> int:
+    """polars' thread pool sized to the CPU limit, in whole cores."""
+    return max(1, math.ceil(cpu_millicores / 1000))
 
 
 def envelope_outcome(output: str | None, *, exit_code: int | None, death: str) -> Outcome:

@@ -39,8 +39,8 @@ from datetime import datetime
 from typing import Any
 
 from controller.launchers.base import Outcome
-from controller.launchers.podspec import CONTAINER_NAME
-from controller.launchers.worker_output import (
+from controller.launchers.kubernetes.podspec import CONTAINER_NAME
+from controller.launchers.worker_io import (
     PROTOCOL_ERROR_CODES,
     envelope_outcome,
     log_excerpt,

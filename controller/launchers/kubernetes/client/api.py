@@ -1,7 +1,7 @@
 """The one module of podq that speaks HTTP to the Kubernetes API server: plain JSON dicts over httpx.
 
 Every request takes a token from one `RateLimiter` (client-go's token bucket: `qps` sustained, `burst` at
-once) and every failure leaves as a `KubeError` (see `kube_errors`): HTTP error statuses
+once) and every failure leaves as a `KubeError` (see `client.errors`): HTTP error statuses
 through `api_error`, and httpx's transport errors as `Unreachable`, raised from the httpx exception, so no
 httpx type reaches a caller. Every request has a client-side timeout, so a server that accepts a connection
 and never answers costs `request_timeout`, not forever.
@@ -27,8 +27,13 @@ from typing import Any, Self
 
 import httpx
 
-from controller.launchers.kube_config import KubeConfig, KubeConfigError, load_config, ssl_context
-from controller.launchers.kube_errors import (
+from controller.launchers.kubernetes.client.config import (
+    KubeConfig,
+    KubeConfigError,
+    load_config,
+    ssl_context,
+)
+from controller.launchers.kubernetes.client.errors import (
     AlreadyExists,
     Conflict,
     Forbidden,
@@ -43,8 +48,8 @@ from controller.launchers.kube_errors import (
     api_error,
     is_transient,
 )
-from controller.launchers.kube_events import make_event
-from controller.launchers.kube_ratelimit import RateLimiter
+from controller.launchers.kubernetes.client.events import make_event
+from controller.launchers.kubernetes.client.ratelimit import RateLimiter
 
 __all__ = [
     "AlreadyExists",

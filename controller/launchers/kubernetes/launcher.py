@@ -21,9 +21,8 @@ from typing import Any, TypeVar
 
 from controller.launchers.aio import shielded
 from controller.launchers.base import Job, Limits, Outcome
-from controller.launchers.capacity import NodeRoom, node_rooms, refusal
-from controller.launchers.classify import Ended, Failed, Waiting, decide, observe, parse_time, placement
-from controller.launchers.kube_api import (
+from controller.launchers.kubernetes.capacity import NodeRoom, node_rooms, refusal
+from controller.launchers.kubernetes.client.api import (
     AlreadyExists,
     Forbidden,
     KubeClient,
@@ -34,9 +33,18 @@ from controller.launchers.kube_api import (
     load_config,
     make_event,
 )
-from controller.launchers.owner import OwnerError, identity_from_token
-from controller.launchers.pod_watch import Backoff, PodWatch
-from controller.launchers.podspec import (
+from controller.launchers.kubernetes.owner import OwnerError, identity_from_token
+from controller.launchers.kubernetes.pod_fate import (
+    Ended,
+    Failed,
+    Waiting,
+    decide,
+    observe,
+    parse_time,
+    placement,
+)
+from controller.launchers.kubernetes.pod_watch import Backoff, PodWatch
+from controller.launchers.kubernetes.podspec import (
     CONTAINER_NAME,
     PodTemplate,
     build_pod,
@@ -44,7 +52,7 @@ from controller.launchers.podspec import (
     query_id_of,
     selector,
 )
-from controller.launchers.worker_output import EXCERPT_LINES, log_excerpt
+from controller.launchers.worker_io import EXCERPT_LINES, log_excerpt
 from controller.settings import Settings
 from controller.testcrash import crash_if
 from worker_image.protocol import ENVELOPE_MARKER, ErrorType, error_info

@@ -1,10 +1,10 @@
 """The embedded launcher: each job is one ``python -m worker_image`` subprocess on this host.
 
 Per job: a session of its own (so everything the worker starts can be found and killed, see
-`local_process`), a death signal that takes the worker down with the controller, a memory cap (a cgroup
-of its own, or RLIMIT_AS where no cgroup hierarchy is writable, see `local_child`), a scratch directory
+`process`), a death signal that takes the worker down with the controller, a memory cap (a cgroup
+of its own, or RLIMIT_AS where no cgroup hierarchy is writable, see `child`), a scratch directory
 as TMPDIR and HOME, and a wall-clock deadline from spawn after which all of it is killed. How the end is
-read is `local_outcome`; the dispatcher gets an `Outcome`, never an exception for a query's failure.
+read is `outcome`; the dispatcher gets an `Outcome`, never an exception for a query's failure.
 
 Scratch directories and cgroups are named ``<owner>-<seq>-<query id>-<attempt>``, the owner being the
 controller's pid and start time: on start, a controller removes what one no longer alive left behind.
@@ -27,20 +27,19 @@ from typing import Literal
 
 from controller.launchers.aio import shielded
 from controller.launchers.base import Job, Limits, Outcome
-from controller.launchers.cgroups import CgroupUnavailable, JobCgroup, JobCgroups, MemoryCounters
-from controller.launchers.local_child import (
+from controller.launchers.local.cgroups import CgroupUnavailable, JobCgroup, JobCgroups, MemoryCounters
+from controller.launchers.local.child import (
     DEFAULT_INHERITED_ENV,
     MAX_ENV_STRING_BYTES,
     address_space_limit,
     child_setup,
-    encode_request,
-    polars_threads,
     request_env_bytes,
     worker_env,
 )
-from controller.launchers.local_outcome import Enforcement, KillReason, MemoryEvidence, WorkerEnd, classify
-from controller.launchers.local_process import WorkerProcess
-from controller.launchers.local_procfs import start_time
+from controller.launchers.local.outcome import Enforcement, KillReason, MemoryEvidence, WorkerEnd, classify
+from controller.launchers.local.process import WorkerProcess
+from controller.launchers.local.procfs import start_time
+from controller.launchers.worker_io import encode_request, polars_threads
 from worker_image.protocol import TERMINATION_MESSAGE_LIMIT, ErrorType, error_info
 
 __all__ = ["LocalLauncher", "MemoryEnforcement"]

@@ -17,8 +17,8 @@ import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from controller.launchers.local_procfs import session_members
-from controller.launchers.local_streams import EnvelopeScanner, TailBuffer, drain
+from controller.launchers.local.procfs import session_members
+from controller.launchers.local.streams import EnvelopeScanner, TailBuffer, drain
 
 __all__ = ["WorkerProcess"]
 

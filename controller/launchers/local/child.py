@@ -17,14 +17,11 @@ to deadlock, which the launcher can only report as a ``timeout`` at the deadline
 from __future__ import annotations
 
 import ctypes
-import json
-import math
 import os
 import resource
 import signal
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import worker_image
 from worker_image.protocol import REQUEST_ENV, TERMINATION_MESSAGE_ENV, TEST_HOOKS_ENV
@@ -34,8 +31,6 @@ __all__ = [
     "MAX_ENV_STRING_BYTES",
     "address_space_limit",
     "child_setup",
-    "encode_request",
-    "polars_threads",
     "request_env_bytes",
     "worker_env",
 ]
@@ -57,18 +52,9 @@ _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def encode_request(request: Mapping[str, Any]) -> str:
-    """The request as the worker gets it: compact, and UTF-8 rather than escapes (an env var is bounded)."""
-    return json.dumps(request, ensure_ascii=False, separators=(",", ":"))
-
-
 def request_env_bytes(request_json: str) -> int:
     """How much of `MAX_ENV_STRING_BYTES` the request's environment variable takes."""
     return len(f"{REQUEST_ENV}={request_json}".encode()) + 1
-
-
-def polars_threads(cpu_millicores: int) -> int:
-    return max(1, math.ceil(cpu_millicores / 1000))
 
 
 def address_space_limit(memory_bytes: int, threads: int) -> int:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from controller.launchers.base import Outcome
-from controller.launchers.worker_output import (
+from controller.launchers.worker_io import (
     PROTOCOL_ERROR_CODES,
     envelope_outcome,
     log_excerpt,

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.launchers.kube_api import Gone, KubeClient, KubeError, WatchEvent, is_transient
+from controller.launchers.kubernetes.client.api import Gone, KubeClient, KubeError, WatchEvent, is_transient
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from controller import api
-from controller.auth import Authenticator, BearerAuth, document
-from controller.dispatcher import Dispatcher
-from controller.errors import BodySizeLimit, install_error_handlers
+from controller.http import routes
+from controller.http.auth import Authenticator, BearerAuth, document
+from controller.http.errors import BodySizeLimit, install_error_handlers
 from controller.launchers import make_launcher
-from controller.metrics import Metrics
+from controller.queue.dispatcher import Dispatcher
+from controller.queue.metrics import Metrics
+from controller.queue.store import Store
 from controller.settings import Settings
-from controller.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await launcher.start()
         await dispatcher.start()
-        app.state.services = api.Services(settings, store, dispatcher, launcher, metrics)
+        app.state.services = routes.Services(settings, store, dispatcher, launcher, metrics)
         log.info(
             "podq ready: launcher=%s store=%s max_concurrent=%d",
             launcher.name,
@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(BearerAuth, authenticator=authenticator, metrics_open=metrics_open)
         plain_openapi = app.openapi
         app.openapi = lambda: document(plain_openapi(), metrics_open)  # type: ignore[method-assign]
-    for router in (api.queries, api.inspections, api.health):
+    for router in (routes.queries, routes.inspections, routes.health):
         app.include_router(router)
     log.info("API auth %s", "on" if authenticator.enabled else "off (no tokens configured)")
     return app

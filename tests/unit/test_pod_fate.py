@@ -18,7 +18,15 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from controller.launchers.classify import Ended, Failed, Waiting, decide, observe, parse_time, placement
+from controller.launchers.kubernetes.pod_fate import (
+    Ended,
+    Failed,
+    Waiting,
+    decide,
+    observe,
+    parse_time,
+    placement,
+)
 from worker_image.protocol import (
     EXIT_USER_ERROR,
     EnvelopeError,

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controller.launchers.base import Job
-from controller.launchers.local_child import encode_request, polars_threads
+from controller.launchers.worker_io import encode_request, polars_threads
 from controller.settings import Settings
 from worker_image.protocol import DEFAULT_TERMINATION_MESSAGE_PATH, REQUEST_ENV, TEST_HOOKS_ENV, WorkerRequest
 

@@ -15,8 +15,8 @@ from enum import Enum
 from typing import Any, cast
 
 from controller.launchers.base import Job, Launcher, Outcome, limits_from
-from controller.metrics import Metrics
-from controller.store import Row, Store, StoreUnavailable
+from controller.queue.metrics import Metrics
+from controller.queue.store import Row, Store, StoreUnavailable
 from controller.testcrash import crash_if
 from worker_image.protocol import ErrorType, WorkerRequest, error_info
 
