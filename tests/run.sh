@@ -100,6 +100,9 @@ step "ruff"
 step "mypy"
 "$venv/bin/mypy"
 
+step "import layers (lint-imports, .importlinter)"
+"$venv/bin/lint-imports" --no-cache
+
 if [[ -z ${PODQ_HELM:-} ]] && command -v go >/dev/null; then
   step "helm (tests/tools/build-helm.sh; built once, then cached)"
   PODQ_HELM="$(PODQ_BUILD_JOBS=${PODQ_BUILD_JOBS:-2} tests/tools/build-helm.sh)"

@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from controller.http import routes
-from controller.http.auth import Authenticator, BearerAuth, document
-from controller.http.errors import BodySizeLimit, install_error_handlers
+from controller.http.auth import Authenticator, document
+from controller.http.deps import Services
+from controller.http.errors import install_error_handlers
+from controller.http.middleware import BearerAuth, BodySizeLimit
 from controller.launchers import make_launcher
 from controller.queue.dispatcher import Dispatcher
 from controller.queue.metrics import Metrics
@@ -39,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await launcher.start()
         await dispatcher.start()
-        app.state.services = routes.Services(settings, store, dispatcher, launcher, metrics)
+        app.state.services = Services(settings, store, dispatcher, launcher, metrics)
         log.info(
             "podq ready: launcher=%s store=%s max_concurrent=%d",
             launcher.name,

@@ -1,4 +1,4 @@
-"""Optional bearer-token auth: which tokens are valid, and the ASGI middleware that demands one.
+"""Optional bearer-token auth: which tokens are valid (`middleware.BearerAuth` demands one).
 
 Auth is on when `PODQ_API_TOKENS` lists a token or `PODQ_API_TOKENS_FILE` is set; an empty or emptied
 file then admits no one (it never switches auth off). The file is re-read whenever its identity changes
@@ -18,18 +18,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from controller.http.errors import error_response
 from controller.settings import Settings
-from worker_image.protocol import ErrorType
 
 log = logging.getLogger(__name__)
 
 # Always open: probes and the API's own description. /metrics is added unless PODQ_METRICS_REQUIRE_AUTH.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 METRICS_PATH = "/metrics"
-SCOPE_KEY = "podq_client_scope"
 
 
 def _digest(token: str) -> bytes:
@@ -99,45 +94,6 @@ class Authenticator:
         for digest in candidates:
             found |= hmac.compare_digest(presented, digest)
         return presented.hex() if found else None
-
-
-def client_scope(scope: Scope) -> str:
-    """Who sent the request, as the middleware recorded it: a token digest, or "" with auth off."""
-    state: dict[str, Any] = scope.get("state", {})
-    return str(state.get(SCOPE_KEY, ""))
-
-
-class BearerAuth:
-    """Refuses every request without a valid bearer token with 401, except on the open paths.
-
-    Deny by default: a route added later is protected unless it is named open here. The check runs
-    before the body is read, so a refused request costs no parsing and stores nothing.
-    """
-
-    def __init__(self, app: ASGIApp, authenticator: Authenticator, *, metrics_open: bool) -> None:
-        self.app = app
-        self.authenticator = authenticator
-        self.open_paths = OPEN_PATHS | {METRICS_PATH} if metrics_open else OPEN_PATHS
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
-            await self.app(scope, receive, send)
-            return
-        header = dict(scope["headers"]).get(b"authorization")
-        token = bearer_token(header.decode("latin-1") if header is not None else None)
-        client = None if token is None else self.authenticator.identify(token)
-        if client is None:
-            await self._refuse(scope, receive, send, missing=token is None)
-            return
-        scope.setdefault("state", {})[SCOPE_KEY] = client
-        await self.app(scope, receive, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, *, missing: bool) -> None:
-        # RFC 6750 section 3: no error code when credentials are absent, invalid_token when they are wrong.
-        challenge = 'Bearer realm="podq"' if missing else 'Bearer realm="podq", error="invalid_token"'
-        message = "a bearer token is required" if missing else "the bearer token is not valid"
-        response = error_response(401, ErrorType.VALIDATION, message, headers={"WWW-Authenticate": challenge})
-        await response(scope, receive, send)
 
 
 def document(openapi: dict[str, Any], metrics_open: bool) -> dict[str, Any]:

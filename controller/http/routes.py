@@ -4,57 +4,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from controller.http.auth import client_scope
+from controller.http.deps import IdempotencyKeyHeader, Services, ServicesDep, WaitParam
 from controller.http.errors import error_response
 from controller.http.idempotency import fingerprint, parse_key
-from controller.launchers.base import Launcher, limits_from
+from controller.http.middleware import client_scope
+from controller.launchers.base import limits_from
 from controller.models import ErrorOut, InspectionIn, QueryIn, RecordOut, RecordPage, Status
 from controller.queue.admission import Admitted, Rejected, admit_inspection, admit_query
 from controller.queue.backpressure import RECENT_RUNS, retry_after_seconds
-from controller.queue.dispatcher import CancelResult, Dispatcher
-from controller.queue.metrics import Metrics
-from controller.queue.store import IdempotencyKey, QueueFull, Row, Store
-from controller.settings import Settings
+from controller.queue.dispatcher import CancelResult
+from controller.queue.store import IdempotencyKey, QueueFull, Row
 from worker_image.protocol import ErrorType
-
-MAX_WAIT_SECONDS = 300.0
-
-
-@dataclass
-class Services:
-    settings: Settings
-    store: Store
-    dispatcher: Dispatcher
-    launcher: Launcher
-    metrics: Metrics
-
-
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
-
-
-ServicesDep = Annotated[Services, Depends(_services)]
-WaitParam = Annotated[
-    float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Seconds to wait for a terminal state (long poll).")
-]
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        description="Retries with this key and the same body get the first query back (202, same "
-        "`Location`, `Idempotent-Replayed: true`) instead of a second run; another body is a 422. "
-        "1-255 printable ASCII characters, bare or as a quoted structured-field string.",
-    ),
-]
 
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"headers": {"Location": {"description": "The record's path.", "schema": {"type": "string"}}}},
