@@ -31,13 +31,13 @@ from bench.kube_pods import Namespace, bare_pod, wait_no_pods
 from bench.kube_requests import PER_QUERY, request_kinds
 from bench.latency import Series
 from bench.stats import median, ms, ratio, table
-from controller.launchers.base import limits_from
 from controller.launchers.kubernetes.client.api import KubeClient, load_config
-from controller.launchers.kubernetes.podspec import PodTemplate, selector
-from controller.models import QueryIn
+from controller.launchers.kubernetes.options import KubernetesOptions
+from controller.launchers.kubernetes.podspec import selector
+from controller.models import TERMINAL, QueryIn
 from controller.queue.admission import admit_query
 from controller.settings import Settings
-from controller.testing.process import TERMINAL, ControllerProcess
+from controller.testing.process import ControllerProcess
 
 SQL = "SELECT 1 AS one"
 IMAGE_ENV = "PODQ_E2E_WORKER_IMAGE"
@@ -139,11 +139,11 @@ async def _latency(target: Target, url: str, instance: str, runs: int) -> tuple[
         worker_image=target.worker_image,
     )
     admitted = admit_query(QueryIn(sql=SQL), settings)
-    template = PodTemplate.from_settings(settings, target.namespace.name)
+    template = KubernetesOptions.from_settings(settings).pod
     podq, floor, records = Series("podq: submit -> result (HTTP)", []), Series("bare pod (floor)", []), []
     async with _kube() as kube, httpx.AsyncClient(base_url=url, timeout=60) as api:
         for run in range(runs + 1):  # the first of each is a warm-up
-            elapsed = await bare_pod(kube, template, admitted.request, limits_from(admitted.limits))
+            elapsed = await bare_pod(kube, template, admitted.request, admitted.limits)
             started = time.perf_counter()
             record = await _finished(api, await _submit(api))
             served = time.perf_counter() - started

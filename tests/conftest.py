@@ -1,1 +1,7 @@
-pytest_plugins = ["tests.support.fixtures", "tests.support.e2e", "tests.support.kube", "tests.support.helm"]
+pytest_plugins = [
+    "tests.support.fixtures",
+    "tests.support.stored",
+    "tests.support.e2e",
+    "tests.support.kube",
+    "tests.support.helm",
+]

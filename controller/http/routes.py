@@ -15,11 +15,9 @@ from controller.http.deps import IdempotencyKeyHeader, Services, ServicesDep, Wa
 from controller.http.errors import error_response
 from controller.http.idempotency import fingerprint, parse_key
 from controller.http.middleware import client_scope
-from controller.launchers.base import limits_from
 from controller.models import ErrorOut, InspectionIn, QueryIn, RecordOut, RecordPage, Status
 from controller.queue.admission import Admitted, Rejected, admit_inspection, admit_query
 from controller.queue.backpressure import RECENT_RUNS, retry_after_seconds
-from controller.queue.dispatcher import CancelResult
 from controller.queue.store import IdempotencyKey, QueueFull, Row
 from worker_image.protocol import ErrorType
 
@@ -40,7 +38,6 @@ health = APIRouter(tags=["operations"])
 
 def record(row: Row) -> RecordOut:
     request: dict[str, Any] = row.request
-    limits = {k: row.limits[k] for k in ("cpu", "memory", "timeout_seconds")}
     return RecordOut.model_validate(
         {
             "id": row.id,
@@ -50,7 +47,7 @@ def record(row: Row) -> RecordOut:
             "datasets": request.get("datasets"),
             "url": request.get("url"),
             "max_rows": request.get("max_rows"),
-            "limits": limits,
+            "limits": row.limits.as_written(),
             "result": row.result,
             "error": row.error,
             "attempts": row.attempts,
@@ -93,7 +90,7 @@ def _submit(
     if key is not None and (known := services.store.find_key(key, ttl)) is not None:
         return _accepted(known, location, replayed=True)
     admitted = admit()
-    refusal = services.launcher.refusal(limits_from(admitted.limits))
+    refusal = services.launcher.refusal(admitted.limits)
     if refusal is not None:
         raise Rejected("limits", refusal)
     query_id, request, max_queued = uuid.uuid4().hex, dict(admitted.request), services.settings.max_queued
@@ -182,10 +179,9 @@ async def cancel_query(query_id: str, services: ServicesDep) -> RecordOut | JSON
     row = services.store.get(query_id)
     if row is None or row.operation != "query":
         return _not_found(query_id)
-    outcome = await services.dispatcher.cancel(query_id)
-    row = services.store.get(query_id)
-    assert row is not None
-    if outcome is CancelResult.ALREADY_FINISHED:
+    row = await services.dispatcher.cancel(query_id)
+    assert row is not None, "queries are never deleted"
+    if row.status != "cancelled":
         return error_response(
             409,
             ErrorType.VALIDATION,

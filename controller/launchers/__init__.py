@@ -11,13 +11,8 @@ def make_launcher(settings: Settings) -> Launcher:
     if settings.launcher == "kubernetes":
         from controller.launchers.kubernetes.launcher import KubernetesLauncher
 
-        return KubernetesLauncher(settings)
+        return KubernetesLauncher.from_settings(settings)
 
     from controller.launchers.local.launcher import LocalLauncher
 
-    return LocalLauncher(
-        python=settings.worker_python,
-        work_dir=settings.data_dir / "scratch",
-        enable_test_hooks=settings.enable_test_hooks,
-        memory_enforcement=settings.memory_enforcement,
-    )
+    return LocalLauncher.from_settings(settings)

@@ -11,25 +11,44 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from worker_image.protocol import ErrorInfo, WorkerRequest
 
 
 @dataclass(frozen=True)
 class Limits:
+    """What a launcher enforces: the numbers."""
+
     cpu_millicores: int
     memory_bytes: int
     timeout_seconds: float
 
 
-def limits_from(stored: Mapping[str, Any]) -> Limits:
-    """The limits as the store keeps them (see `admission`)."""
-    return Limits(
-        cpu_millicores=stored["cpu_millicores"],
-        memory_bytes=stored["memory_bytes"],
-        timeout_seconds=stored["timeout_seconds"],
-    )
+@dataclass(frozen=True)
+class QueryLimits(Limits):
+    """A query's limits as the user wrote them (`cpu`, `memory`: Kubernetes quantities, kept verbatim for the
+    record) together with the numbers podq enforces; built by admission, kept by the store."""
+
+    cpu: str
+    memory: str
+
+    def as_written(self) -> dict[str, Any]:
+        """The limits as the record shows them."""
+        return {"cpu": self.cpu, "memory": self.memory, "timeout_seconds": self.timeout_seconds}
+
+    def stored(self) -> dict[str, Any]:
+        return {**self.as_written(), "cpu_millicores": self.cpu_millicores, "memory_bytes": self.memory_bytes}
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> Self:
+        return cls(
+            cpu=stored["cpu"],
+            memory=stored["memory"],
+            timeout_seconds=stored["timeout_seconds"],
+            cpu_millicores=stored["cpu_millicores"],
+            memory_bytes=stored["memory_bytes"],
+        )
 
 
 @dataclass(frozen=True)
@@ -42,9 +61,9 @@ class Job:
     submitted_at: float | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
-    """The end of one job: exactly one of `result` and `error` is set."""
+    """The end of one job: exactly one of `result` and `error` is set. Built once, placement included."""
 
     result: dict[str, Any] | None = None
     error: ErrorInfo | None = None

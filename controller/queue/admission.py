@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from controller.launchers.base import QueryLimits
 from controller.models import InspectionIn, LimitsIn, QueryIn
 from controller.quantity import parse_cpu_millicores, parse_memory_bytes
 from controller.settings import Settings
@@ -32,10 +33,10 @@ class Rejected(Exception):
 @dataclass(frozen=True)
 class Admitted:
     request: WorkerRequest
-    limits: dict[str, Any]
+    limits: QueryLimits
 
 
-def _limits(limits: LimitsIn | None, settings: Settings) -> dict[str, Any]:
+def _limits(limits: LimitsIn | None, settings: Settings) -> QueryLimits:
     cpu = (limits and limits.cpu) or settings.default_cpu
     memory = (limits and limits.memory) or settings.default_memory
     timeout = (limits and limits.timeout_seconds) or settings.default_timeout_seconds
@@ -49,13 +50,13 @@ def _limits(limits: LimitsIn | None, settings: Settings) -> dict[str, Any]:
             "limits.timeout_seconds",
             f"timeout_seconds {timeout:g} is above the maximum {settings.max_timeout_seconds:g}",
         )
-    return {
-        "cpu": cpu,
-        "memory": memory,
-        "timeout_seconds": timeout,
-        "cpu_millicores": cpu_millicores,
-        "memory_bytes": memory_bytes,
-    }
+    return QueryLimits(
+        cpu=cpu,
+        memory=memory,
+        timeout_seconds=timeout,
+        cpu_millicores=cpu_millicores,
+        memory_bytes=memory_bytes,
+    )
 
 
 def _fetch(settings: Settings) -> FetchOptions:
@@ -87,7 +88,7 @@ def _debug(debug: dict[str, Any] | None, settings: Settings) -> dict[str, Any]:
     return {"debug": debug}
 
 
-def _admitted(request: WorkerRequest, limits: dict[str, Any]) -> Admitted:
+def _admitted(request: WorkerRequest, limits: QueryLimits) -> Admitted:
     size = len(json.dumps(request).encode())
     if size > MAX_WORKER_REQUEST_BYTES:
         raise Rejected(

@@ -11,10 +11,10 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, cast
 
-from controller.launchers.base import Job, Launcher, Outcome, limits_from
+from controller.launchers.base import Job, Launcher, Outcome
+from controller.models import TERMINAL
 from controller.queue.metrics import Metrics
 from controller.queue.store import Row, Store, StoreUnavailable
 from controller.testcrash import crash_if
@@ -26,18 +26,12 @@ log = logging.getLogger(__name__)
 STORE_RETRY_SECONDS = 1.0
 
 
-class CancelResult(Enum):
-    CANCELLED = "cancelled"
-    ALREADY_FINISHED = "already_finished"
-    NOT_FOUND = "not_found"
-
-
 def job_for(row: Row) -> Job:
     return Job(
         query_id=row.id,
         attempt=row.attempts,
         request=cast(WorkerRequest, row.request),
-        limits=limits_from(row.limits),
+        limits=row.limits,
         submitted_at=row.submitted_at,
     )
 
@@ -118,7 +112,8 @@ class Dispatcher:
                 recovery.failed,
             )
         for query_id in recovery.failed:
-            self._finished(query_id, "failed", ErrorType.INTERNAL.value)
+            if (row := self._store.get(query_id)) is not None:
+                self._finished(row)
         await self._launcher.reconcile(self._store.active_ids())
         self._loop_task = asyncio.create_task(self._loop(), name="podq-dispatcher")
         self.notify()
@@ -172,8 +167,8 @@ class Dispatcher:
         entry = self._running.get(query_id)
         if entry is not None and entry.cancel_requested:
             error = error_info(ErrorType.CANCELLED, "cancelled while running", retryable=False)
-            if self._store.finish(query_id, "cancelled", error=error):
-                self._finished(query_id, "cancelled", ErrorType.CANCELLED.value)
+            if (row := self._store.finish(query_id, "cancelled", error=error)) is not None:
+                self._finished(row)
         elif self._store.requeue(query_id):
             log.info("query %s: handed back to the queue at shutdown", query_id)
 
@@ -192,44 +187,41 @@ class Dispatcher:
 
     def _record(self, query_id: str, outcome: Outcome) -> None:
         crash_if(self._crash_at, "before_finish")
-        if outcome.error is None:
-            status, error_type = "succeeded", None
-            decided = self._store.finish(query_id, status, result=outcome.result, placement=outcome.placement)
-        else:
-            status, error_type = "failed", outcome.error["error_type"]
-            decided = self._store.finish(query_id, status, error=outcome.error, placement=outcome.placement)
+        status = "succeeded" if outcome.error is None else "failed"
+        row = self._store.finish(
+            query_id, status, result=outcome.result, error=outcome.error, placement=outcome.placement
+        )
         crash_if(self._crash_at, "after_finish")
-        if decided:
-            log.info("query %s: %s%s", query_id, status, f" ({error_type})" if error_type else "")
-            self._finished(query_id, status, error_type)
-
-    def _finished(self, query_id: str, status: str, error_type: str | None) -> None:
-        row = self._store.get(query_id)
         if row is not None:
-            self._metrics.observe_finished(row, error_type)
-        self._waiters.wake(query_id)
+            error_type = outcome.error["error_type"] if outcome.error else None
+            log.info("query %s: %s%s", query_id, row.status, f" ({error_type})" if error_type else "")
+            self._finished(row)
 
-    async def cancel(self, query_id: str) -> CancelResult:
+    def _finished(self, row: Row) -> None:
+        """`row` has just reached its terminal state."""
+        self._metrics.observe_finished(row)
+        self._waiters.wake(row.id)
+
+    async def cancel(self, query_id: str) -> Row | None:
+        """Cancel the query: a queued one never starts, a running one is stopped. The row as it stands
+        afterwards (`cancelled`, or the status it had already finished with), None for an unknown id."""
         error = error_info(ErrorType.CANCELLED, "cancelled before it started", retryable=False)
-        if self._store.cancel_queued(query_id, error):
+        if (row := self._store.cancel_queued(query_id, error)) is not None:
             log.info("query %s: cancelled while queued", query_id)
-            self._finished(query_id, "cancelled", ErrorType.CANCELLED.value)
-            return CancelResult.CANCELLED
+            self._finished(row)
+            return row
         entry = self._running.get(query_id)
         if entry is not None:
             entry.cancel_requested = True
             entry.task.cancel()
             await asyncio.wait({entry.task})
-        row = self._store.get(query_id)
-        if row is None:
-            return CancelResult.NOT_FOUND
-        return CancelResult.CANCELLED if row.status == "cancelled" else CancelResult.ALREADY_FINISHED
+        return self._store.get(query_id)
 
     async def wait_finished(self, query_id: str, wait_seconds: float) -> Row | None:
         """The record once terminal, or as it stands when `wait_seconds` run out."""
         with self._waiters.watch(query_id) as event:
             row = self._store.get(query_id)
-            if row is None or row.status in ("succeeded", "failed", "cancelled") or wait_seconds <= 0:
+            if row is None or row.status in TERMINAL or wait_seconds <= 0:
                 return row
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), wait_seconds)

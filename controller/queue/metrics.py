@@ -60,8 +60,9 @@ class Metrics:
         if row.started_at is not None:
             self.queue_wait.observe(max(0.0, row.started_at - row.submitted_at))
 
-    def observe_finished(self, row: Row, error_type: str | None) -> None:
-        self.finished.labels(row.operation, row.status, error_type or "").inc()
+    def observe_finished(self, row: Row) -> None:
+        error_type = row.error["error_type"] if row.error else ""
+        self.finished.labels(row.operation, row.status, error_type).inc()
         if row.started_at is not None and row.finished_at is not None:
             self.run_time.observe(max(0.0, row.finished_at - row.started_at))
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.launchers.base import QueryLimits
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queries (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -59,7 +61,7 @@ class Row:
     id: str
     operation: str
     request: dict[str, Any]
-    limits: dict[str, Any]
+    limits: QueryLimits
     status: str
     result: dict[str, Any] | None
     error: dict[str, Any] | None
@@ -80,7 +82,7 @@ def _row(raw: sqlite3.Row) -> Row:
         id=raw["id"],
         operation=raw["operation"],
         request=json.loads(raw["request"]),
-        limits=json.loads(raw["limits"]),
+        limits=QueryLimits.from_stored(json.loads(raw["limits"])),
         status=raw["status"],
         result=_loads(raw["result"]),
         error=_loads(raw["error"]),
@@ -105,7 +107,7 @@ def _insert(
     query_id: str,
     operation: str,
     request: dict[str, Any],
-    limits: dict[str, Any],
+    limits: QueryLimits,
     *,
     max_queued: int | None,
 ) -> Row:
@@ -116,7 +118,7 @@ def _insert(
     db.execute(
         "INSERT INTO queries (id, operation, request, limits, status, submitted_at)"
         " VALUES (?, ?, ?, ?, 'queued', ?)",
-        (query_id, operation, json.dumps(request), json.dumps(limits), time.time()),
+        (query_id, operation, json.dumps(request), json.dumps(limits.stored()), time.time()),
     )
     return _row(db.execute("SELECT * FROM queries WHERE id = ?", (query_id,)).fetchone())
 
@@ -208,7 +210,7 @@ class Store:
         query_id: str,
         operation: str,
         request: dict[str, Any],
-        limits: dict[str, Any],
+        limits: QueryLimits,
         *,
         max_queued: int | None = None,
     ) -> Row:
@@ -224,7 +226,7 @@ class Store:
         query_id: str,
         operation: str,
         request: dict[str, Any],
-        limits: dict[str, Any],
+        limits: QueryLimits,
         max_queued: int | None = None,
     ) -> tuple[Row, bool]:
         """Insert the query unless the key already names one: then that one, and False.
@@ -276,12 +278,13 @@ class Store:
         result: dict[str, Any] | None = None,
         error: Mapping[str, object] | None = None,
         placement: dict[str, Any] | None = None,
-    ) -> bool:
-        """Record the terminal state unless the query already has one. True if this call decided it."""
+    ) -> Row | None:
+        """Record the terminal state unless the query already has one: the finished row if this call
+        decided it, else None."""
         with self._transaction() as db:
-            cursor = db.execute(
+            raw = db.execute(
                 "UPDATE queries SET status = ?, result = ?, error = ?, placement = COALESCE(?, placement),"
-                " finished_at = ? WHERE id = ? AND status IN (?, ?)",
+                " finished_at = ? WHERE id = ? AND status IN (?, ?) RETURNING *",
                 (
                     status,
                     None if result is None else json.dumps(result),
@@ -291,17 +294,18 @@ class Store:
                     query_id,
                     *_ACTIVE,
                 ),
-            )
-        return cursor.rowcount == 1
+            ).fetchone()
+        return None if raw is None else _row(raw)
 
-    def cancel_queued(self, query_id: str, error: Mapping[str, object]) -> bool:
+    def cancel_queued(self, query_id: str, error: Mapping[str, object]) -> Row | None:
+        """Cancel the query if it is still queued: the cancelled row, else None."""
         with self._transaction() as db:
-            cursor = db.execute(
+            raw = db.execute(
                 "UPDATE queries SET status = 'cancelled', error = ?, finished_at = ?"
-                " WHERE id = ? AND status = 'queued'",
+                " WHERE id = ? AND status = 'queued' RETURNING *",
                 (json.dumps(dict(error)), time.time(), query_id),
-            )
-        return cursor.rowcount == 1
+            ).fetchone()
+        return None if raw is None else _row(raw)
 
     def requeue(self, query_id: str) -> bool:
         """Give a running query back to the queue without counting the attempt (graceful shutdown)."""

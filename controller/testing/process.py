@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from controller.models import TERMINAL
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -87,9 +89,6 @@ class ControllerProcess:
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60), **kwargs)
-
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def wait_finished(client: httpx.Client, location: str, timeout: float = 60) -> dict[str, Any]:

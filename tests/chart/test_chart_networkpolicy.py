@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from controller.launchers.base import Job, Limits
+from controller.launchers.kubernetes.options import KubernetesOptions
 from controller.launchers.kubernetes.podspec import (
     LABEL_INSTANCE,
     LABEL_NAME,
     WORKER_APP,
-    PodTemplate,
     build_pod,
 )
 from controller.settings import Settings
@@ -54,7 +54,7 @@ def worker_pod(manifests: list[Manifest], monkeypatch: pytest.MonkeyPatch) -> di
         monkeypatch.setenv(name, value)
     settings = Settings()
     assert settings.kube_namespace is not None
-    return build_pod(JOB, PodTemplate.from_settings(settings, settings.kube_namespace), submitted_at=0.0)
+    return build_pod(JOB, KubernetesOptions.from_settings(settings).pod, submitted_at=0.0)
 
 
 def selects(policy: Manifest, pod: dict[str, Any]) -> bool:

@@ -6,32 +6,15 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import polars as pl
 import pytest
 
 from controller.testing.process import ControllerProcess, wait_finished, wait_status
+from tests.support.api import run, sleeper, submit
 
 pytestmark = pytest.mark.integration
 
 StartController = Callable[..., ControllerProcess]
-
-
-def submit(client: httpx.Client, body: dict[str, Any]) -> str:
-    response = client.post("/v1/queries", json=body)
-    assert response.status_code == 202, response.text
-    location: str = response.headers["location"]
-    assert location == f"/v1/queries/{response.json()['id']}"
-    return location
-
-
-def run(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
-    return wait_finished(client, submit(client, body))
-
-
-def sleeper(seconds: float = 60) -> dict[str, Any]:
-    """A query whose worker sleeps first (test hook), so it stays running until cancelled or killed."""
-    return {"sql": "SELECT 1 AS x", "debug": {"sleep_seconds": seconds}}
 
 
 def test_query_over_http_returns_rows_and_placement(

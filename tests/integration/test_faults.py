@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from controller.testing.process import ControllerProcess, wait_finished, wait_status
+from tests.support.api import submit
 from tests.support.fixtures import workers_under
 from tests.support.waiting import wait_until
 
@@ -29,13 +29,6 @@ QUERIES, CAP = 24, 4
 # Test-hook sleeps of the queries that run first: the first one ends well after all 24 are accepted, the
 # other three well after it, so at its end three still run and twenty wait.
 FIRST_SLEEP, OTHERS_SLEEP = 3, 7
-
-
-def submit(client: httpx.Client, body: dict[str, Any], **headers: str) -> str:
-    response = client.post("/v1/queries", json=body, headers=headers)
-    assert response.status_code == 202, response.text
-    location: str = response.headers["location"]
-    return location
 
 
 def workload(datasets: list[dict[str, str]], *, with_sleeps: bool) -> list[dict[str, Any]]:

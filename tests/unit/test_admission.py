@@ -4,6 +4,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from controller.launchers.base import QueryLimits
 from controller.models import InspectionIn, QueryIn
 from controller.queue.admission import Rejected, admit_inspection, admit_query
 from controller.settings import Settings
@@ -31,13 +32,9 @@ def query(**fields: Any) -> QueryIn:
 
 def test_defaults_fill_what_the_request_leaves_out() -> None:
     admitted = admit_query(query(datasets=[DATASET]), SETTINGS)
-    assert admitted.limits == {
-        "cpu": "500m",
-        "memory": "256Mi",
-        "timeout_seconds": 30,
-        "cpu_millicores": 500,
-        "memory_bytes": 256 * 2**20,
-    }
+    assert admitted.limits == QueryLimits(
+        cpu="500m", memory="256Mi", timeout_seconds=30, cpu_millicores=500, memory_bytes=256 * 2**20
+    )
     assert admitted.request["max_rows"] == 1000
     assert admitted.request["max_result_bytes"] == SETTINGS.max_result_bytes
     assert admitted.request["datasets"] == [DATASET]
@@ -68,8 +65,8 @@ def test_limits_at_the_maxima_are_accepted() -> None:
     admitted = admit_query(
         query(limits={"cpu": "2", "memory": "1Gi", "timeout_seconds": 120}, max_rows=5000), SETTINGS
     )
-    assert admitted.limits["cpu_millicores"] == 2000
-    assert admitted.limits["memory_bytes"] == 2**30
+    assert admitted.limits.cpu_millicores == 2000
+    assert admitted.limits.memory_bytes == 2**30
 
 
 def test_debug_passes_through_only_when_enabled() -> None:

@@ -19,14 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.launchers.base import Job, Limits, Outcome
-from controller.queue.dispatcher import CancelResult, Dispatcher
+from controller.queue.dispatcher import Dispatcher
 from controller.queue.metrics import Metrics
 from controller.queue.store import Store
+from tests.support.stored import LIMITS, REQUEST
 
 pytestmark = pytest.mark.unit
-
-LIMITS = {"cpu": "1", "memory": "1Gi", "timeout_seconds": 5, "cpu_millicores": 1000, "memory_bytes": 2**30}
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 class GatedLauncher:
@@ -120,7 +118,7 @@ def run_with_db(scenario: Callable[[Path], Coroutine[Any, Any, None]]) -> None:
 
 
 def submit(store: Store, dispatcher: Dispatcher, query_id: str) -> None:
-    store.insert(query_id, "query", {"operation": "query", "sql": "SELECT 1"}, LIMITS)
+    store.insert(query_id, "query", REQUEST, LIMITS)
     dispatcher.notify()
 
 
@@ -156,15 +154,16 @@ def test_cap_fifo_and_one_terminal_state_for_any_submit_cancel_sequence(
                 elif submitted:
                     target = submitted[index % len(submitted)]
                     if verb == "cancel":
-                        result = await dispatcher.cancel(target)
+                        row = await dispatcher.cancel(target)
+                        assert row is not None and row.id == target
                         if target in queue or target in running:
-                            assert result is CancelResult.CANCELLED
+                            assert row.status == "cancelled"
                             expected[target] = "cancelled"
                             (queue if target in queue else running).remove(target)
                         elif expected.get(target) == "cancelled":
-                            assert result is CancelResult.CANCELLED  # a repeated DELETE is idempotent
+                            assert row.status == "cancelled"  # a repeated DELETE is idempotent
                         else:
-                            assert result is CancelResult.ALREADY_FINISHED
+                            assert row.status == expected[target] == "succeeded"  # finished: left as it was
                     elif target in running:
                         launcher.open_gate(target)
                         row = await dispatcher.wait_finished(target, 5)
@@ -273,9 +272,9 @@ def test_start_hands_the_launcher_the_active_queries_after_recovery() -> None:
     async def scenario(db: Path) -> None:
         store = Store(db)
         for query_id in ("old-running", "queued"):
-            store.insert(query_id, "query", {"operation": "query"}, LIMITS)
+            store.insert(query_id, "query", REQUEST, LIMITS)
         store.claim_next()  # "old-running" was running when the previous controller died
-        done = store.insert("done", "query", {"operation": "query"}, LIMITS)
+        done = store.insert("done", "query", REQUEST, LIMITS)
         store.finish(done.id, "cancelled", error={"error_type": "cancelled"})
         store.close()
         async with dispatching(1, db) as (_, launcher, _store):

@@ -20,3 +20,16 @@ def test_readme_configuration_table_matches_settings() -> None:
     assert match.group(1) == markdown_table(), (
         "regenerate with: python -m controller.settings --update-readme"
     )
+
+
+def test_readme_layout_names_every_package() -> None:
+    root = README.parent
+    layout = README.read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    packages = sorted(
+        str(init.parent.relative_to(root)) + "/"
+        for top in ("controller", "worker_image", "bench")
+        for init in (root / top).rglob("__init__.py")
+        if init.parent.name != "client"
+    )
+    missing = [package for package in packages if f"`{package}`" not in layout]
+    assert not missing, f"README's Layout section does not name {missing}"

@@ -10,8 +10,12 @@ from typing import Any
 import pytest
 
 from controller.launchers.kubernetes.client.config import KubeConfig
-from controller.launchers.kubernetes.launcher import _service_account_owner
-from controller.launchers.kubernetes.owner import OwnerError, ServiceAccountIdentity, identity_from_token
+from controller.launchers.kubernetes.owner import (
+    OwnerError,
+    ServiceAccountIdentity,
+    identity_from_token,
+    service_account_owner,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -94,21 +98,21 @@ def token_config(tmp_path: Path, token: str) -> KubeConfig:
 
 
 def test_launcher_owner_in_the_controllers_namespace(tmp_path: Path) -> None:
-    owner = _service_account_owner(token_config(tmp_path, jwt(CLAIMS)), "analytics")
+    owner = service_account_owner(token_config(tmp_path, jwt(CLAIMS)), "analytics")
     assert owner["uid"] == "5a1f4c2e-3333-4b6d-9e8f-0a1b2c3d4e5f"
 
 
 def test_launcher_refuses_an_owner_in_another_namespace(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"controller's namespace 'analytics'.*not 'workers'"):
-        _service_account_owner(token_config(tmp_path, jwt(CLAIMS)), "workers")
+        service_account_owner(token_config(tmp_path, jwt(CLAIMS)), "workers")
 
 
 def test_launcher_refuses_an_owner_without_a_token_file() -> None:
     config = KubeConfig(server="https://127.0.0.1:6443", source="kubeconfig /k (context c)")
     with pytest.raises(RuntimeError, match="needs a service-account token file; kubeconfig /k"):
-        _service_account_owner(config, "analytics")
+        service_account_owner(config, "analytics")
 
 
 def test_launcher_names_the_setting_when_the_token_is_unreadable(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"PODQ_WORKER_OWNED_BY_SERVICE_ACCOUNT: .*not a JWT"):
-        _service_account_owner(token_config(tmp_path, "opaque"), "analytics")
+        service_account_owner(token_config(tmp_path, "opaque"), "analytics")

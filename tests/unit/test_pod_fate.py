@@ -23,11 +23,13 @@ from controller.launchers.kubernetes.pod_fate import (
     Failed,
     Waiting,
     decide,
+    log_tail,
     observe,
     parse_time,
     placement,
 )
 from worker_image.protocol import (
+    ENVELOPE_MARKER,
     EXIT_USER_ERROR,
     EnvelopeError,
     ErrorType,
@@ -469,7 +471,17 @@ def test_placement_of_a_pod_that_never_ran() -> None:
     }
 
 
-def test_decide_records_the_placement() -> None:
+def test_decide_records_the_placement_and_the_logs_last_lines() -> None:
     pod = load("exit1")
 
-    assert decide(pod, NOISE).placement == placement(pod)
+    assert decide(pod, NOISE).placement == {**placement(pod), "log_tail": NOISE.rstrip("\n")}
+    assert decide(pod, None, log_problem="gone").placement == {**placement(pod), "log_tail": ""}
+
+
+def test_the_log_tail_shows_a_result_envelope_by_its_size_only() -> None:
+    envelope = ENVELOPE_MARKER + " 5 " + "0" * 64 + " {}"
+    lines = [f"line {i}" for i in range(30)]
+
+    assert log_tail("\n".join([*lines, envelope]) + "\n") == "\n".join(
+        [*lines[-19:], f"[result envelope, {len(envelope)} bytes]"]
+    )

@@ -32,7 +32,6 @@ from controller.launchers.kubernetes.podspec import (
     selector,
 )
 from controller.quantity import parse_cpu_millicores, parse_memory_bytes
-from controller.settings import Settings
 from worker_image.protocol import (
     REQUEST_ENV,
     TERMINATION_MESSAGE_ENV,
@@ -424,34 +423,6 @@ def test_selector_matches_the_instances_own_pods_only() -> None:
 )
 def test_query_id_of(given_pod: dict[str, Any], expected: str | None) -> None:
     assert query_id_of(given_pod) == expected
-
-
-def test_template_from_settings() -> None:
-    settings = Settings(
-        kube_instance="analytics",
-        worker_image="registry.example.test/podq-worker:1.2.3",
-        worker_image_pull_policy="Always",
-        worker_service_account="podq-worker",
-        worker_node_selector={"pool": "batch"},
-        worker_tolerations=[TOLERATION],
-        worker_priority_class="podq-low",
-        worker_image_pull_secrets=["regcred"],
-        worker_tmp_size="256Mi",
-        enable_test_hooks=True,
-    )
-    assert PodTemplate.from_settings(settings, "podq-workers") == PodTemplate(
-        namespace="podq-workers",
-        instance="analytics",
-        image="registry.example.test/podq-worker:1.2.3",
-        image_pull_policy="Always",
-        service_account="podq-worker",
-        node_selector={"pool": "batch"},
-        tolerations=(TOLERATION,),
-        priority_class="podq-low",
-        image_pull_secrets=("regcred",),
-        tmp_size="256Mi",
-        enable_test_hooks=True,
-    )
 
 
 @given(

@@ -8,23 +8,16 @@ from pathlib import Path
 import pytest
 
 from controller.queue.store import IdempotencyKey, KeyReused, Row, Store
+from tests.support.stored import LIMITS, REQUEST
 
 pytestmark = pytest.mark.unit
 
-LIMITS = {"cpu": "1", "memory": "1Gi", "timeout_seconds": 5, "cpu_millicores": 1000, "memory_bytes": 2**30}
 ERROR = {"error_type": "internal", "message": "x", "details": {}, "retryable": True}
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(tmp_path / "podq.db")
-    yield s
-    s.close()
 
 
 def submit(store: Store, *ids: str) -> None:
     for query_id in ids:
-        store.insert(query_id, "query", {"operation": "query", "sql": "SELECT 1"}, LIMITS)
+        store.insert(query_id, "query", REQUEST, LIMITS)
 
 
 def test_claims_are_fifo_and_count_attempts(store: Store) -> None:
@@ -37,9 +30,15 @@ def test_claims_are_fifo_and_count_attempts(store: Store) -> None:
 def test_only_the_first_terminal_write_counts(store: Store) -> None:
     submit(store, "a")
     store.claim_next()
-    assert store.finish("a", "succeeded", result={"rows": []})
-    assert not store.finish("a", "failed", error=ERROR)
-    assert not store.cancel_queued("a", ERROR)
+    finished = store.finish("a", "succeeded", result={"rows": []}, placement={"kind": "local", "pid": 7})
+    assert finished is not None and finished == store.get("a")
+    assert (finished.status, finished.result, finished.error) == ("succeeded", {"rows": []}, None)
+    assert finished.placement == {"kind": "local", "pid": 7}
+    assert finished.limits == LIMITS and finished.request == REQUEST
+    assert finished.started_at is not None and finished.finished_at is not None
+    assert finished.submitted_at <= finished.started_at <= finished.finished_at
+    assert store.finish("a", "failed", error=ERROR) is None
+    assert store.cancel_queued("a", ERROR) is None
     row = store.get("a")
     assert row is not None and row.status == "succeeded" and row.error is None
 
@@ -47,8 +46,11 @@ def test_only_the_first_terminal_write_counts(store: Store) -> None:
 def test_cancel_queued_only_touches_queued_rows(store: Store) -> None:
     submit(store, "a", "b")
     store.claim_next()
-    assert not store.cancel_queued("a", ERROR)
-    assert store.cancel_queued("b", ERROR)
+    assert store.cancel_queued("a", ERROR) is None
+    cancelled = store.cancel_queued("b", ERROR)
+    assert cancelled is not None and (cancelled.id, cancelled.status) == ("b", "cancelled")
+    assert cancelled.error == ERROR
+    assert cancelled.finished_at is not None and cancelled == store.get("b")
     assert store.claim_next() is None
 
 
@@ -104,7 +106,6 @@ def test_page_is_newest_first_with_a_cursor(store: Store) -> None:
 
 
 DAY = 86_400.0
-REQUEST = {"operation": "query", "sql": "SELECT 1"}
 
 
 def insert_once(store: Store, key: IdempotencyKey, query_id: str, ttl: float = DAY) -> tuple[Row, bool]:
@@ -192,7 +193,10 @@ CREATE TABLE queries (
     started_at REAL, finished_at REAL
 );
 INSERT INTO queries (id, operation, request, limits, status, submitted_at)
-VALUES ('old', 'query', '{"sql": "SELECT 1"}', '{}', 'queued', 1.0);
+VALUES ('old', 'query', '{"sql": "SELECT 1"}',
+        '{"cpu": "1", "memory": "1Gi", "timeout_seconds": 5,'
+        || ' "cpu_millicores": 1000, "memory_bytes": 1073741824}',
+        'queued', 1.0);
 """
 
 
@@ -205,5 +209,6 @@ def test_a_database_of_the_previous_schema_gains_idempotency_keys(tmp_path: Path
     _, created = insert_once(store, IdempotencyKey("client", "k1", "fp"), "new")
     assert created
     assert all_ids(store) == ["new", "old"]
-    assert store.claim_next().id == "old"  # type: ignore[union-attr]
+    old = store.claim_next()
+    assert old is not None and old.id == "old" and old.limits == LIMITS
     store.close()

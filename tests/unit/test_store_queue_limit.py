@@ -1,24 +1,14 @@
 """The store's queue limit: checked in the inserting transaction, exact under concurrency, nothing stored."""
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from controller.queue.store import IdempotencyKey, QueueFull, Store
+from tests.support.stored import LIMITS, REQUEST
 
 pytestmark = pytest.mark.unit
-
-LIMITS = {"cpu": "1", "memory": "1Gi", "timeout_seconds": 5, "cpu_millicores": 1000, "memory_bytes": 2**30}
-REQUEST = {"operation": "query", "sql": "SELECT 1"}
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "podq.db")
-    yield s
-    s.close()
 
 
 def queue(store: Store, query_id: str, max_queued: int) -> None:

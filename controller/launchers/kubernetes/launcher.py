@@ -14,26 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 from controller.launchers.aio import shielded
 from controller.launchers.base import Job, Limits, Outcome
-from controller.launchers.kubernetes.capacity import NodeRoom, node_rooms, refusal
 from controller.launchers.kubernetes.client.api import (
     AlreadyExists,
-    Forbidden,
     KubeClient,
-    KubeConfig,
     KubeError,
     NotFound,
     is_transient,
     load_config,
     make_event,
 )
-from controller.launchers.kubernetes.owner import OwnerError, identity_from_token
+from controller.launchers.kubernetes.nodes import NodeRooms
+from controller.launchers.kubernetes.options import KubernetesOptions
+from controller.launchers.kubernetes.owner import service_account_owner
 from controller.launchers.kubernetes.pod_fate import (
     Ended,
     Failed,
@@ -43,7 +43,7 @@ from controller.launchers.kubernetes.pod_fate import (
     parse_time,
     placement,
 )
-from controller.launchers.kubernetes.pod_watch import Backoff, PodWatch
+from controller.launchers.kubernetes.pod_watch import PodWatch
 from controller.launchers.kubernetes.podspec import (
     CONTAINER_NAME,
     PodTemplate,
@@ -52,32 +52,19 @@ from controller.launchers.kubernetes.podspec import (
     query_id_of,
     selector,
 )
-from controller.launchers.worker_io import EXCERPT_LINES, log_excerpt
+from controller.launchers.kubernetes.reasons import Reason
+from controller.launchers.kubernetes.retry import retrying
 from controller.settings import Settings
 from controller.testcrash import crash_if
-from worker_image.protocol import ENVELOPE_MARKER, ErrorType, error_info
+from worker_image.protocol import ErrorType, error_info
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # A result larger than this is reported as cut, never parsed short (the envelope carries its length).
 MAX_LOG_BYTES = 64 * 2**20
-# How long a transient API failure is retried (creating a pod, reading its log): an API server restart.
-API_RETRY_SECONDS = 180.0
-NODE_REFRESH_SECONDS = 60.0
 # How long an ended container's pod may take to show its final phase before podq decides without it.
 PHASE_SETTLE_SECONDS = 15.0
-
-
-class Reason:
-    """Reasons of the Events podq posts on its pods."""
-
-    STARTED = "QueryStarted"
-    ADOPTED = "QueryAdopted"
-    SUCCEEDED = "QuerySucceeded"
-    FAILED = "QueryFailed"
-    CANCELLED = "QueryCancelled"
-    ORPHANED = "OrphanDeleted"
 
 
 def _is_terminal(pod: Mapping[str, Any]) -> bool:
@@ -93,89 +80,62 @@ def _finished_at(pod: Mapping[str, Any]) -> float | None:
     return None
 
 
-def _log_tail(text: str) -> str:
-    """The last lines of a pod's log for the record, with a result envelope shown by its size only."""
-    lines = [
-        f"[result envelope, {len(line)} bytes]" if line.startswith(ENVELOPE_MARKER) else line
-        for line in text.rstrip("\n").split("\n")[-EXCERPT_LINES:]
-    ]
-    return log_excerpt("\n".join(lines))
-
-
-def _service_account_owner(config: KubeConfig, namespace: str) -> dict[str, Any]:
-    """The owner reference of the worker pods: the service account whose token the controller uses."""
-    what = "PODQ_WORKER_OWNED_BY_SERVICE_ACCOUNT"
-    if config.token_file is None:
-        raise RuntimeError(f"{what} needs a service-account token file; {config.source} has none")
-    try:
-        identity = identity_from_token(config.token_file.read_text())
-    except (OSError, OwnerError) as exc:
-        raise RuntimeError(f"{what}: {exc}") from None
-    if identity.namespace != namespace:
-        raise RuntimeError(
-            f"{what} needs the worker pods in the controller's namespace {identity.namespace!r} "
-            f"(owners cannot be in another namespace), not {namespace!r}"
-        )
-    return identity.owner_reference()
-
-
 class KubernetesLauncher:
     name = "kubernetes"
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(self, options: KubernetesOptions) -> None:
+        self._options = options
         self._client: KubeClient | None = None
         self._watch: PodWatch | None = None
         self._namespace = ""
         self._template: PodTemplate | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._rooms: list[NodeRoom] | None = None
+        self._node_rooms: NodeRooms | None = None
         self._detached = False
-        self._nodes_forbidden = False
-        self._crash_at = settings.test_crash_at if settings.enable_test_hooks else None
+        self._crash_at = options.crash_at
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KubernetesLauncher:
+        return cls(KubernetesOptions.from_settings(settings))
 
     # Lifetime -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        settings = self._settings
-        config = load_config(settings.kube_config, settings.kube_context)
-        self._namespace = settings.kube_namespace or config.namespace or "default"
-        owner = (
-            _service_account_owner(config, self._namespace)
-            if settings.worker_owned_by_service_account
-            else None
-        )
+        options = self._options
+        config = load_config(options.kube_config, options.kube_context)
+        self._namespace = options.pod.namespace or config.namespace or "default"
+        owner = service_account_owner(config, self._namespace) if options.owned_by_service_account else None
         self._client = KubeClient(
-            config,
-            qps=settings.kube_qps,
-            burst=settings.kube_burst,
-            request_timeout=settings.kube_request_timeout_seconds,
+            config, qps=options.qps, burst=options.burst, request_timeout=options.request_timeout_seconds
         )
-        self._template = PodTemplate.from_settings(settings, self._namespace, owner)
+        self._template = dataclasses.replace(options.pod, namespace=self._namespace, owner=owner)
         self._watch = PodWatch(
             self._client,
             self._namespace,
-            selector(settings.kube_instance),
-            watch_seconds=settings.kube_watch_seconds,
-            relist_seconds=settings.kube_relist_seconds,
+            selector(options.pod.instance),
+            watch_seconds=options.watch_seconds,
+            relist_seconds=options.relist_seconds,
         )
         self._spawn(self._watch.run(), "podq-pod-watch")
         try:
-            await asyncio.wait_for(self._watch.synced.wait(), settings.kube_request_timeout_seconds * 2)
+            await asyncio.wait_for(self._watch.synced.wait(), options.request_timeout_seconds * 2)
         except TimeoutError:
             await self.close()
             raise RuntimeError(
                 f"cannot list pods in namespace {self._namespace!r} at {config.server}: "
                 f"{self._watch.last_error}"
             ) from None
-        await self._refresh_nodes()
-        self._spawn(self._refresh_nodes_forever(), "podq-node-rooms")
+        self._node_rooms = NodeRooms(
+            self._client, options.pod.node_selector, options.unschedulable_after_seconds
+        )
+        await self._node_rooms.refresh()
+        self._spawn(self._node_rooms.refresh_forever(), "podq-node-rooms")
         log.info(
             "kubernetes launcher: API server %s, namespace %s, instance %s, image %s",
             config.server,
             self._namespace,
-            settings.kube_instance,
-            settings.worker_image,
+            options.pod.instance,
+            options.pod.image,
         )
 
     async def ready(self) -> bool:
@@ -211,30 +171,7 @@ class KubernetesLauncher:
     # Admission ------------------------------------------------------------------------------------------
 
     def refusal(self, limits: Limits) -> str | None:
-        return None if self._rooms is None else refusal(limits, self._rooms)
-
-    async def _refresh_nodes(self) -> None:
-        try:
-            nodes = await self._api.list_nodes()
-        except Forbidden:
-            if not self._nodes_forbidden:
-                log.warning(
-                    "cannot list nodes (forbidden): limits no node could hold are not refused at submission, "
-                    "they fail as unschedulable after %gs instead",
-                    self._settings.unschedulable_after_seconds,
-                )
-            self._nodes_forbidden = True
-            self._rooms = None
-            return
-        except KubeError as exc:
-            log.warning("cannot list nodes: %s; keeping what was known", exc)
-            return
-        self._rooms = node_rooms(nodes, self._settings.worker_node_selector)
-
-    async def _refresh_nodes_forever(self) -> None:
-        while True:
-            await asyncio.sleep(NODE_REFRESH_SECONDS)
-            await self._refresh_nodes()
+        return None if self._node_rooms is None else self._node_rooms.refusal(limits)
 
     # Jobs -----------------------------------------------------------------------------------------------
 
@@ -257,7 +194,7 @@ class KubernetesLauncher:
         assert self._template is not None
         body = build_pod(job, self._template, submitted_at=job.submitted_at or time.time())
         try:
-            pod = await self._retrying(
+            pod = await retrying(
                 f"query {job.query_id}: creating pod {name}",
                 lambda: self._api.create_pod(self._namespace, body),
             )
@@ -279,7 +216,7 @@ class KubernetesLauncher:
             message = f"the API server refused the worker pod: {exc}"
             return Outcome(
                 error=error_info(ErrorType.INTERNAL, message, {"pod": name}, retryable=is_transient(exc)),
-                placement=self._placement(name),
+                placement=self._where(name),
             )
         self._pods.seen(pod)
         crash_if(self._crash_at, "after_create")
@@ -287,23 +224,8 @@ class KubernetesLauncher:
         await self._event(pod, Reason.STARTED, f"query {job.query_id}, attempt {job.attempt}")
         return None
 
-    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """`call()`, again after a transient API failure (the API server restarting, overloaded, out of
-        reach) for up to `API_RETRY_SECONDS`; any other failure, or the last one, is raised."""
-        backoff = Backoff()
-        give_up = time.monotonic() + API_RETRY_SECONDS
-        while True:
-            try:
-                return await call()
-            except KubeError as exc:
-                if not is_transient(exc) or time.monotonic() >= give_up:
-                    raise
-                delay = backoff.next_delay()
-                log.warning("%s: %s; retrying in %.1fs", what, exc, delay)
-                await asyncio.sleep(delay)
-
     async def _follow(self, job: Job, name: str, changed: asyncio.Event) -> Outcome:
-        settings = self._settings
+        options = self._options
         last_reason = ""
         settle_until: float | None = None
         while True:
@@ -313,8 +235,8 @@ class KubernetesLauncher:
             verdict = observe(
                 pod,
                 now=time.time(),
-                unschedulable_after=settings.unschedulable_after_seconds,
-                image_pull_grace=settings.image_pull_grace_seconds,
+                unschedulable_after=options.unschedulable_after_seconds,
+                image_pull_grace=options.image_pull_grace_seconds,
             )
             if state is not None and state.gone and isinstance(verdict, Waiting):
                 verdict = observe(None, now=time.time(), unschedulable_after=0, image_pull_grace=0)
@@ -340,9 +262,7 @@ class KubernetesLauncher:
                         await asyncio.wait_for(changed.wait(), settle_until - time.time())
                     continue
             if isinstance(verdict, Failed):
-                outcome = Outcome(
-                    error=verdict.error, placement=placement(pod) if pod else self._placement(name)
-                )
+                outcome = Outcome(error=verdict.error, placement=placement(pod) if pod else self._where(name))
             else:
                 assert pod is not None
                 outcome = await self._conclude(job, name, pod, verdict, gone=bool(state and state.gone))
@@ -369,13 +289,11 @@ class KubernetesLauncher:
         text, problem = (
             (None, "the pod was deleted before its log was read") if gone else await self._read_log(name)
         )
-        outcome = decide(pod, text, log_problem=problem)
-        outcome.placement = {**placement(pod), "log_tail": _log_tail(text or "")}
-        return outcome
+        return decide(pod, text, log_problem=problem)
 
     async def _read_log(self, name: str) -> tuple[str | None, str | None]:
         try:
-            text = await self._retrying(
+            text = await retrying(
                 f"reading the log of pod {name}",
                 lambda: self._api.read_log(self._namespace, name, CONTAINER_NAME, limit_bytes=MAX_LOG_BYTES),
             )
@@ -385,7 +303,7 @@ class KubernetesLauncher:
             return None, f"the pod's log could not be read: {exc}"
         return text, None
 
-    def _placement(self, name: str) -> dict[str, Any]:
+    def _where(self, name: str) -> dict[str, Any]:
         return {"kind": "kubernetes", "namespace": self._namespace, "pod": name}
 
     async def _report(self, job: Job, name: str, pod: Mapping[str, Any] | None, outcome: Outcome) -> None:
@@ -443,7 +361,7 @@ class KubernetesLauncher:
     def _expire(self, pod: Mapping[str, Any], query_id: str) -> None:
         """Delete a finished pod once its TTL has passed (at once if 0); one still pending or running now."""
         name = str(pod["metadata"]["name"])
-        ttl = self._settings.pod_ttl_seconds
+        ttl = self._options.pod_ttl_seconds
         if not _is_terminal(pod) or ttl <= 0:
             self._spawn(self._delete(name, query_id, "outcome stored"), f"podq-delete-{name}")
             return

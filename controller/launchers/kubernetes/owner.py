@@ -19,6 +19,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from controller.launchers.kubernetes.client.config import KubeConfig
+
 
 class OwnerError(Exception):
     """The token names no service account."""
@@ -58,3 +60,20 @@ def identity_from_token(token: str) -> ServiceAccountIdentity:
         raise OwnerError("the service-account token's kubernetes.io claim lacks the namespace, name or uid")
     namespace, name, uid = (str(value) for value in fields)
     return ServiceAccountIdentity(namespace=namespace, name=name, uid=uid)
+
+
+def service_account_owner(config: KubeConfig, namespace: str) -> dict[str, Any]:
+    """The owner reference of the worker pods: the service account whose token the controller uses."""
+    what = "PODQ_WORKER_OWNED_BY_SERVICE_ACCOUNT"
+    if config.token_file is None:
+        raise RuntimeError(f"{what} needs a service-account token file; {config.source} has none")
+    try:
+        identity = identity_from_token(config.token_file.read_text())
+    except (OSError, OwnerError) as exc:
+        raise RuntimeError(f"{what}: {exc}") from None
+    if identity.namespace != namespace:
+        raise RuntimeError(
+            f"{what} needs the worker pods in the controller's namespace {identity.namespace!r} "
+            f"(owners cannot be in another namespace), not {namespace!r}"
+        )
+    return identity.owner_reference()

@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from controller.launchers.base import Outcome
 from controller.launchers.kubernetes.podspec import CONTAINER_NAME
 from controller.launchers.worker_io import (
+    EXCERPT_LINES,
     PROTOCOL_ERROR_CODES,
     envelope_outcome,
     log_excerpt,
@@ -48,9 +49,19 @@ from controller.launchers.worker_io import (
     termination_error,
 )
 from controller.quantity import QuantityError, parse_memory_bytes
-from worker_image.protocol import EnvelopeError, ErrorInfo, ErrorType, error_info
+from worker_image.protocol import ENVELOPE_MARKER, EnvelopeError, ErrorInfo, ErrorType, error_info
 
-__all__ = ["Ended", "Failed", "Verdict", "Waiting", "decide", "observe", "parse_time", "placement"]
+__all__ = [
+    "Ended",
+    "Failed",
+    "Verdict",
+    "Waiting",
+    "decide",
+    "log_tail",
+    "observe",
+    "parse_time",
+    "placement",
+]
 
 _IMAGE_PULL_RETRIES = frozenset({"ErrImagePull", "ImagePullBackOff"})
 _IMAGE_FAILURES = frozenset(
@@ -133,9 +144,17 @@ def observe(
 def decide(pod: Mapping[str, Any], log: str | None, *, log_problem: str | None = None) -> Outcome:
     """The outcome of an ended pod, given its log (None when it could not be read, `log_problem` says why)."""
     error = _pod_fate(pod) or _out_of_memory(pod) or _start_error(pod)
-    outcome = Outcome(error=error) if error is not None else _from_worker(pod, log, log_problem)
-    outcome.placement = placement(pod)
-    return outcome
+    verdict = Outcome(error=error) if error is not None else _from_worker(pod, log, log_problem)
+    return replace(verdict, placement={**placement(pod), "log_tail": log_tail(log or "")})
+
+
+def log_tail(text: str) -> str:
+    """The last lines of a pod's log for the record, with a result envelope shown by its size only."""
+    lines = [
+        f"[result envelope, {len(line)} bytes]" if line.startswith(ENVELOPE_MARKER) else line
+        for line in text.rstrip("\n").split("\n")[-EXCERPT_LINES:]
+    ]
+    return log_excerpt("\n".join(lines))
 
 
 def placement(pod: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,6 @@ from typing import Any
 
 from controller.launchers.base import Job
 from controller.launchers.worker_io import encode_request, polars_threads
-from controller.settings import Settings
 from worker_image.protocol import DEFAULT_TERMINATION_MESSAGE_PATH, REQUEST_ENV, TEST_HOOKS_ENV, WorkerRequest
 
 __all__ = [
@@ -97,25 +96,6 @@ class PodTemplate:
                 f"(at most {_MAX_NAME} letters, digits, '-', '_', '.', starting and ending alphanumeric)"
             )
 
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, namespace: str, owner: Mapping[str, Any] | None = None
-    ) -> PodTemplate:
-        return cls(
-            namespace=namespace,
-            instance=settings.kube_instance,
-            image=settings.worker_image,
-            image_pull_policy=settings.worker_image_pull_policy,
-            service_account=settings.worker_service_account,
-            node_selector=dict(settings.worker_node_selector),
-            tolerations=tuple(dict(toleration) for toleration in settings.worker_tolerations),
-            priority_class=settings.worker_priority_class,
-            image_pull_secrets=tuple(settings.worker_image_pull_secrets),
-            tmp_size=settings.worker_tmp_size,
-            enable_test_hooks=settings.enable_test_hooks,
-            owner=owner,
-        )
-
 
 def pod_name(query_id: str) -> str:
     """``podq-<query id>``; a `ValueError` if that is no valid pod name or the id no valid label value."""
@@ -168,7 +148,7 @@ def build_pod(job: Job, template: PodTemplate, *, submitted_at: float) -> dict[s
             "activeDeadlineSeconds": max(1, math.ceil(job.limits.timeout_seconds)),
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
-            **_placement(template),
+            **_scheduling(template),
             "securityContext": {
                 "runAsNonRoot": True,
                 "runAsUser": RUN_AS_ID,
@@ -190,7 +170,7 @@ def _subject(request: WorkerRequest) -> str:
     return request["sql"] if request["operation"] == "query" else request["url"]
 
 
-def _placement(template: PodTemplate) -> dict[str, Any]:
+def _scheduling(template: PodTemplate) -> dict[str, Any]:
     """The optional scheduling fields, present only when set."""
     fields: dict[str, Any] = {}
     if template.service_account:

@@ -40,6 +40,7 @@ from controller.launchers.local.outcome import Enforcement, KillReason, MemoryEv
 from controller.launchers.local.process import WorkerProcess
 from controller.launchers.local.procfs import start_time
 from controller.launchers.worker_io import encode_request, polars_threads
+from controller.settings import Settings
 from worker_image.protocol import TERMINATION_MESSAGE_LIMIT, ErrorType, error_info
 
 __all__ = ["LocalLauncher", "MemoryEnforcement"]
@@ -48,7 +49,8 @@ log = logging.getLogger(__name__)
 
 MemoryEnforcement = Literal["auto", "cgroup", "rlimit"]
 
-DEFAULT_MAX_RESULT_BYTES = 64 * 2**20
+# The longest envelope line kept from a worker's stdout: a result at its byte cap plus the JSON around it.
+MAX_ENVELOPE_BYTES = 64 * 2**20
 _OWNER = re.compile(r"^(\d+)\.(\d+)-")
 
 
@@ -78,7 +80,7 @@ class LocalLauncher:
         memory_enforcement: MemoryEnforcement = "auto",
         cgroup_parent: Path | None = None,
         kill_grace_seconds: float = 5.0,
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        max_envelope_bytes: int = MAX_ENVELOPE_BYTES,
         inherited_env: Sequence[str] = DEFAULT_INHERITED_ENV,
     ) -> None:
         """
@@ -92,7 +94,7 @@ class LocalLauncher:
         self._requested_enforcement = memory_enforcement
         self._cgroup_parent = cgroup_parent
         self._kill_grace = kill_grace_seconds
-        self._max_result_bytes = max_result_bytes
+        self._max_envelope_bytes = max_envelope_bytes
         self._inherited_env = tuple(inherited_env)
         self._owner = _owner_tag(os.getpid())
         self._sequence = itertools.count(1)
@@ -111,6 +113,15 @@ class LocalLauncher:
     def cgroup_parent(self) -> Path | None:
         """Where job cgroups are created, once started in cgroup mode."""
         return self._cgroups.parent if self._cgroups is not None else None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalLauncher:
+        return cls(
+            python=settings.worker_python,
+            work_dir=settings.data_dir / "scratch",
+            enable_test_hooks=settings.enable_test_hooks,
+            memory_enforcement=settings.memory_enforcement,
+        )
 
     async def __aenter__(self) -> LocalLauncher:
         await self.start()
@@ -215,7 +226,7 @@ class LocalLauncher:
                 cwd=job_dir,
                 setup=setup,
                 query_id=job.query_id,
-                max_result_bytes=self._max_result_bytes,
+                max_envelope_bytes=self._max_envelope_bytes,
             )
         )
         log.info(

@@ -23,7 +23,7 @@
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from controller.launchers.base import Outcome
@@ -78,14 +78,13 @@ class WorkerEnd:
 
 
 def classify(end: WorkerEnd) -> Outcome:
-    outcome = _decide(end)
-    outcome.placement = {
+    placement = {
         "kind": "local",
         "pid": end.pid,
         **_exit_details(end.returncode),
         "memory_enforcement": end.memory.enforcement,
     }
-    return outcome
+    return replace(_decide(end), placement=placement)
 
 
 def _decide(end: WorkerEnd) -> Outcome:

@@ -30,13 +30,13 @@ _POLL_SECONDS = 0.01
 
 class WorkerProcess:
     def __init__(
-        self, process: asyncio.subprocess.Process, pidfd: int | None, query_id: str, max_result_bytes: int
+        self, process: asyncio.subprocess.Process, pidfd: int | None, query_id: str, max_envelope_bytes: int
     ) -> None:
         assert process.stdout is not None and process.stderr is not None
         self._process = process
         self._pidfd = pidfd
         self._query_id = query_id
-        self.stdout = EnvelopeScanner(max_result_bytes)
+        self.stdout = EnvelopeScanner(max_envelope_bytes)
         self.stderr = TailBuffer(_STDERR_TAIL_BYTES)
         self._readers = [
             asyncio.create_task(drain(process.stdout, self.stdout)),
@@ -52,7 +52,7 @@ class WorkerProcess:
         cwd: Path,
         setup: Callable[[], None],
         query_id: str,
-        max_result_bytes: int,
+        max_envelope_bytes: int,
     ) -> WorkerProcess:
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -69,7 +69,7 @@ class WorkerProcess:
         except ProcessLookupError:
             # Already exited and reaped.
             pidfd = None
-        return cls(process, pidfd, query_id, max_result_bytes)
+        return cls(process, pidfd, query_id, max_envelope_bytes)
 
     @property
     def pid(self) -> int:

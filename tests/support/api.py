@@ -1,0 +1,31 @@
+"""Submitting over HTTP in tests: one `submit`, one `run`, one `sleeper` for every tier."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from controller.testing.process import wait_finished
+
+
+def submit(client: httpx.Client, body: dict[str, Any], **headers: str) -> str:
+    """POST the query, insist on 202 with the record's `Location`, and return it."""
+    response = client.post("/v1/queries", json=body, headers=headers)
+    assert response.status_code == 202, response.text
+    location: str = response.headers["location"]
+    assert location == f"/v1/queries/{response.json()['id']}"
+    return location
+
+
+def run(client: httpx.Client, body: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+    """Submit and wait for the terminal record."""
+    return wait_finished(client, submit(client, body), timeout=timeout)
+
+
+def sleeper(seconds: float = 60, **limits: Any) -> dict[str, Any]:
+    """A query whose worker sleeps first (test hook), so it stays running until cancelled or killed."""
+    body: dict[str, Any] = {"sql": "SELECT 1 AS x", "debug": {"sleep_seconds": seconds}}
+    if limits:
+        body["limits"] = limits
+    return body

@@ -1,0 +1,74 @@
+"""The kubernetes launcher's options: exactly what it takes from the settings."""
+
+from pathlib import Path
+
+import pytest
+
+from controller.launchers.kubernetes.options import KubernetesOptions
+from controller.launchers.kubernetes.podspec import PodTemplate
+from controller.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+TOLERATION = {"key": "podq.dev/dedicated", "operator": "Equal", "value": "workers", "effect": "NoSchedule"}
+
+
+def test_the_pod_template_comes_from_the_settings() -> None:
+    settings = Settings(
+        kube_namespace="podq-workers",
+        kube_instance="analytics",
+        worker_image="registry.example.test/podq-worker:1.2.3",
+        worker_image_pull_policy="Always",
+        worker_service_account="podq-worker",
+        worker_node_selector={"pool": "batch"},
+        worker_tolerations=[TOLERATION],
+        worker_priority_class="podq-low",
+        worker_image_pull_secrets=["regcred"],
+        worker_tmp_size="256Mi",
+        enable_test_hooks=True,
+    )
+    assert KubernetesOptions.from_settings(settings).pod == PodTemplate(
+        namespace="podq-workers",
+        instance="analytics",
+        image="registry.example.test/podq-worker:1.2.3",
+        image_pull_policy="Always",
+        service_account="podq-worker",
+        node_selector={"pool": "batch"},
+        tolerations=(TOLERATION,),
+        priority_class="podq-low",
+        image_pull_secrets=("regcred",),
+        tmp_size="256Mi",
+        enable_test_hooks=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "option", "value"),
+    [
+        ("kube_config", "kube_config", Path("/etc/podq/kubeconfig")),
+        ("kube_context", "kube_context", "staging"),
+        ("kube_qps", "qps", 7.0),
+        ("kube_burst", "burst", 9),
+        ("kube_request_timeout_seconds", "request_timeout_seconds", 11.0),
+        ("kube_watch_seconds", "watch_seconds", 13),
+        ("kube_relist_seconds", "relist_seconds", 17.0),
+        ("pod_ttl_seconds", "pod_ttl_seconds", 19.0),
+        ("unschedulable_after_seconds", "unschedulable_after_seconds", 23.0),
+        ("image_pull_grace_seconds", "image_pull_grace_seconds", 29.0),
+        ("worker_owned_by_service_account", "owned_by_service_account", True),
+    ],
+)
+def test_each_option_is_its_setting(setting: str, option: str, value: object) -> None:
+    options = KubernetesOptions.from_settings(Settings.model_validate({setting: value}))
+    assert getattr(options, option) == value
+
+
+def test_without_a_namespace_the_launcher_takes_the_kubeconfigs() -> None:
+    assert KubernetesOptions.from_settings(Settings()).pod.namespace == ""
+
+
+def test_a_crash_point_counts_only_with_test_hooks_on(tmp_path: Path) -> None:
+    hooks_off = Settings(test_crash_at="after_create", data_dir=tmp_path)
+    hooks_on = Settings(test_crash_at="after_create", enable_test_hooks=True, data_dir=tmp_path)
+    assert KubernetesOptions.from_settings(hooks_off).crash_at is None
+    assert KubernetesOptions.from_settings(hooks_on).crash_at == "after_create"
