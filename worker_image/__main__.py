@@ -2,6 +2,18 @@
 
 See `worker_image.protocol` for the contract: request in ``PODQ_REQUEST``, the envelope as the last line
 of stdout, the exit code, and the termination-message file for errors.
+
+The operation runs on a thread of its own; the main thread only waits for it, in `Thread.join` with a
+timeout. That keeps two things prompt whatever the operation is doing (inside polars' native
+``collect()``, a blocked download, a system call):
+
+- SIGTERM. A Python signal handler runs on the main thread, between bytecodes; a main thread inside a
+  native call would run it only when the call returns, minutes later for a big query, and a pod would
+  wait out its whole termination grace period. A lock wait is interrupted by signals (and times out every
+  `POLL_SECONDS` anyway), so the handler runs at once.
+- The memory watch (`worker_image.memwatch`): between waits the main thread reads the process's
+  anonymous memory and, at the threshold, reports ``memory`` and exits with `os._exit` (the operation's
+  thread may be in native code and can neither be interrupted nor joined).
 """
 
 from __future__ import annotations
@@ -12,10 +24,12 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
 
+from worker_image.memwatch import POLL_SECONDS, MemoryWatch
 from worker_image.protocol import (
     DEFAULT_TERMINATION_MESSAGE_PATH,
     EXIT_INTERNAL_ERROR,
@@ -46,6 +60,25 @@ def main() -> int:
     logging.basicConfig(
         stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    watch = MemoryWatch.from_environ(os.environ)
+    exit_codes: list[int] = []
+    operation = threading.Thread(target=lambda: exit_codes.append(_operate()), name="operation", daemon=True)
+    operation.start()
+    while True:
+        operation.join(POLL_SECONDS)
+        if not operation.is_alive():
+            break
+        if watch is not None and (used := watch.over()) is not None:
+            _out_of_memory(watch, used)
+    if not exit_codes:
+        # Only a BaseException `_operate` lets through (KeyboardInterrupt, SystemExit) ends it without a code.
+        return _fail(
+            error_info(ErrorType.INTERNAL, "worker failed: the operation ended abruptly"), EXIT_INTERNAL_ERROR
+        )
+    return exit_codes[0]
+
+
+def _operate() -> int:
     try:
         envelope = encode_envelope({"ok": True, "result": _execute()})
     except WorkerError as exc:
@@ -90,6 +123,29 @@ def _run(request: WorkerRequest, directory: Path) -> dict[str, Any]:
         max_rows=request["max_rows"],
         max_result_bytes=request["max_result_bytes"],
     )
+
+
+def _out_of_memory(watch: MemoryWatch, used: int) -> None:
+    """Report the query as out of memory and exit now, whatever the operation's thread is doing."""
+    limit = watch.limit_bytes
+    message = (
+        f"the query ran out of memory (limit {limit / 2**20:g} MiB): stopped at {used / 2**20:.0f} MiB, "
+        f"within {(limit - watch.threshold_bytes) / 2**20:.0f} MiB of the limit"
+    )
+    details = {
+        "limit_bytes": limit,
+        "peak_bytes": used,
+        "threshold_bytes": watch.threshold_bytes,
+        "stopped_by": "worker",
+    }
+    info = error_info(ErrorType.MEMORY, message, details)
+    _write_termination_message(compact_error(info))
+    # Straight to the file descriptor: sys.stdout's buffer and lock may be the operation thread's just now.
+    data = ("\n" + encode_envelope({"ok": False, "error": info}) + "\n").encode()
+    with contextlib.suppress(OSError):
+        while data:
+            data = data[os.write(sys.stdout.fileno(), data) :]
+    os._exit(EXIT_USER_ERROR)
 
 
 def _fail(info: ErrorInfo, exit_code: int) -> int:

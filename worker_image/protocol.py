@@ -1,6 +1,10 @@
 """The worker protocol: what goes into a worker and what comes out, identical for pods and subprocesses.
 
 Input is one JSON request (see `WorkerRequest`), passed in the ``PODQ_REQUEST`` environment variable.
+``PODQ_MEMORY_LIMIT_BYTES`` (`MEMORY_LIMIT_ENV`), when set, is the worker's memory limit in bytes (the
+local launcher's cap; a pod's ``limits.memory`` through the downward API): the worker stops the operation
+once its anonymous resident memory comes within a headroom of it (see `worker_image.memwatch`) and
+reports a ``memory`` error, rather than wait for the kernel's OOM killer.
 
 Output is exactly one envelope on the last line of stdout::
 
@@ -12,8 +16,10 @@ garbled on the way is reported as such and never parsed as a smaller result. The
 taxonomy below. A user error is also written, compactly (at most 4 KiB), to the termination-message
 file so the launcher can type the error even when the logs are gone.
 
-Exit codes: 0 success; `EXIT_USER_ERROR` when the envelope carries a user error; `EXIT_INTERNAL_ERROR`
-when the worker itself failed but could still say so. Any other death is for the launcher to classify.
+Exit codes: 0 success; `EXIT_USER_ERROR` when the envelope carries a user error (a ``memory`` error from
+the watch above included); `EXIT_INTERNAL_ERROR` when the worker itself failed but could still say so.
+Any other death is for the launcher to classify. SIGTERM ends the worker at once, whatever the operation
+is doing (exit code 143, no envelope): the operation runs off the main thread, which only waits.
 
 The error taxonomy (`ErrorType`), end to end::
 
@@ -43,6 +49,7 @@ __all__ = [
     "ENVELOPE_MARKER",
     "EXIT_INTERNAL_ERROR",
     "EXIT_USER_ERROR",
+    "MEMORY_LIMIT_ENV",
     "REQUEST_ENV",
     "TERMINATION_MESSAGE_ENV",
     "TERMINATION_MESSAGE_LIMIT",
@@ -63,6 +70,8 @@ TERMINATION_MESSAGE_ENV = "PODQ_TERMINATION_MESSAGE_PATH"
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 # Kubernetes keeps at most 4096 bytes of a termination message.
 TERMINATION_MESSAGE_LIMIT = 4096
+# The worker's memory limit in bytes (absent: no watch of its own); see worker_image/memwatch.py.
+MEMORY_LIMIT_ENV = "PODQ_MEMORY_LIMIT_BYTES"
 # The worker honours the request's "debug" section only when this is "1" in its environment.
 TEST_HOOKS_ENV = "PODQ_ENABLE_TEST_HOOKS"
 

@@ -2,9 +2,13 @@
 to the real controller (`podq serve` with `PODQ_LAUNCHER=kubernetes`).
 
 The failures are the kubelet's own: OOMKilled from the kernel's OOM killer inside the pod's memory cgroup,
-DeadlineExceeded from `activeDeadlineSeconds`, exit codes from real signals. The worker's test hooks
-(`debug`, enabled per controller) only make the worker sleep, allocate or die. Each test checks that no
-pod of its controller outlives it (see `kube_controllers`).
+DeadlineExceeded from `activeDeadlineSeconds`, exit codes from real signals; or the worker's own memory
+watch, which stops a query near its pod's limit (from the downward API) before the kernel has to. The
+deadline, cancel and deletion tests run real CPU-bound SQL (a top-k over an 8e9-row cross join, inside
+polars' native code all along), since a sleeping test hook stops at any signal and would hide a worker
+that does not. The worker's test hooks (`debug`, enabled per controller) only make the worker sleep,
+allocate or die, where that is what a test needs. Each test checks that no pod of its controller
+outlives it (see `kube_controllers`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +34,7 @@ from tests.support.e2e import (
     pod_events,
     running_pod,
 )
-from tests.support.fixtures import HUNGRY_SQL
+from tests.support.fixtures import CPU_BOUND_SQL, HUNGRY_SQL, RUNAWAY_SQL
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -54,6 +59,22 @@ def sleeper(seconds: float = 120, **limits: Any) -> dict[str, Any]:
     if limits:
         body["limits"] = limits
     return body
+
+
+def cpu_bound(server: FileServer, **limits: Any) -> dict[str, Any]:
+    """Real SQL that keeps the worker inside polars' native collect() for minutes, in ~80 MiB."""
+    body: dict[str, Any] = {
+        "sql": CPU_BOUND_SQL,
+        "datasets": [{"url": f"{server.url}/large.parquet", "table_name": "table2"}],
+    }
+    if limits:
+        body["limits"] = limits
+    return body
+
+
+# Between the end the kubelet or a user decides and the record saying so: a worker that exits on SIGTERM
+# at once, the watch event, the log read. A worker ignoring SIGTERM would take the 2 s grace period more.
+STOP_SECONDS = 3.0
 
 
 def count_query(server: FileServer) -> dict[str, Any]:
@@ -156,21 +177,59 @@ def test_the_pod_carries_limits_deadline_labels_and_podq_events_and_cancel_delet
 def test_TIMEOUT_1_2_the_deadline_is_the_kubelets_and_the_next_query_succeeds(
     kube_controllers: Controllers, pod_file_server: FileServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Issue 11: a CPU-bound query at its 5 s deadline ended 35 s after it started, its pod waiting out the
+    30 s grace period; it must end within the deadline plus `STOP_SECONDS`, and free its slot as soon."""
     _, start = kube_controllers
-    with start().client() as client:
-        timed_out = run(client, sleeper(timeout_seconds=3))
-        after = run(client, count_query(pod_file_server))
+    with start(max_concurrent=1).client() as client:
+        slow = submit(client, cpu_bound(pod_file_server, cpu="1", memory="1Gi", timeout_seconds=5))
+        after = submit(client, count_query(pod_file_server))
+        timed_out = wait_finished(client, slow, timeout=POD_TIMEOUT)
+        next_one = wait_finished(client, after, timeout=POD_TIMEOUT)
     assert timed_out["status"] == "failed", timed_out
     assert timed_out["error"]["error_type"] == "timeout", timed_out["error"]
     # The kubelet's verdict, read from the pod's status, not a timer of podq's.
     assert timed_out["placement"]["reason"] == "DeadlineExceeded", timed_out["placement"]
     evidence(capsys, "TIMEOUT-1", timed_out)
-    assert_simple_count(after)
+    assert timed_out["finished_at"] - timed_out["started_at"] <= 5 + STOP_SECONDS, timed_out
+    assert_simple_count(next_one)
+    assert next_one["started_at"] - timed_out["started_at"] <= 5 + STOP_SECONDS, (timed_out, next_one)
+
+
+def test_TIMEOUT_1_a_sleeping_worker_is_stopped_at_its_deadline_too(
+    kube_controllers: Controllers, pod_file_server: FileServer
+) -> None:
+    """The hook-based variant: a worker blocked in a system call (sleep), not in polars."""
+    _, start = kube_controllers
+    with start().client() as client:
+        timed_out = run(client, sleeper(timeout_seconds=3))
+    assert timed_out["error"]["error_type"] == "timeout", timed_out
+    assert timed_out["finished_at"] - timed_out["started_at"] <= 3 + STOP_SECONDS, timed_out
+
+
+def test_cancelling_a_cpu_bound_query_ends_it_and_frees_its_slot_at_once(
+    kube_controllers: Controllers, pod_file_server: FileServer
+) -> None:
+    controllers, start = kube_controllers
+    with start(max_concurrent=1).client() as client:
+        slow = submit(client, cpu_bound(pod_file_server, cpu="1", memory="1Gi", timeout_seconds=300))
+        after = submit(client, count_query(pod_file_server))
+        running_pod(controllers, slow.rsplit("/", 1)[1], POD_TIMEOUT)
+        cancelled_at = time.time()
+        assert client.delete(slow).status_code == 200
+        cancelled = wait_finished(client, slow, timeout=POD_TIMEOUT)
+        next_one = wait_finished(client, after, timeout=POD_TIMEOUT)
+    assert cancelled["status"] == "cancelled", cancelled
+    assert cancelled["finished_at"] - cancelled_at <= STOP_SECONDS, cancelled
+    assert_simple_count(next_one)
+    assert next_one["started_at"] - cancelled_at <= STOP_SECONDS, next_one
 
 
 def test_MEM_1_2_an_oom_kill_is_memory_and_the_next_query_succeeds(
     kube_controllers: Controllers, pod_file_server: FileServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The kernel's OOM kill, which the worker's watch normally forestalls: the allocation hook touches its
+    pages in one C call holding the GIL, so the watch cannot look before the kernel kills. What the
+    kubelet reports as OOMKilled is the authority."""
     _, start = kube_controllers
     with start().client() as client:
         oom = run(client, {"sql": "SELECT 1", "debug": {"allocate_mb": 1024}, "limits": {"memory": "200Mi"}})
@@ -197,6 +256,29 @@ def test_MEM_1_a_query_materialising_beyond_its_limit_is_memory(
         record = run(client, body)
     assert record["error"]["error_type"] == "memory", record
     evidence(capsys, "MEM-1 (sql)", record)
+
+
+def test_MEM_1_a_runaway_query_ends_as_memory_within_3_seconds_of_starting(
+    kube_controllers: Controllers, pod_file_server: FileServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 11: at the pod's limit the kernel thrashed for many seconds before its OOM kill; the worker's
+    watch, given the pod's limits.memory through the downward API, stops the query near it."""
+    _, start = kube_controllers
+    body = {
+        "sql": RUNAWAY_SQL,
+        "datasets": [{"url": f"{pod_file_server.url}/large.parquet", "table_name": "table2"}],
+        "limits": {"cpu": "1", "memory": "512Mi", "timeout_seconds": 100},
+    }
+    with start().client() as client:
+        # What a pod costs before any query runs (creation, image, interpreter, download) on this cluster;
+        # measured, not assumed: "within 3 s of starting" is of the query, not of the pod.
+        trivial = run(client, count_query(pod_file_server))
+        record = run(client, body)
+    evidence(capsys, "MEM-1 (runaway)", record)
+    assert record["error"]["error_type"] == "memory", record
+    assert record["error"]["details"]["limit_bytes"] == 512 * 2**20, record["error"]
+    pod_overhead = trivial["finished_at"] - trivial["started_at"]
+    assert record["finished_at"] - record["started_at"] <= pod_overhead + 3, (trivial, record)
 
 
 @pytest.mark.parametrize("how", ["segv", "exit"])
@@ -368,18 +450,26 @@ def test_a_finished_pod_is_kept_for_its_ttl_then_deleted(
 
 
 def test_a_pod_deleted_by_someone_else_fails_the_query_as_a_retryable_crash(
-    kube_controllers: Controllers,
+    kube_controllers: Controllers, pod_file_server: FileServer
 ) -> None:
+    """A CPU-bound worker, deleted by hand: it must stop at the kubelet's SIGTERM, not at the SIGKILL
+    after the grace period, and its slot go to the next query."""
     controllers, start = kube_controllers
-    with start().client() as client:
-        location = submit(client, sleeper(120))
+    with start(max_concurrent=1).client() as client:
+        location = submit(client, cpu_bound(pod_file_server, cpu="1", memory="1Gi", timeout_seconds=300))
+        after = submit(client, count_query(pod_file_server))
         query_id = location.rsplit("/", 1)[1]
         running_pod(controllers, query_id, POD_TIMEOUT)
+        deleted_at = time.time()
         kubectl("delete", "pod", "-n", controllers.namespace, f"podq-{query_id}", "--wait=false")
         record = wait_finished(client, location, timeout=POD_TIMEOUT)
+        next_one = wait_finished(client, after, timeout=POD_TIMEOUT)
     assert record["status"] == "failed", record
     assert record["error"]["error_type"] == "crash", record["error"]
     assert record["error"]["retryable"] is True
+    assert record["finished_at"] - deleted_at <= STOP_SECONDS, record
+    assert_simple_count(next_one)
+    assert next_one["started_at"] - deleted_at <= STOP_SECONDS, next_one
 
 
 @pytest.mark.parametrize("how", ["graceful", "kill"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shlex
 import signal
@@ -26,10 +27,10 @@ from controller.launchers.base import Job, Limits, Outcome
 from controller.launchers.local.cgroups import CgroupUnavailable
 from controller.launchers.local.child import DEFAULT_INHERITED_ENV, address_space_limit
 from controller.launchers.local.launcher import LocalLauncher, MemoryEnforcement
-from tests.support.fixtures import HUNGRY_SQL, REPO_ROOT, query_request
+from tests.support.fixtures import HUNGRY_SQL, REPO_ROOT, RUNAWAY_SQL, query_request
 from tests.support.leaks import Proc, live_workers, read_proc, session_members
 from tests.support.waiting import wait_until, wait_until_async
-from worker_image.protocol import WorkerRequest
+from worker_image.protocol import EXIT_USER_ERROR, WorkerRequest
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_worker_leaks")]
 
@@ -189,6 +190,89 @@ def test_MEM_1_allocation_beyond_the_limit_fails_with_memory(
 
     error_of(outcome, "memory")
     assert outcome.placement["memory_enforcement"] == memory_enforcement
+
+
+def test_MEM_1_a_runaway_query_ends_as_memory_within_3_seconds(
+    local_launcher: MakeLauncher,
+    memory_enforcement: str,
+    sample_datasets: list[dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    """Issue 11: at the cgroup's limit the kernel thrashed for 16-60 s before its OOM kill; the worker's own
+    watch ends the query near the limit instead, in either enforcement mode."""
+    job = make_job(query_request(RUNAWAY_SQL, sample_datasets), memory_mib=512, timeout=60)
+
+    async def scenario() -> tuple[Outcome, float]:
+        async with local_launcher() as launcher:
+            started = time.monotonic()
+            outcome = await launcher.run(job)
+            elapsed = time.monotonic() - started
+            assert_left_nothing(launcher, job, outcome.placement["pid"], tmp_path / "scratch")
+            return outcome, elapsed
+
+    outcome, elapsed = asyncio.run(scenario())
+
+    error = error_of(outcome, "memory")
+    details = error["details"]
+    assert details["limit_bytes"] == 512 * MIB
+    assert details["enforcement"] == memory_enforcement
+    assert details["stopped_by"] == "worker"
+    assert 0 < details["peak_bytes"] < 512 * MIB
+    assert "512 MiB" in error["message"]
+    assert outcome.placement["exit_code"] == EXIT_USER_ERROR
+    # From spawn to outcome: start-up and download included.
+    assert elapsed <= 3, elapsed
+
+
+# 4 million distinct keys: a few hundred MiB at its peak, a second or two of work.
+DISTINCT_4M_SQL = (
+    "SELECT count(*) AS n FROM (SELECT DISTINCT a.id * 10000 + b.id AS k FROM table2 a CROSS JOIN table2 b)"
+)
+
+
+@pytest.fixture
+def python_recording_peak(tmp_path: Path) -> tuple[str, Path]:
+    """An interpreter that runs the worker, then writes its peak resident memory (VmHWM, bytes) to a file.
+
+    Returns the interpreter to give the launcher and the file.
+    """
+    peak_file = tmp_path / "peak-bytes"
+    probe = (
+        "import sys\n"
+        "from worker_image.__main__ import main\n"
+        "code = main()\n"
+        "kib = open('/proc/self/status').read().split('VmHWM:')[1].split()[0]\n"
+        f"open({str(peak_file)!r}, 'w').write(str(int(kib) * 1024))\n"
+        "sys.exit(code)\n"
+    )
+    script = tmp_path / "python-recording-peak"
+    script.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c {shlex.quote(probe)}\n")
+    script.chmod(0o755)
+    return str(script), peak_file
+
+
+def test_MEM_3_a_query_peaking_at_80_percent_of_its_limit_succeeds(
+    local_launcher: MakeLauncher,
+    python_recording_peak: tuple[str, Path],
+    sample_datasets: list[dict[str, str]],
+) -> None:
+    """The worker's watch must never fail a query that fits: measure a real query's peak under a generous
+    limit, then run it again with the peak at 80% of its limit."""
+    python, peak_file = python_recording_peak
+    request = query_request(DISTINCT_4M_SQL, sample_datasets)
+
+    async def scenario() -> tuple[int, Outcome]:
+        async with local_launcher(python=python) as launcher:
+            assert rows_of(await launcher.run(make_job(request, memory_mib=2048))) == [[4_000_000]]
+            peak = int(peak_file.read_text())
+        async with local_launcher() as launcher:
+            return peak, await launcher.run(make_job(request, memory_mib=math.ceil(peak / 0.8 / MIB)))
+
+    peak, outcome = asyncio.run(scenario())
+
+    # A real test of the watch: the query's own memory, not the interpreter's, makes most of the peak.
+    assert peak >= 200 * MIB, peak
+    assert rows_of(outcome) == [[4_000_000]]
 
 
 def test_MEM_2_simple_query_succeeds_after_running_out_of_memory(
@@ -463,12 +547,15 @@ def test_the_worker_runs_in_its_own_session_with_an_explicit_environment_and_its
         "PODQ_REQUEST",
         "PODQ_TERMINATION_MESSAGE_PATH",
         "PODQ_ENABLE_TEST_HOOKS",
+        "PODQ_MEMORY_LIMIT_BYTES",
     }
     if memory_enforcement == "rlimit":
         expected_names.add("MALLOC_ARENA_MAX")
     assert set(environ) <= expected_names
     assert environ["POLARS_MAX_THREADS"] == "2"
     assert environ["PODQ_ENABLE_TEST_HOOKS"] == "1"
+    # The limit the worker watches its own memory against, in either mode.
+    assert environ["PODQ_MEMORY_LIMIT_BYTES"] == str(300 * MIB)
     assert json.loads(environ["PODQ_REQUEST"]) == job.request
     scratch = tmp_path / "scratch"
     assert Path(environ["TMPDIR"]).is_relative_to(scratch)

@@ -4,6 +4,8 @@ end, the fetch limits and the protocol's edges. Expected values come from polars
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import time
 import uuid
@@ -15,12 +17,24 @@ import polars as pl
 import pytest
 
 from controller.testing.fileserver import FileServer
-from tests.support.fixtures import TEST_HOOKS_ON, RunWorker, WorkerRun, inspect_request, query_request
+from tests.support.fixtures import (
+    CPU_BOUND_SQL,
+    RUNAWAY_SQL,
+    TEST_HOOKS_ON,
+    RunWorker,
+    StartWorker,
+    WorkerRun,
+    inspect_request,
+    query_request,
+)
 from tests.support.parquet_files import TYPES_ROWS
+from tests.support.waiting import wait_until
 from worker_image.encode import to_rows
+from worker_image.memwatch import threshold
 from worker_image.protocol import (
     ENVELOPE_MARKER,
     EXIT_USER_ERROR,
+    MEMORY_LIMIT_ENV,
     TERMINATION_MESSAGE_ENV,
     TERMINATION_MESSAGE_LIMIT,
 )
@@ -463,3 +477,50 @@ def test_hooks_with_bad_values_are_validation_errors(run_worker: RunWorker, file
     ]:
         request = {**inspect_request(f"{file_server}/simple.parquet"), "debug": debug}
         assert fragment in failed(run_worker(request, env_extra=TEST_HOOKS_ON), "validation")["message"]
+
+
+# ---------------------------------------------------------------- signals and the memory watch
+
+MiB = 2**20
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a live process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_sigterm_ends_a_worker_inside_a_native_polars_query_at_once(
+    start_worker: StartWorker, file_server: str
+) -> None:
+    """The kubelet's SIGTERM (deadline, cancel, deletion) must end a worker whatever polars is doing."""
+    datasets = [{"url": f"{file_server}/large.parquet", "table_name": "table2"}]
+    worker = start_worker(query_request(CPU_BOUND_SQL, datasets), env_extra={"POLARS_MAX_THREADS": "1"})
+    # Importing and fetching take well under a second of CPU; two means the cross join is running.
+    wait_until(lambda: worker.poll() is not None or cpu_seconds(worker.pid) >= 2, "2 s of CPU", within=60)
+    assert worker.poll() is None, "the query ended before it could be signalled"
+    signalled = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    wait_until(lambda: worker.poll() is not None, "the worker's exit after SIGTERM", within=10)
+    assert time.monotonic() - signalled <= 2
+    assert worker.returncode == 128 + signal.SIGTERM
+
+
+def test_the_memory_watch_stops_a_runaway_query_near_its_limit(
+    run_worker: RunWorker, file_server: str, termination_log: Path
+) -> None:
+    datasets = [{"url": f"{file_server}/large.parquet", "table_name": "table2"}]
+    limit = 512 * MiB
+    env = {MEMORY_LIMIT_ENV: str(limit), TERMINATION_MESSAGE_ENV: str(termination_log)}
+    started = time.monotonic()
+    run = run_worker(query_request(RUNAWAY_SQL, datasets), env_extra=env)
+    elapsed = time.monotonic() - started
+
+    error = failed(run, "memory")
+    details = error["details"]
+    assert details["limit_bytes"] == limit and details["threshold_bytes"] == threshold(limit)
+    assert threshold(limit) <= details["peak_bytes"] < limit
+    assert details["stopped_by"] == "worker"
+    assert "512 MiB" in error["message"]
+    assert json.loads(termination_log.read_text()) == error
+    assert elapsed <= 3

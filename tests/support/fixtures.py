@@ -66,6 +66,20 @@ HUNGRY_SQL = (
 )
 
 
+# Issue 11's runaway query: 200 million distinct keys over table2, past 512 MiB of hash table within a
+# second of starting (polars alone: 0.58 s).
+RUNAWAY_SQL = (
+    "SELECT DISTINCT a.id * 1000000 + b.id * 100 + c.id AS k "
+    "FROM table2 a CROSS JOIN table2 b CROSS JOIN (SELECT * FROM table2 LIMIT 50) c"
+)
+# A top-k over an 8e9-row cross join: CPU-bound for minutes in constant memory (~80 MiB), and inside
+# polars' native collect() all along. For deadline, cancel, deletion and signal tests with real SQL.
+CPU_BOUND_SQL = (
+    "SELECT a.id AS x, b.id AS y, c.id AS z FROM table2 a CROSS JOIN table2 b CROSS JOIN table2 c "
+    "ORDER BY a.val + b.val * 3 + c.val * 7 DESC LIMIT 5"
+)
+
+
 @pytest.fixture
 def sample_datasets(file_server: str) -> list[dict[str, str]]:
     return [
@@ -119,6 +133,24 @@ class WorkerRun(NamedTuple):
 RunWorker = Callable[..., WorkerRun]
 
 
+def _worker_env(
+    request: Any, tmp_path: Path, index: int, env_extra: Mapping[str, str] | None
+) -> dict[str, str]:
+    worker_tmp = tmp_path / f"worker-{index}-tmp"
+    worker_tmp.mkdir()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PODQ_")}
+    env.update(
+        {
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
+            REQUEST_ENV: request if isinstance(request, str) else json.dumps(request),
+            TERMINATION_MESSAGE_ENV: str(tmp_path / f"worker-{index}-termination-log"),
+            "TMPDIR": str(worker_tmp),
+            **(env_extra or {}),
+        }
+    )
+    return env
+
+
 @pytest.fixture
 def run_worker(tmp_path: Path) -> RunWorker:
     """`run_worker(request, env_extra=None, timeout=60)` runs ``python -m worker_image`` as a real subprocess.
@@ -130,23 +162,10 @@ def run_worker(tmp_path: Path) -> RunWorker:
     runs = count()
 
     def run(request: Any, env_extra: Mapping[str, str] | None = None, timeout: float = 60) -> WorkerRun:
-        index = next(runs)
-        worker_tmp = tmp_path / f"worker-{index}-tmp"
-        worker_tmp.mkdir()
-        env = {key: value for key, value in os.environ.items() if not key.startswith("PODQ_")}
-        env.update(
-            {
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
-                REQUEST_ENV: request if isinstance(request, str) else json.dumps(request),
-                TERMINATION_MESSAGE_ENV: str(tmp_path / f"worker-{index}-termination-log"),
-                "TMPDIR": str(worker_tmp),
-                **(env_extra or {}),
-            }
-        )
         done = subprocess.run(
             [sys.executable, "-m", "worker_image"],
             check=False,
-            env=env,
+            env=_worker_env(request, tmp_path, next(runs), env_extra),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -158,6 +177,33 @@ def run_worker(tmp_path: Path) -> RunWorker:
         return WorkerRun(done.returncode, envelope, done.stdout, done.stderr)
 
     return run
+
+
+StartWorker = Callable[..., "subprocess.Popen[bytes]"]
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
+    """`start_worker(request, env_extra=None)`: ``python -m worker_image`` started as `run_worker` runs it,
+    for a test that acts on the running process (a signal); output discarded. Killed at teardown."""
+    started: list[subprocess.Popen[bytes]] = []
+    runs = count()
+
+    def start(request: Any, env_extra: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker_image"],
+            env=_worker_env(request, tmp_path, next(runs), env_extra),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
 
 
 @pytest.fixture

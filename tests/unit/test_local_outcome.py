@@ -279,6 +279,29 @@ def test_classify(case: Case) -> None:
     json.dumps(outcome.error)
 
 
+WATCHED = error_info(
+    ErrorType.MEMORY,
+    "the query ran out of memory (limit 256 MiB): stopped at 226 MiB, within 32 MiB of the limit",
+    {"limit_bytes": LIMIT, "peak_bytes": 237 * 2**20, "threshold_bytes": 224 * 2**20, "stopped_by": "worker"},
+)
+
+
+@pytest.mark.parametrize("evidence", [CGROUP, dataclasses.replace(CGROUP, failcnt=7), RLIMIT])
+def test_the_workers_own_memory_verdict_keeps_its_numbers_and_gains_the_enforcement(
+    evidence: MemoryEvidence,
+) -> None:
+    # The cgroup's failcnt may well have moved (page cache reaches the limit): the worker exited by itself.
+    end = worker_end(
+        envelope_line=encode_envelope({"ok": False, "error": WATCHED}),
+        returncode=EXIT_USER_ERROR,
+        memory=evidence,
+    )
+    outcome = classify(end)
+
+    details = {**WATCHED["details"], "enforcement": evidence.enforcement}
+    assert outcome.error == {**WATCHED, "details": details}
+
+
 def test_error_envelope_passes_through_unchanged() -> None:
     outcome = classify(worker_end(envelope_line=FAILED, returncode=EXIT_USER_ERROR))
 

@@ -33,6 +33,7 @@ from controller.launchers.kubernetes.podspec import (
 )
 from controller.quantity import parse_cpu_millicores, parse_memory_bytes
 from worker_image.protocol import (
+    MEMORY_LIMIT_ENV,
     REQUEST_ENV,
     TERMINATION_MESSAGE_ENV,
     TEST_HOOKS_ENV,
@@ -111,11 +112,13 @@ def container(built: dict[str, Any]) -> dict[str, Any]:
     return containers[0]
 
 
-def env(built: dict[str, Any]) -> dict[str, str]:
+def env(built: dict[str, Any]) -> dict[str, Any]:
+    """The container's environment: a value, or for a variable the kubelet fills, its ``valueFrom``."""
     entries = container(built)["env"]
     names = [entry["name"] for entry in entries]
     assert len(names) == len(set(names)), f"duplicate env names: {names}"
-    return {entry["name"]: entry["value"] for entry in entries}
+    assert all(set(entry) in ({"name", "value"}, {"name", "valueFrom"}) for entry in entries), entries
+    return {entry["name"]: entry.get("value", entry.get("valueFrom")) for entry in entries}
 
 
 def worker_request(built: dict[str, Any]) -> dict[str, Any]:
@@ -157,6 +160,11 @@ RULES = [
     Rule("operation annotated", lambda p: p["metadata"]["annotations"][ANNOTATION_OPERATION], "query"),
     Rule("never restarted", lambda p: p["spec"]["restartPolicy"], "Never"),
     Rule("deadline is the timeout rounded up", lambda p: p["spec"]["activeDeadlineSeconds"], 31),
+    Rule(
+        "stopped within 2 s of SIGTERM: a worker has nothing to clean up",
+        lambda p: p["spec"]["terminationGracePeriodSeconds"],
+        2,
+    ),
     Rule("no service-account token", lambda p: p["spec"]["automountServiceAccountToken"], False),
     Rule("no service links", lambda p: p["spec"]["enableServiceLinks"], False),
     Rule(
@@ -227,6 +235,11 @@ RULES = [
     Rule("HOME is the writable /tmp", lambda p: env(p)["HOME"], "/tmp"),
     Rule("unbuffered output", lambda p: env(p)["PYTHONUNBUFFERED"], "1"),
     Rule("UTF-8 mode, for the envelope's byte count", lambda p: env(p)["PYTHONUTF8"], "1"),
+    Rule(
+        "the memory limit for the worker's own watch, as the kubelet has it (downward API)",
+        lambda p: env(p)[MEMORY_LIMIT_ENV],
+        {"resourceFieldRef": {"containerName": "worker", "resource": "limits.memory"}},
+    ),
     Rule(
         "no test hooks, no termination path override",
         lambda p: {TEST_HOOKS_ENV, TERMINATION_MESSAGE_ENV} & set(env(p)),

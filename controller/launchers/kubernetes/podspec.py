@@ -7,9 +7,18 @@ passes Pod Security "restricted": non-root with a fixed uid, no privilege escala
 dropped, seccomp RuntimeDefault, a read-only root with a size-capped emptyDir at /tmp; no service-account
 token and no service links reach the worker.
 
+The termination grace period is `TERMINATION_GRACE_SECONDS`, not the default 30 s: a worker has nothing
+to clean up and exits on SIGTERM at once (worker_image/__main__.py), so the grace period only bounds how
+long a worker that somehow does not can keep its CPU, memory and concurrency slot after its deadline, a
+cancel or a deletion (with 30 s, a query with a 5 s deadline ended after 35 s: issue 11).
+
 The single container has no command: the image's entrypoint runs ``python -m worker_image``, which reads
-the request from ``PODQ_REQUEST``. The worker writes a user error to ``/dev/termination-log`` by default,
-which is the container's termination-message path, so ``PODQ_TERMINATION_MESSAGE_PATH`` is not set.
+the request from ``PODQ_REQUEST``. ``PODQ_MEMORY_LIMIT_BYTES`` is the container's own ``limits.memory``
+through the downward API: the worker watches its memory against the kubelet's own figure
+(worker_image/memwatch.py) and reports ``memory`` before the kernel thrashes at the limit; an OOM kill
+that happens anyway stays the authority (pod_fate.py). The worker writes a user error to
+``/dev/termination-log`` by default, which is the container's termination-message path, so
+``PODQ_TERMINATION_MESSAGE_PATH`` is not set.
 A request's ``debug`` section reaches the pod only when test hooks are enabled; otherwise it is dropped.
 """
 
@@ -25,7 +34,13 @@ from typing import Any
 
 from controller.launchers.base import Job
 from controller.launchers.worker_io import encode_request, polars_threads
-from worker_image.protocol import DEFAULT_TERMINATION_MESSAGE_PATH, REQUEST_ENV, TEST_HOOKS_ENV, WorkerRequest
+from worker_image.protocol import (
+    DEFAULT_TERMINATION_MESSAGE_PATH,
+    MEMORY_LIMIT_ENV,
+    REQUEST_ENV,
+    TEST_HOOKS_ENV,
+    WorkerRequest,
+)
 
 __all__ = [
     "ANNOTATION_ATTEMPT",
@@ -37,6 +52,7 @@ __all__ = [
     "LABEL_MANAGED_BY",
     "LABEL_NAME",
     "LABEL_QUERY_ID",
+    "TERMINATION_GRACE_SECONDS",
     "PodTemplate",
     "build_pod",
     "pod_name",
@@ -61,6 +77,8 @@ POD_NAME_PREFIX = "podq-"
 # A fixed numeric uid and gid (distroless's "nonroot"): the kubelet can only verify runAsNonRoot for a
 # numeric user, and the pod does not depend on which user the image names.
 RUN_AS_ID = 65532
+# Seconds between SIGTERM and SIGKILL for a worker (deadline, cancel, deletion); see the module docstring.
+TERMINATION_GRACE_SECONDS = 2
 TMP_VOLUME = "tmp"
 TMP_PATH = "/tmp"
 
@@ -146,6 +164,7 @@ def build_pod(job: Job, template: PodTemplate, *, submitted_at: float) -> dict[s
         "spec": {
             "restartPolicy": "Never",
             "activeDeadlineSeconds": max(1, math.ceil(job.limits.timeout_seconds)),
+            "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             **_scheduling(template),
@@ -206,7 +225,7 @@ def _container(job: Job, template: PodTemplate) -> dict[str, Any]:
     }
 
 
-def _env(job: Job, template: PodTemplate) -> list[dict[str, str]]:
+def _env(job: Job, template: PodTemplate) -> list[dict[str, Any]]:
     request: dict[str, Any] = dict(job.request)
     test_hooks = template.enable_test_hooks and "debug" in request
     if not test_hooks:
@@ -222,4 +241,8 @@ def _env(job: Job, template: PodTemplate) -> list[dict[str, str]]:
     }
     if test_hooks:
         env[TEST_HOOKS_ENV] = "1"
-    return [{"name": name, "value": value} for name, value in env.items()]
+    memory_limit = {"resourceFieldRef": {"containerName": CONTAINER_NAME, "resource": "limits.memory"}}
+    return [
+        *({"name": name, "value": value} for name, value in env.items()),
+        {"name": MEMORY_LIMIT_ENV, "valueFrom": memory_limit},
+    ]

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import worker_image
-from worker_image.protocol import REQUEST_ENV, TERMINATION_MESSAGE_ENV, TEST_HOOKS_ENV
+from worker_image.protocol import MEMORY_LIMIT_ENV, REQUEST_ENV, TERMINATION_MESSAGE_ENV, TEST_HOOKS_ENV
 
 __all__ = [
     "DEFAULT_INHERITED_ENV",
@@ -67,10 +67,14 @@ def worker_env(
     scratch: Path,
     termination_log: Path,
     threads: int,
+    memory_bytes: int,
     test_hooks: bool,
     rlimit: bool,
     inherited: Iterable[str],
 ) -> dict[str, str]:
+    """`memory_bytes` is the job's memory limit, which the worker watches its own memory against (see
+    worker_image/memwatch.py): it stops a query within ~2 s of the limit, where the cgroup's OOM killer
+    comes only after the kernel has thrashed for many seconds and RLIMIT_AS fails allocations unreliably."""
     env = {name: os.environ[name] for name in inherited if name in os.environ}
     env.update(
         {
@@ -80,6 +84,7 @@ def worker_env(
             "HOME": str(scratch),
             "TMPDIR": str(scratch),
             "POLARS_MAX_THREADS": str(threads),
+            MEMORY_LIMIT_ENV: str(memory_bytes),
             REQUEST_ENV: request_json,
             TERMINATION_MESSAGE_ENV: str(termination_log),
         }

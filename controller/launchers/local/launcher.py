@@ -210,6 +210,7 @@ class LocalLauncher:
             scratch=job_dir / "tmp",
             termination_log=job_dir / "termination-log",
             threads=threads,
+            memory_bytes=job.limits.memory_bytes,
             test_hooks=self._test_hooks,
             rlimit=rlimit,
             inherited=self._inherited_env,

@@ -14,6 +14,8 @@
 4. A result envelope too large for the launcher to hold       -> ``internal``
 5. A valid envelope whose exit code agrees with it (ok and exit 0, an error and `EXIT_USER_ERROR` or
    `EXIT_INTERNAL_ERROR`)                                    -> its result or its error
+   (the worker's own ``memory`` error, when it stopped a query near its limit before the kernel had to,
+   see worker_image/memwatch.py, gets the launcher's enforcement mode added to its details)
 6. No usable envelope, but a protocol exit code and an error in the termination-message file
                                                               -> that error
 7. Anything else                                              -> ``crash``, with the exit code or signal
@@ -100,9 +102,13 @@ def _decide(end: WorkerEnd) -> Outcome:
         message = "the worker's result is larger than the local launcher accepts"
         return Outcome(error=error_info(ErrorType.INTERNAL, message, retryable=False))
     try:
-        return envelope_outcome(end.envelope_line, exit_code=end.returncode, death=_death(end))
+        outcome = envelope_outcome(end.envelope_line, exit_code=end.returncode, death=_death(end))
     except EnvelopeError as exc:
         problem = str(exc)
+    else:
+        if outcome.error is not None and outcome.error["error_type"] == ErrorType.MEMORY:
+            outcome.error["details"] = {**outcome.error["details"], "enforcement": end.memory.enforcement}
+        return outcome
     if end.returncode in PROTOCOL_ERROR_CODES:
         info = termination_error(end.termination_message)
         if info is not None:
