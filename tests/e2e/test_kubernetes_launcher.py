@@ -26,6 +26,8 @@ import pytest
 
 from controller.testing.fileserver import FileServer
 from controller.testing.process import wait_finished, wait_status
+from tests.support.api import run as run_to_end
+from tests.support.api import sleeper, submit
 from tests.support.e2e import (
     KUBECTL_POLL_SECONDS,
     KubeControllers,
@@ -43,22 +45,8 @@ Controllers = tuple[KubeControllers, StartKubeController]
 POD_TIMEOUT = 120.0
 
 
-def submit(client: httpx.Client, body: dict[str, Any]) -> str:
-    response = client.post("/v1/queries", json=body)
-    assert response.status_code == 202, response.text
-    location: str = response.headers["location"]
-    return location
-
-
 def run(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
-    return wait_finished(client, submit(client, body), timeout=POD_TIMEOUT)
-
-
-def sleeper(seconds: float = 120, **limits: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"sql": "SELECT 1 AS x", "debug": {"sleep_seconds": seconds}}
-    if limits:
-        body["limits"] = limits
-    return body
+    return run_to_end(client, body, timeout=POD_TIMEOUT)
 
 
 def cpu_bound(server: FileServer, **limits: Any) -> dict[str, Any]:
@@ -136,7 +124,7 @@ def test_the_pod_carries_limits_deadline_labels_and_podq_events_and_cancel_delet
 ) -> None:
     controllers, start = kube_controllers
     with start().client() as client:
-        location = submit(client, sleeper(cpu="250m", memory="300Mi", timeout_seconds=90))
+        location = submit(client, sleeper(120, cpu="250m", memory="300Mi", timeout_seconds=90))
         query_id = location.rsplit("/", 1)[1]
         name = f"podq-{query_id}"
         pod = running_pod(controllers, query_id, POD_TIMEOUT)
