@@ -21,13 +21,12 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import polars as pl
 import pytest
 
 from controller.testing.fileserver import FileServer
 from controller.testing.process import wait_finished, wait_status
 from tests.support.api import run as run_to_end
-from tests.support.api import sleeper, submit
+from tests.support.api import simple_query, simple_rows, sleeper, submit
 from tests.support.e2e import (
     KUBECTL_POLL_SECONDS,
     KubeControllers,
@@ -92,16 +91,9 @@ def test_a_query_runs_in_its_own_pod_and_the_pod_is_deleted_after(
 ) -> None:
     controllers, start = kube_controllers
     with start().client() as client:
-        record = run(
-            client,
-            {
-                "sql": "SELECT name, value FROM t WHERE id > 5 ORDER BY id",
-                "datasets": [{"url": f"{pod_file_server.url}/simple.parquet", "table_name": "t"}],
-            },
-        )
-    expected = pl.read_parquet(parquet_dir / "simple.parquet").filter(pl.col("id") > 5).sort("id")
+        record = run(client, simple_query(pod_file_server.url))
     assert record["status"] == "succeeded", record
-    assert record["result"]["rows"] == [list(r) for r in expected.select("name", "value").rows()]
+    assert record["result"]["rows"] == simple_rows(parquet_dir)
     placement = record["placement"]
     assert placement["kind"] == "kubernetes"
     assert placement["pod"] == f"podq-{record['id']}"

@@ -6,11 +6,10 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import polars as pl
 import pytest
 
 from controller.testing.process import ControllerProcess, wait_finished, wait_status
-from tests.support.api import run, sleeper, submit
+from tests.support.api import run, simple_query, simple_rows, sleeper, submit
 
 pytestmark = pytest.mark.integration
 
@@ -22,16 +21,9 @@ def test_query_over_http_returns_rows_and_placement(
 ) -> None:
     controller = start_controller()
     with controller.client() as client:
-        record = run(
-            client,
-            {
-                "sql": "SELECT name, value FROM t WHERE id > 5 ORDER BY id",
-                "datasets": [{"url": f"{file_server}/simple.parquet", "table_name": "t"}],
-            },
-        )
-    expected = pl.read_parquet(parquet_dir / "simple.parquet").filter(pl.col("id") > 5).sort("id")
+        record = run(client, simple_query(file_server))
     assert record["status"] == "succeeded", record
-    assert record["result"]["rows"] == [list(r) for r in expected.select("name", "value").rows()]
+    assert record["result"]["rows"] == simple_rows(parquet_dir)
     assert record["result"]["columns"] == [
         {"name": "name", "type": "String"},
         {"name": "value", "type": "Float64"},

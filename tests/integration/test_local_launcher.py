@@ -106,6 +106,20 @@ def address_space_cap(pid: int) -> int:
     return int(next(line for line in limits if line.startswith("Max address space")).split()[3])
 
 
+def run_timed(local_launcher: MakeLauncher, job: Job, tmp_path: Path) -> tuple[Outcome, float]:
+    """Run one job on a fresh launcher: its outcome and seconds from spawn to outcome; it left nothing."""
+
+    async def scenario() -> tuple[Outcome, float]:
+        async with local_launcher() as launcher:
+            started = time.monotonic()
+            outcome = await launcher.run(job)
+            elapsed = time.monotonic() - started
+            assert_left_nothing(launcher, job, outcome.placement["pid"], tmp_path / "scratch")
+            return outcome, elapsed
+
+    return asyncio.run(scenario())
+
+
 async def first_worker() -> Proc:
     workers = await wait_until_async(live_workers, "a worker process to start")
     return workers[0]
@@ -119,15 +133,7 @@ def test_TIMEOUT_1_slow_query_is_killed_at_its_deadline(
 ) -> None:
     job = make_job(query_request(SLOW_SQL, sample_datasets), memory_mib=1024, timeout=2)
 
-    async def scenario() -> tuple[Outcome, float]:
-        async with local_launcher() as launcher:
-            started = time.monotonic()
-            outcome = await launcher.run(job)
-            elapsed = time.monotonic() - started
-            assert_left_nothing(launcher, job, outcome.placement["pid"], tmp_path / "scratch")
-            return outcome, elapsed
-
-    outcome, elapsed = asyncio.run(scenario())
+    outcome, elapsed = run_timed(local_launcher, job, tmp_path)
 
     error = error_of(outcome, "timeout")
     assert error["details"] == {"timeout_seconds": 2}
@@ -208,15 +214,7 @@ def test_MEM_1_a_runaway_query_ends_as_memory_within_seconds(
     watch ends the query near the limit instead, in either enforcement mode."""
     job = make_job(query_request(RUNAWAY_SQL, sample_datasets), memory_mib=512, timeout=60)
 
-    async def scenario() -> tuple[Outcome, float]:
-        async with local_launcher() as launcher:
-            started = time.monotonic()
-            outcome = await launcher.run(job)
-            elapsed = time.monotonic() - started
-            assert_left_nothing(launcher, job, outcome.placement["pid"], tmp_path / "scratch")
-            return outcome, elapsed
-
-    outcome, elapsed = asyncio.run(scenario())
+    outcome, elapsed = run_timed(local_launcher, job, tmp_path)
 
     error = error_of(outcome, "memory")
     details = error["details"]

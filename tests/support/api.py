@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
+import polars as pl
 
 from controller.testing.process import wait_finished
 
@@ -21,6 +23,19 @@ def submit(client: httpx.Client, body: dict[str, Any], **headers: str) -> str:
 def run(client: httpx.Client, body: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
     """Submit and wait for the terminal record."""
     return wait_finished(client, submit(client, body), timeout=timeout)
+
+
+# A filter over the fixture's simple.parquet, and what polars itself says the rows are.
+SIMPLE_SQL = "SELECT name, value FROM t WHERE id > 5 ORDER BY id"
+
+
+def simple_query(server_url: str) -> dict[str, Any]:
+    return {"sql": SIMPLE_SQL, "datasets": [{"url": f"{server_url}/simple.parquet", "table_name": "t"}]}
+
+
+def simple_rows(parquet_dir: Path) -> list[list[Any]]:
+    expected = pl.read_parquet(parquet_dir / "simple.parquet").filter(pl.col("id") > 5).sort("id")
+    return [list(row) for row in expected.select("name", "value").rows()]
 
 
 def sleeper(seconds: float = 60, **limits: Any) -> dict[str, Any]:
