@@ -22,8 +22,11 @@ class Listener:
         self._subscriber = subscriber
         self._connect_timeout = connect_timeout
         self._stop = threading.Event()
+        self._listening = threading.Event()
         self._thread = threading.Thread(target=self._run, name="podq-pg-listener", daemon=True)
         self._thread.start()
+        # Events from now on are heard (unless the database is out of reach: then once it is back).
+        self._listening.wait(connect_timeout)
 
     def close(self) -> None:
         self._stop.set()
@@ -38,6 +41,7 @@ class Listener:
                 ) as conn:
                     for channel in CHANNELS:
                         conn.execute(f"LISTEN {channel}")
+                    self._listening.set()
                     if not first:
                         log.info("listening to the database again")
                         # Whatever was notified while deaf is lost: let the subscriber look again.
