@@ -79,12 +79,12 @@ class PostgresServer:
     def init(self) -> None:
         self._run("initdb", "-D", str(self.data), "-U", "podq", "--auth=trust", "-E", "UTF8", "--no-sync")
 
-    def start(self) -> None:
+    def start(self, *, durable: bool = False) -> None:
         # fsync off: the tests restart the server cleanly or not at all, never lose the host under it.
-        options = (
-            f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c max_connections=300"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
+        # Benchmarks ask for a durable server: a commit is on disk before it is acknowledged.
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c max_connections=300"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start"
         )
