@@ -111,6 +111,9 @@ class Dispatcher:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._crash_at = crash_at
+        # Shared, the store holds the cap across replicas; alone, what this dispatcher runs is all that runs
+        # (and a query whose outcome waits for a full disk no longer holds a slot).
+        self._global_cap = max_concurrent if store.shared else None
         self._heartbeat_seconds = heartbeat_seconds
         self._stale_seconds = stale_seconds
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -212,7 +215,7 @@ class Dispatcher:
             self._wakeup.clear()
             try:
                 while len(self._running) < self._max_concurrent and not self._stopping:
-                    row = self._store.claim_next(self._max_concurrent)
+                    row = self._store.claim_next(self._global_cap)
                     if row is None:
                         break
                     self._start(row)
