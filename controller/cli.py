@@ -15,12 +15,15 @@ import httpx
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_QUERY_FAILED = 1
 EXIT_USAGE = 2
+EXIT_STORE = 3
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
     from controller.http.app import create_app
+    from controller.queue.store import SchemaTooNew, StoreUnavailable, open_store
     from controller.settings import Settings
 
     overrides = {
@@ -33,12 +36,26 @@ def _serve(args: argparse.Namespace) -> int:
         )
         if v is not None
     }
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            print(
+                f"podq: refusing to start: {f'PODQ_{where.upper()}: ' if where else ''}{error['msg']}",
+                file=sys.stderr,
+            )
+        return EXIT_USAGE
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    print(f"podq serving on http://{settings.host}:{settings.port} (data in {settings.data_dir})", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    try:
+        store = open_store(settings)
+    except (StoreUnavailable, SchemaTooNew) as exc:
+        print(f"podq: refusing to start: {exc}", file=sys.stderr)
+        return EXIT_STORE
+    print(f"podq serving on http://{settings.host}:{settings.port} ({store.description})", flush=True)
+    uvicorn.run(create_app(settings, store), host=settings.host, port=settings.port, log_level="warning")
     return 0
 
 

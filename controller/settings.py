@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, FilePath, SecretStr, field_validator
+from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -41,8 +41,36 @@ class Settings(BaseSettings):
         description="Holds the SQLite store (`podq.db`) and per-query scratch space. "
         "Default `$XDG_DATA_HOME/podq`, else `~/.local/share/podq`.",
     )
+    database_url: SecretStr | None = Field(
+        None,
+        description="A PostgreSQL database for the store (`postgresql://user:password@host:5432/podq`, "
+        "libpq's URL form; `?sslmode=require` and the like pass through), shared by any number of "
+        "controllers, all active. Unset: SQLite in `PODQ_DATA_DIR`, for one controller. The schema is "
+        "created and migrated at start.",
+    )
+    database_pool_size: int = Field(
+        8, ge=1, description="Most connections a controller opens to PostgreSQL (one more listens)."
+    )
+    database_timeout_seconds: float = Field(
+        2,
+        gt=0,
+        description="Longest wait for a PostgreSQL connection, at start and per request; past it a "
+        "submission is answered 503 with `Retry-After`.",
+    )
+    heartbeat_seconds: float = Field(
+        2, gt=0, description="PostgreSQL: how often a controller tells the others it is alive."
+    )
+    replica_stale_seconds: float = Field(
+        15,
+        gt=0,
+        description="PostgreSQL: a controller silent this long is taken for dead, and the queries it ran "
+        "are started again by another (while attempts remain). At least 3 heartbeats.",
+    )
     max_concurrent: int = Field(
-        2, ge=1, description="Queries running at once; the rest wait FIFO. Default fits a 2-core host."
+        2,
+        ge=1,
+        description="Queries running at once, across all controllers sharing a database; the rest wait "
+        "FIFO. Default fits a 2-core host.",
     )
     max_queued: int = Field(
         1000,
@@ -227,6 +255,24 @@ class Settings(BaseSettings):
         description="How long an `Idempotency-Key` is remembered; a retry within it gets the first query "
         "back, later the key is free again.",
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            scheme, sep, rest = value.get_secret_value().partition("://")
+            if scheme not in ("postgresql", "postgres") or not sep or not rest:
+                raise ValueError("must be a postgresql:// URL (postgresql://user:password@host:5432/db)")
+        return value
+
+    @model_validator(mode="after")
+    def _heartbeats(self) -> Settings:
+        if self.replica_stale_seconds < 3 * self.heartbeat_seconds:
+            raise ValueError(
+                f"PODQ_REPLICA_STALE_SECONDS ({self.replica_stale_seconds}) must be at least 3 heartbeats "
+                f"(PODQ_HEARTBEAT_SECONDS is {self.heartbeat_seconds})"
+            )
+        return self
 
     @field_validator("test_crash_at")
     @classmethod

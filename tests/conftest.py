@@ -1,5 +1,6 @@
 pytest_plugins = [
     "tests.support.fixtures",
+    "tests.support.postgres",
     "tests.support.stored",
     "tests.support.e2e",
     "tests.support.kube",

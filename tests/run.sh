@@ -93,6 +93,27 @@ step "install into $venv"
 # bench: DuckDB, so the benchmark's smoke test covers its engine section too.
 "$venv/bin/python" -m pip install --quiet -e '.[dev,bench]'
 
+# The store's tests run on SQLite and on a real PostgreSQL server that tests/support/postgres.py starts
+# (initdb into a directory of its own, as an unprivileged user). Debian's package provides the binaries;
+# its own cluster service is kept from starting.
+postgres_binaries() { command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
+if ! postgres_binaries && [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+  step "postgresql (apt-get install postgresql, for the store's PostgreSQL tests)"
+  [[ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null)" ]] || apt-get update -qq
+  own_policy=false
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && own_policy=true
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >/dev/null
+  ! $own_policy || rm -f /usr/sbin/policy-rc.d
+fi
+if postgres_binaries; then
+  export PODQ_POSTGRES=required
+else
+  banner "!! THE POSTGRESQL VARIANTS OF THE STORE TESTS WILL BE SKIPPED: no initdb, and apt-get install" \
+    '!! postgresql needs root. Install PostgreSQL (initdb on PATH or under /usr/lib/postgresql/*/bin).'
+fi
+
 step "ruff"
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .

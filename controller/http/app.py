@@ -16,18 +16,21 @@ from controller.http.middleware import BearerAuth, BodySizeLimit
 from controller.launchers import make_launcher
 from controller.queue.dispatcher import Dispatcher
 from controller.queue.metrics import Metrics
-from controller.queue.store import Store
+from controller.queue.store import Store, open_store
 from controller.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
+    """The app; it opens the configured store at start unless handed one (`podq serve` opens it first, to
+    refuse a bad database in one line), and closes it at shutdown either way."""
     settings = settings or Settings()
+    handed = [store] if store is not None else []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store(settings.database_path)
+        store = handed.pop() if handed else open_store(settings)
         launcher = make_launcher(settings)
         metrics = Metrics(store)
         metrics.info.set(settings.max_concurrent)
@@ -38,6 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_attempts=settings.max_attempts,
             metrics=metrics,
             crash_at=settings.test_crash_at if settings.enable_test_hooks else None,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            stale_seconds=settings.replica_stale_seconds,
         )
         await launcher.start()
         await dispatcher.start()

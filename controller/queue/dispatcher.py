@@ -1,8 +1,11 @@
-"""Moves queries from the store's queue to the launcher, at most `max_concurrent` at once, in FIFO order.
+"""Moves queries from the store's queue to the launcher, at most `max_concurrent` at once (across every
+controller sharing the store), in FIFO order.
 
 The store holds the truth; the dispatcher holds only the asyncio tasks of the queries it is running.
 On start it recovers what a previous controller left running (see `Store.recover`); on a graceful stop it
-kills what runs and hands it back to the queue, so a restart loses nothing.
+kills what runs and hands it back to the queue, so a restart loses nothing. With several controllers on
+PostgreSQL it also heartbeats, takes over the queries of controllers gone silent, and acts on the other
+controllers' news (finished, queued, cancel asked for) that the store hands it.
 """
 
 from __future__ import annotations
@@ -10,13 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
 from controller.launchers.base import Job, Launcher, Outcome
 from controller.models import TERMINAL
 from controller.queue.metrics import Metrics
-from controller.queue.store import Row, Store, StoreUnavailable
+from controller.queue.store import (
+    CANCEL,
+    FINISHED,
+    QUEUED,
+    RECONNECTED,
+    Recovery,
+    ReplicaLost,
+    Row,
+    Store,
+    StoreUnavailable,
+)
 from controller.testcrash import crash_if
 from worker_image.protocol import ErrorType, WorkerRequest, error_info
 
@@ -24,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # How long the dispatcher waits before it tries a failed store write (disk full, locked) again.
 STORE_RETRY_SECONDS = 1.0
+# How long a DELETE waits for the controller running the query to stop it (another replica's).
+REMOTE_CANCEL_SECONDS = 30.0
 
 
 def job_for(row: Row) -> Job:
@@ -60,6 +76,10 @@ class _Waiters:
         if entry is not None:
             entry[0].set()
 
+    def wake_all(self) -> None:
+        for event, _ in self._events.values():
+            event.set()
+
 
 @dataclass
 class _Running:
@@ -77,6 +97,8 @@ class Dispatcher:
         max_attempts: int,
         metrics: Metrics,
         crash_at: str | None = None,
+        heartbeat_seconds: float = 2.0,
+        stale_seconds: float = 15.0,
     ) -> None:
         self._store = store
         self._launcher = launcher
@@ -89,34 +111,99 @@ class Dispatcher:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._crash_at = crash_at
+        # Shared, the store holds the cap across replicas; alone, what this dispatcher runs is all that runs
+        # (and a query whose outcome waits for a full disk no longer holds a slot).
+        self._global_cap = max_concurrent if store.shared else None
+        self._heartbeat_seconds = heartbeat_seconds
+        self._stale_seconds = stale_seconds
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._exhausted = error_info(
+            ErrorType.INTERNAL,
+            "the controller stopped while this query was running, and it has no attempts left",
+            {"max_attempts": max_attempts},
+        )
 
     @property
     def running_count(self) -> int:
         return len(self._running)
 
     async def start(self) -> None:
-        recovery = self._store.recover(
-            self._max_attempts,
-            error_info(
-                ErrorType.INTERNAL,
-                "the controller stopped while this query was running, and it has no attempts left",
-                {"max_attempts": self._max_attempts},
-            ),
-        )
-        if recovery.requeued or recovery.failed:
+        self._took_over(self._store.recover(self._max_attempts, self._exhausted), "recovered after restart")
+        await self._launcher.reconcile(self._store.active_ids())
+        loop = asyncio.get_running_loop()
+
+        def from_store(channel: str, query_id: str) -> None:  # on the store's thread
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is left to tell
+                loop.call_soon_threadsafe(self._event, channel, query_id)
+
+        self._store.subscribe(from_store)
+        self._loop_task = asyncio.create_task(self._loop(), name="podq-dispatcher")
+        if self._store.shared:
+            self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="podq-heartbeat")
+        self.notify()
+
+    def _took_over(self, recovery: Recovery, what: str) -> None:
+        # The kubernetes launcher's pods of a dead replica are requeued here like local processes; adopting
+        # them by label instead (Launcher.reconcile on the taken-over ids) is the seam for that launcher.
+        if recovery.requeued or recovery.finished:
             log.warning(
-                "recovered after restart: %d requeued %s, %d failed %s",
+                "%s: %d requeued %s, %d failed %s, %d cancelled %s",
+                what,
                 len(recovery.requeued),
                 recovery.requeued,
                 len(recovery.failed),
                 recovery.failed,
+                len(recovery.cancelled),
+                recovery.cancelled,
             )
-        for query_id in recovery.failed:
+        for query_id in recovery.finished:
             if (row := self._store.get(query_id)) is not None:
                 self._finished(row)
-        await self._launcher.reconcile(self._store.active_ids())
-        self._loop_task = asyncio.create_task(self._loop(), name="podq-dispatcher")
-        self.notify()
+        if recovery.requeued:
+            self.notify()
+
+    def _event(self, channel: str, query_id: str) -> None:
+        """News from the store (another replica's, or this one's own echoed back)."""
+        if channel == FINISHED:
+            self._waiters.wake(query_id)
+            self.notify()  # a slot may have freed up
+        elif channel == QUEUED:
+            self.notify()
+        elif channel == CANCEL and (entry := self._running.get(query_id)) is not None:
+            log.info("query %s: cancel asked for on another controller", query_id)
+            entry.cancel_requested = True
+            entry.task.cancel()
+        elif channel == RECONNECTED:
+            self._waiters.wake_all()
+            self.notify()
+
+    async def _heartbeats(self) -> None:
+        """Tell the other replicas this one lives, and take over from those that stopped. Out of touch
+        with the store for `stale_seconds`, this replica is taken for dead: it stops what it runs."""
+        last_beat = time.monotonic()
+        while True:
+            await asyncio.sleep(self._heartbeat_seconds)
+            try:
+                recovery = await asyncio.to_thread(self._store.heartbeat, self._max_attempts, self._exhausted)
+            except ReplicaLost as exc:
+                log.error("%s: stopping the %d queries it ran here", exc, len(self._running))
+                self._drop_local_work()
+                continue
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+                if time.monotonic() - last_beat > self._stale_seconds and self._running:
+                    log.error(
+                        "no heartbeat for %.0f s: the queries run here are others' now", self._stale_seconds
+                    )
+                    self._drop_local_work()
+                continue
+            last_beat = time.monotonic()
+            self._took_over(recovery, "took over from a controller gone silent")
+            self.notify()  # a safety net under the store's events
+
+    def _drop_local_work(self) -> None:
+        for entry in self._running.values():
+            entry.task.cancel()
 
     def notify(self) -> None:
         """Something was queued or a slot freed: look at the queue again."""
@@ -128,7 +215,7 @@ class Dispatcher:
             self._wakeup.clear()
             try:
                 while len(self._running) < self._max_concurrent and not self._stopping:
-                    row = self._store.claim_next()
+                    row = self._store.claim_next(self._global_cap)
                     if row is None:
                         break
                     self._start(row)
@@ -157,6 +244,7 @@ class Dispatcher:
             self._running.pop(row.id, None)
             self.notify()
         await self._record_when_possible(row.id, outcome)
+        self.notify()  # the store counts the query running until its outcome is written
         try:
             await self._launcher.release(row.id)
         except Exception:
@@ -165,12 +253,17 @@ class Dispatcher:
 
     def _on_cancelled(self, query_id: str) -> None:
         entry = self._running.get(query_id)
-        if entry is not None and entry.cancel_requested:
-            error = error_info(ErrorType.CANCELLED, "cancelled while running", retryable=False)
-            if (row := self._store.finish(query_id, "cancelled", error=error)) is not None:
-                self._finished(row)
-        elif self._store.requeue(query_id):
-            log.info("query %s: handed back to the queue at shutdown", query_id)
+        try:
+            if entry is not None and entry.cancel_requested:
+                error = error_info(ErrorType.CANCELLED, "cancelled while running", retryable=False)
+                row = self._store.finish(query_id, "cancelled", error=error, running_here=True)
+                if row is not None:
+                    self._finished(row)
+            elif self._store.requeue(query_id):
+                log.info("query %s: handed back to the queue at shutdown", query_id)
+        except StoreUnavailable as exc:
+            # Left running in the store: recovery (a restart, or another replica's takeover) decides it.
+            log.error("query %s: stopped, but the store could not record it: %s", query_id, exc)
 
     async def _record_when_possible(self, query_id: str, outcome: Outcome) -> None:
         """Store the outcome; while the store cannot write (disk full), hold it and try again.
@@ -189,10 +282,17 @@ class Dispatcher:
         crash_if(self._crash_at, "before_finish")
         status = "succeeded" if outcome.error is None else "failed"
         row = self._store.finish(
-            query_id, status, result=outcome.result, error=outcome.error, placement=outcome.placement
+            query_id,
+            status,
+            result=outcome.result,
+            error=outcome.error,
+            placement=outcome.placement,
+            running_here=True,
         )
         crash_if(self._crash_at, "after_finish")
-        if row is not None:
+        if row is None:
+            log.warning("query %s: outcome discarded, the query is no longer this controller's", query_id)
+        else:
             error_type = outcome.error["error_type"] if outcome.error else None
             log.info("query %s: %s%s", query_id, row.status, f" ({error_type})" if error_type else "")
             self._finished(row)
@@ -215,28 +315,39 @@ class Dispatcher:
             entry.cancel_requested = True
             entry.task.cancel()
             await asyncio.wait({entry.task})
+        elif self._store.request_cancel(query_id):
+            log.info("query %s: runs on another controller, asked it to cancel", query_id)
+            return await self.wait_finished(query_id, REMOTE_CANCEL_SECONDS)
         return self._store.get(query_id)
 
     async def wait_finished(self, query_id: str, wait_seconds: float) -> Row | None:
         """The record once terminal, or as it stands when `wait_seconds` run out."""
+        deadline = time.monotonic() + wait_seconds
         with self._waiters.watch(query_id) as event:
-            row = self._store.get(query_id)
-            if row is None or row.status in TERMINAL or wait_seconds <= 0:
-                return row
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), wait_seconds)
-        return self._store.get(query_id)
+            while True:
+                event.clear()
+                row = self._store.get(query_id)
+                remaining = deadline - time.monotonic()
+                if row is None or row.status in TERMINAL or remaining <= 0:
+                    return row
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), remaining)
 
     async def stop(self) -> None:
         """Stop dispatching, kill what runs and give it back to the queue for the next start."""
         self._stopping = True
         self._launcher.detach()
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for background in (self._loop_task, self._heartbeat_task):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
         tasks = [entry.task for entry in self._running.values()]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        try:
+            self._store.retire()
+        except StoreUnavailable as exc:
+            log.warning("could not sign off from the store (%s); the others will notice the silence", exc)

@@ -1,4 +1,4 @@
-"""The dispatcher with the real SQLite store and a gated launcher.
+"""The dispatcher with a real store (each backend: SQLite, a real PostgreSQL server) and a gated launcher.
 
 The launcher here is a test double on purpose: the property under test is the dispatcher's (cap, FIFO,
 exactly one terminal state), and each job must stay running until the test releases it. Real worker
@@ -8,21 +8,19 @@ subprocesses run the same dispatcher in tests/integration.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.launchers.base import Job, Limits, Outcome
 from controller.queue.dispatcher import Dispatcher
 from controller.queue.metrics import Metrics
 from controller.queue.store import Store
-from tests.support.stored import LIMITS, REQUEST
+from tests.support.stored import LIMITS, REQUEST, Database, NewDatabase
 
 pytestmark = pytest.mark.unit
 
@@ -98,8 +96,8 @@ class GatedLauncher:
 
 
 @asynccontextmanager
-async def dispatching(cap: int, db: Path) -> AsyncIterator[tuple[Dispatcher, GatedLauncher, Store]]:
-    store = Store(db)
+async def dispatching(cap: int, db: Database) -> AsyncIterator[tuple[Dispatcher, GatedLauncher, Store]]:
+    store = db.open()
     launcher = GatedLauncher()
     launcher.store = store
     dispatcher = Dispatcher(store, launcher, max_concurrent=cap, max_attempts=2, metrics=Metrics(store))
@@ -111,10 +109,13 @@ async def dispatching(cap: int, db: Path) -> AsyncIterator[tuple[Dispatcher, Gat
         store.close()
 
 
-def run_with_db(scenario: Callable[[Path], Coroutine[Any, Any, None]]) -> None:
-    """Run an async scenario against a fresh SQLite file."""
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(scenario(Path(tmp) / "podq.db"))
+def run_with_db(new_database: NewDatabase, scenario: Callable[[Database], Coroutine[Any, Any, None]]) -> None:
+    """Run an async scenario against a fresh database."""
+    database = new_database()
+    try:
+        asyncio.run(scenario(database))
+    finally:
+        database.release()
 
 
 def submit(store: Store, dispatcher: Dispatcher, query_id: str) -> None:
@@ -132,14 +133,15 @@ actions = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+# `new_database` is function-scoped, but each example asks it for a database of its own.
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cap=st.integers(min_value=1, max_value=4), script=actions)
 def test_cap_fifo_and_one_terminal_state_for_any_submit_cancel_sequence(
-    cap: int, script: list[tuple[str, int]]
+    new_database: NewDatabase, cap: int, script: list[tuple[str, int]]
 ) -> None:
     """A model of the queue predicts which queries run after each step; the dispatcher must agree."""
 
-    async def scenario(db: Path) -> None:
+    async def scenario(db: Database) -> None:
         async with dispatching(cap, db) as (dispatcher, launcher, store):
             submitted: list[str] = []
             queue: list[str] = []
@@ -187,11 +189,11 @@ def test_cap_fifo_and_one_terminal_state_for_any_submit_cancel_sequence(
             never_started = {q for q in submitted if q not in launcher.started}
             assert all(expected.get(q) == "cancelled" for q in never_started)
 
-    run_with_db(scenario)
+    run_with_db(new_database, scenario)
 
 
-def test_QUEUE_1_cap_of_two_starts_fifo_and_drains() -> None:
-    async def scenario(db: Path) -> None:
+def test_QUEUE_1_cap_of_two_starts_fifo_and_drains(new_database: NewDatabase) -> None:
+    async def scenario(db: Database) -> None:
         async with dispatching(2, db) as (dispatcher, launcher, store):
             for query_id in ("a", "b", "c", "d"):
                 submit(store, dispatcher, query_id)
@@ -207,29 +209,26 @@ def test_QUEUE_1_cap_of_two_starts_fifo_and_drains() -> None:
                 row = await dispatcher.wait_finished(query_id, 5)
                 assert row is not None and row.status == "succeeded"
 
-    run_with_db(scenario)
+    run_with_db(new_database, scenario)
 
 
-def test_stop_hands_running_queries_back_to_the_queue() -> None:
-    async def scenario(db: Path) -> None:
+def test_stop_hands_running_queries_back_to_the_queue(new_database: NewDatabase) -> None:
+    async def scenario(db: Database) -> None:
         async with dispatching(1, db) as (dispatcher, launcher, store):
             submit(store, dispatcher, "a")
             submit(store, dispatcher, "b")
             await launcher.wait_for(lambda: launcher.active == {"a"})
-        reopened = Store(db)
-        try:
-            assert {r.id: (r.status, r.attempts) for r in (reopened.get("a"), reopened.get("b")) if r} == {
-                "a": ("queued", 0),
-                "b": ("queued", 0),
-            }
-        finally:
-            reopened.close()
+        reopened = db.open()
+        assert {r.id: (r.status, r.attempts) for r in (reopened.get("a"), reopened.get("b")) if r} == {
+            "a": ("queued", 0),
+            "b": ("queued", 0),
+        }
 
-    run_with_db(scenario)
+    run_with_db(new_database, scenario)
 
 
-def test_wait_finished_returns_on_the_terminal_state() -> None:
-    async def scenario(db: Path) -> None:
+def test_wait_finished_returns_on_the_terminal_state(new_database: NewDatabase) -> None:
+    async def scenario(db: Database) -> None:
         async with dispatching(1, db) as (dispatcher, launcher, store):
             submit(store, dispatcher, "a")
             waiter = asyncio.create_task(dispatcher.wait_finished("a", 30))
@@ -241,11 +240,11 @@ def test_wait_finished_returns_on_the_terminal_state() -> None:
             timed_out = await dispatcher.wait_finished("missing", 0.01)
             assert timed_out is None
 
-    run_with_db(scenario)
+    run_with_db(new_database, scenario)
 
 
-def test_a_job_is_released_only_once_its_outcome_is_stored() -> None:
-    async def scenario(db: Path) -> None:
+def test_a_job_is_released_only_once_its_outcome_is_stored(new_database: NewDatabase) -> None:
+    async def scenario(db: Database) -> None:
         async with dispatching(1, db) as (dispatcher, launcher, store):
             submit(store, dispatcher, "a")
             await launcher.wait_for(lambda: launcher.active == {"a"})
@@ -254,30 +253,30 @@ def test_a_job_is_released_only_once_its_outcome_is_stored() -> None:
             await launcher.wait_for(lambda: launcher.released != [])
             assert launcher.released == [("a", "succeeded")]
 
-    run_with_db(scenario)
+    run_with_db(new_database, scenario)
 
 
-def test_stop_detaches_the_launcher_before_it_cancels_running_jobs() -> None:
-    async def scenario(db: Path) -> None:
+def test_stop_detaches_the_launcher_before_it_cancels_running_jobs(new_database: NewDatabase) -> None:
+    async def scenario(db: Database) -> None:
         async with dispatching(1, db) as (dispatcher, launcher, store):
             submit(store, dispatcher, "a")
             await launcher.wait_for(lambda: launcher.active == {"a"})
             assert not launcher.detached
         assert launcher.cancelled == ["a (detached)"]
 
-    run_with_db(scenario)
+    run_with_db(new_database, scenario)
 
 
-def test_start_hands_the_launcher_the_active_queries_after_recovery() -> None:
-    async def scenario(db: Path) -> None:
-        store = Store(db)
+def test_start_hands_the_launcher_the_active_queries_after_recovery(new_database: NewDatabase) -> None:
+    async def scenario(db: Database) -> None:
+        store = db.open()
         for query_id in ("old-running", "queued"):
             store.insert(query_id, "query", REQUEST, LIMITS)
         store.claim_next()  # "old-running" was running when the previous controller died
         done = store.insert("done", "query", REQUEST, LIMITS)
         store.finish(done.id, "cancelled", error={"error_type": "cancelled"})
-        store.close()
+        db.crash(store)
         async with dispatching(1, db) as (_, launcher, _store):
             assert launcher.reconciled == ["old-running", "queued"]
 
-    run_with_db(scenario)
+    run_with_db(new_database, scenario)

@@ -1,4 +1,5 @@
-"""The store against a real SQLite file: FIFO claims, one terminal state, crash recovery."""
+"""The store on each backend (a real SQLite file, a real PostgreSQL server): FIFO claims, one terminal
+state, crash recovery, idempotency keys, schema versions."""
 
 import sqlite3
 import threading
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.queue.store import IdempotencyKey, KeyReused, Row, Store
-from tests.support.stored import LIMITS, REQUEST
+from controller.queue.store import IdempotencyKey, KeyReused, Row, SchemaTooNew, SqliteStore, Store
+from tests.support.stored import LIMITS, REQUEST, Database
 
 pytestmark = pytest.mark.unit
 
@@ -72,26 +73,24 @@ def test_concurrent_claims_never_hand_out_a_row_twice(store: Store) -> None:
     assert sorted(claimed) == [f"q{i:03}" for i in range(200)]
 
 
-def test_recover_requeues_while_attempts_remain(tmp_path: Path) -> None:
-    path = tmp_path / "podq.db"
-    first = Store(path)
+def test_recover_requeues_while_attempts_remain(database: Database) -> None:
+    first = database.open()
     submit(first, "once", "twice", "waiting")
     first.claim_next()  # once: attempt 1
     first.claim_next()  # twice: attempt 1
     first.requeue("twice")
     first.claim_next()  # twice again, attempt count restored by requeue -> 1
-    first.close()  # the controller dies here with two queries running
+    database.crash(first)  # the controller dies here with two queries running
 
-    second = Store(path)
+    second = database.open()
     recovery = second.recover(max_attempts=1, error=ERROR)
     assert sorted(recovery.failed) == ["once", "twice"]
     assert recovery.requeued == []
     assert [second.claim_next().id] == ["waiting"]  # type: ignore[union-attr]
-    second.close()
+    database.crash(second)
 
-    third = Store(path)
+    third = database.open()
     assert third.recover(max_attempts=2, error=ERROR).requeued == ["waiting"]
-    third.close()
 
 
 def test_page_is_newest_first_with_a_cursor(store: Store) -> None:
@@ -157,9 +156,10 @@ def test_an_expired_key_is_free_again(store: Store, monkeypatch: pytest.MonkeyPa
     assert all_ids(store) == ["b", "a"], "the first query stays; only its key is gone"
 
 
-def test_concurrent_submissions_on_separate_connections_create_one_query(tmp_path: Path) -> None:
-    """Two Store objects are two SQLite connections: only the key's primary key can keep them apart."""
-    stores = [Store(tmp_path / "podq.db") for _ in range(2)]
+def test_concurrent_submissions_on_separate_connections_create_one_query(database: Database) -> None:
+    """Two Store objects are two connections (two controllers): only the key's primary key can keep them
+    apart."""
+    stores = [database.open() for _ in range(2)]
     key = IdempotencyKey("client", "k1", "fp")
     barrier = threading.Barrier(8)
     outcomes: list[tuple[str, bool]] = []
@@ -180,8 +180,6 @@ def test_concurrent_submissions_on_separate_connections_create_one_query(tmp_pat
     assert len(outcomes) == 8 and len(winners) == 1
     assert {query_id for query_id, _ in outcomes} == set(winners)
     assert all_ids(stores[0]) == winners
-    for s in stores:
-        s.close()
 
 
 # The schema before idempotency keys: a database file written by that version must keep working.
@@ -205,10 +203,26 @@ def test_a_database_of_the_previous_schema_gains_idempotency_keys(tmp_path: Path
     with sqlite3.connect(path) as db:
         db.executescript(PREVIOUS_SCHEMA)
     db.close()
-    store = Store(path)
+    store = SqliteStore(path)
     _, created = insert_once(store, IdempotencyKey("client", "k1", "fp"), "new")
     assert created
     assert all_ids(store) == ["new", "old"]
     old = store.claim_next()
     assert old is not None and old.id == "old" and old.limits == LIMITS
     store.close()
+
+
+def test_a_database_migrated_by_a_newer_podq_is_refused(database: Database) -> None:
+    database.open().close()
+    assert database.execute("SELECT version FROM schema_version") == [(1,)]
+    database.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(SchemaTooNew, match="schema is version 99, but this podq knows versions up to 1"):
+        database.open()
+
+
+def test_opening_again_migrates_nothing(database: Database) -> None:
+    first = database.open()
+    submit(first, "a")
+    second = database.open()
+    assert database.execute("SELECT version FROM schema_version") == [(1,)]
+    assert [r.id for r in second.page(operation="query", status=None, limit=10, before_seq=None)] == ["a"]

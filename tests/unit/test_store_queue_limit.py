@@ -1,12 +1,11 @@
 """The store's queue limit: checked in the inserting transaction, exact under concurrency, nothing stored."""
 
 import threading
-from pathlib import Path
 
 import pytest
 
 from controller.queue.store import IdempotencyKey, QueueFull, Store
-from tests.support.stored import LIMITS, REQUEST
+from tests.support.stored import LIMITS, REQUEST, Database
 
 pytestmark = pytest.mark.unit
 
@@ -43,9 +42,9 @@ def test_a_refused_keyed_submission_keeps_no_key(store: Store) -> None:
     assert (row.id, created) == ("c", True)
 
 
-def test_a_burst_on_two_connections_never_overshoots(tmp_path: Path) -> None:
+def test_a_burst_on_two_connections_never_overshoots(database: Database) -> None:
     """Count and insert share one write transaction, so even separate connections stop at the limit."""
-    stores = [Store(tmp_path / "podq.db") for _ in range(2)]
+    stores = [database.open() for _ in range(2)]
     barrier = threading.Barrier(16)
     refused: list[str] = []
 
@@ -64,8 +63,6 @@ def test_a_burst_on_two_connections_never_overshoots(tmp_path: Path) -> None:
         t.join()
     assert stores[0].count_by_status() == {"queued": 50}
     assert len(refused) == 160 - 50
-    for s in stores:
-        s.close()
 
 
 def test_recent_run_seconds_are_the_newest_finished_runs(store: Store) -> None:

@@ -1,105 +1,36 @@
-"""The durable queue and record of every query. The only module that speaks SQL.
+"""The embedded backend: one SQLite file, one controller.
 
-SQLite in WAL mode with `synchronous=FULL`: a submission acknowledged with 202 survives a kill -9 or a power
-cut. The queue is the table: FIFO by `seq`, claimed with a conditional UPDATE so a row moves
-queued -> running once, and every terminal write is conditional on the row not being terminal yet, so each
-query reaches exactly one terminal state whatever races (cancel vs. finish, restart vs. finish).
-An idempotency key is a row whose primary key is (client, key), written in the transaction that inserts
-its query, so one key can never name two queries. The queue limit is checked in that transaction too (a
-count on the status index under the write lock), so a burst of submissions cannot overshoot it.
+WAL mode with `synchronous=FULL`: a submission acknowledged with 202 survives a kill -9 or a power cut.
+One connection shared by the controller's threads, serialised by a lock; every write is a
+`BEGIN IMMEDIATE` transaction, so the queue limit and the cap are checked under the write lock.
+There is one replica, so there is no heartbeat: `recover` at start takes back whatever ran.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from controller.launchers.base import QueryLimits
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS queries (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-    id           TEXT NOT NULL UNIQUE,
-    operation    TEXT NOT NULL,
-    request      TEXT NOT NULL,
-    limits       TEXT NOT NULL,
-    status       TEXT NOT NULL,
-    result       TEXT,
-    error        TEXT,
-    placement    TEXT NOT NULL DEFAULT '{}',
-    attempts     INTEGER NOT NULL DEFAULT 0,
-    submitted_at REAL NOT NULL,
-    started_at   REAL,
-    finished_at  REAL
-);
-CREATE INDEX IF NOT EXISTS queries_by_status ON queries (status, seq);
-CREATE INDEX IF NOT EXISTS queries_by_operation ON queries (operation, seq);
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    client      TEXT NOT NULL,
-    key         TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    query_id    TEXT NOT NULL,
-    created_at  REAL NOT NULL,
-    PRIMARY KEY (client, key)
-);
-CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_at);
-"""
-
-_ACTIVE = ("queued", "running")
-
-
-@dataclass(frozen=True)
-class Row:
-    seq: int
-    id: str
-    operation: str
-    request: dict[str, Any]
-    limits: QueryLimits
-    status: str
-    result: dict[str, Any] | None
-    error: dict[str, Any] | None
-    placement: dict[str, Any]
-    attempts: int
-    submitted_at: float
-    started_at: float | None
-    finished_at: float | None
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _row(raw: sqlite3.Row) -> Row:
-    return Row(
-        seq=raw["seq"],
-        id=raw["id"],
-        operation=raw["operation"],
-        request=json.loads(raw["request"]),
-        limits=QueryLimits.from_stored(json.loads(raw["limits"])),
-        status=raw["status"],
-        result=_loads(raw["result"]),
-        error=_loads(raw["error"]),
-        placement=json.loads(raw["placement"]),
-        attempts=raw["attempts"],
-        submitted_at=raw["submitted_at"],
-        started_at=raw["started_at"],
-        finished_at=raw["finished_at"],
-    )
-
-
-class QueueFull(Exception):
-    """The queue already holds the most queries it may; nothing was stored."""
-
-    def __init__(self, queued: int) -> None:
-        super().__init__(f"{queued} queries queued")
-        self.queued = queued
+from controller.queue.store import migrations
+from controller.queue.store.base import (
+    ACTIVE,
+    IdempotencyKey,
+    KeyReused,
+    QueueFull,
+    Recovery,
+    Row,
+    Store,
+    StoreUnavailable,
+    Subscriber,
+    dumps,
+    row_from,
+)
 
 
 def _insert(
@@ -118,22 +49,9 @@ def _insert(
     db.execute(
         "INSERT INTO queries (id, operation, request, limits, status, submitted_at)"
         " VALUES (?, ?, ?, ?, 'queued', ?)",
-        (query_id, operation, json.dumps(request), json.dumps(limits.stored()), time.time()),
+        (query_id, operation, dumps(request), dumps(limits.stored()), time.time()),
     )
-    return _row(db.execute("SELECT * FROM queries WHERE id = ?", (query_id,)).fetchone())
-
-
-@dataclass(frozen=True)
-class IdempotencyKey:
-    """A client's `Idempotency-Key` and the fingerprint of the request it first came with."""
-
-    client: str
-    key: str
-    fingerprint: str
-
-
-class KeyReused(Exception):
-    """The idempotency key is taken by a different request."""
+    return row_from(db.execute("SELECT * FROM queries WHERE id = ?", (query_id,)).fetchone())
 
 
 def _keyed(db: sqlite3.Connection, key: IdempotencyKey, born_after: float) -> Row | None:
@@ -146,12 +64,7 @@ def _keyed(db: sqlite3.Connection, key: IdempotencyKey, born_after: float) -> Ro
         return None
     if raw["fingerprint"] != key.fingerprint:
         raise KeyReused(key.key)
-    return _row(raw)
-
-
-class StoreUnavailable(Exception):
-    """The store cannot write just now (disk full, I/O error, locked past the timeout); nothing was written,
-    and the same write may succeed later."""
+    return row_from(raw)
 
 
 # Primary result codes (the low byte of an extended code) of a write that failed for want of room or access.
@@ -160,23 +73,33 @@ _TRANSIENT_FAILURES = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Recovery:
-    requeued: list[str]
-    failed: list[str]
-
-
-class Store:
+class SqliteStore(Store):
     """One SQLite connection shared by the controller's threads, serialised by a lock."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.description = f"sqlite:{path}"
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            db.execute(migrations.VERSION_TABLE)
+            found = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+            todo = migrations.pending(found, migrations.SQLITE)
+            for number, script in todo:
+                for statement in filter(str.strip, script.split(";")):
+                    db.execute(statement)
+                db.execute("DELETE FROM schema_version")
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
 
     def close(self) -> None:
         with self._lock:
@@ -214,7 +137,6 @@ class Store:
         *,
         max_queued: int | None = None,
     ) -> Row:
-        """Queue a query; `QueueFull` (nothing stored) if `max_queued` are queued already."""
         with self._transaction() as db:
             return _insert(db, query_id, operation, request, limits, max_queued=max_queued)
 
@@ -229,12 +151,6 @@ class Store:
         limits: QueryLimits,
         max_queued: int | None = None,
     ) -> tuple[Row, bool]:
-        """Insert the query unless the key already names one: then that one, and False.
-
-        The key's primary key decides, not a lookup beforehand, so concurrent submissions with one key
-        (from any connection to this file) create one query. Raises `KeyReused` for another request, and
-        `QueueFull` as `insert` does (the key is then not kept).
-        """
         with self._transaction() as db:
             now = time.time()
             db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (now - ttl_seconds,))
@@ -250,25 +166,27 @@ class Store:
         return existing, False
 
     def find_key(self, key: IdempotencyKey, ttl_seconds: float) -> Row | None:
-        """The query a live key names, None if the key is unknown or expired; `KeyReused` if taken."""
         with self._lock:
             return _keyed(self._db, key, time.time() - ttl_seconds)
 
     def get(self, query_id: str) -> Row | None:
         with self._lock:
             raw = self._db.execute("SELECT * FROM queries WHERE id = ?", (query_id,)).fetchone()
-        return None if raw is None else _row(raw)
+        return None if raw is None else row_from(raw)
 
-    def claim_next(self) -> Row | None:
-        """Move the oldest queued query to running and count the attempt."""
+    def claim_next(self, max_running: int | None = None) -> Row | None:
         with self._transaction() as db:
+            if max_running is not None:
+                (running,) = db.execute("SELECT COUNT(*) FROM queries WHERE status = 'running'").fetchone()
+                if running >= max_running:
+                    return None
             raw = db.execute(
                 "UPDATE queries SET status = 'running', attempts = attempts + 1, started_at = ?"
                 " WHERE seq = (SELECT seq FROM queries WHERE status = 'queued' ORDER BY seq LIMIT 1)"
                 " RETURNING *",
                 (time.time(),),
             ).fetchone()
-        return None if raw is None else _row(raw)
+        return None if raw is None else row_from(raw)
 
     def finish(
         self,
@@ -278,37 +196,30 @@ class Store:
         result: dict[str, Any] | None = None,
         error: Mapping[str, object] | None = None,
         placement: dict[str, Any] | None = None,
+        running_here: bool = False,
     ) -> Row | None:
-        """Record the terminal state unless the query already has one: the finished row if this call
-        decided it, else None."""
+        active = ("running", "running") if running_here else ACTIVE
         with self._transaction() as db:
             raw = db.execute(
                 "UPDATE queries SET status = ?, result = ?, error = ?, placement = COALESCE(?, placement),"
                 " finished_at = ? WHERE id = ? AND status IN (?, ?) RETURNING *",
-                (
-                    status,
-                    None if result is None else json.dumps(result),
-                    None if error is None else json.dumps(dict(error)),
-                    None if placement is None else json.dumps(placement),
-                    time.time(),
-                    query_id,
-                    *_ACTIVE,
-                ),
+                (status, dumps(result), dumps(error), dumps(placement), time.time(), query_id, *active),
             ).fetchone()
-        return None if raw is None else _row(raw)
+        return None if raw is None else row_from(raw)
 
     def cancel_queued(self, query_id: str, error: Mapping[str, object]) -> Row | None:
-        """Cancel the query if it is still queued: the cancelled row, else None."""
         with self._transaction() as db:
             raw = db.execute(
                 "UPDATE queries SET status = 'cancelled', error = ?, finished_at = ?"
                 " WHERE id = ? AND status = 'queued' RETURNING *",
-                (json.dumps(dict(error)), time.time(), query_id),
+                (dumps(error), time.time(), query_id),
             ).fetchone()
-        return None if raw is None else _row(raw)
+        return None if raw is None else row_from(raw)
+
+    def request_cancel(self, query_id: str) -> bool:
+        return False  # one controller: whatever runs, runs here
 
     def requeue(self, query_id: str) -> bool:
-        """Give a running query back to the queue without counting the attempt (graceful shutdown)."""
         with self._transaction() as db:
             cursor = db.execute(
                 "UPDATE queries SET status = 'queued', attempts = attempts - 1, started_at = NULL"
@@ -318,7 +229,6 @@ class Store:
         return cursor.rowcount == 1
 
     def recover(self, max_attempts: int, error: Mapping[str, object]) -> Recovery:
-        """After a crash: queries left running go back to the queue while they have attempts left."""
         with self._transaction() as db:
             requeued = [
                 r["id"]
@@ -333,21 +243,28 @@ class Store:
                 for r in db.execute(
                     "UPDATE queries SET status = 'failed', error = ?, finished_at = ?"
                     " WHERE status = 'running' RETURNING id",
-                    (json.dumps(dict(error)), time.time()),
+                    (dumps(error), time.time()),
                 )
             ]
         return Recovery(requeued=requeued, failed=failed)
 
+    def heartbeat(self, max_attempts: int, error: Mapping[str, object]) -> Recovery:
+        return Recovery(requeued=[], failed=[])  # one controller: nobody else to take over from
+
+    def retire(self) -> None:
+        return None
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        return None  # one controller: it wakes itself
+
     def active_ids(self) -> list[str]:
-        """Queries queued or running, oldest first."""
         with self._lock:
             raws = self._db.execute(
-                "SELECT id FROM queries WHERE status IN (?, ?) ORDER BY seq", _ACTIVE
+                "SELECT id FROM queries WHERE status IN (?, ?) ORDER BY seq", ACTIVE
             ).fetchall()
         return [raw["id"] for raw in raws]
 
     def page(self, *, operation: str, status: str | None, limit: int, before_seq: int | None) -> list[Row]:
-        """Newest first; `before_seq` is the cursor of the previous page."""
         clauses: list[str] = ["operation = ?"]
         params: list[object] = [operation]
         if status is not None:
@@ -359,14 +276,11 @@ class Store:
         sql = f"SELECT * FROM queries WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT ?"
         with self._lock:
             raws = self._db.execute(sql, (*params, limit)).fetchall()
-        return [_row(raw) for raw in raws]
+        return [row_from(raw) for raw in raws]
 
     def recent_run_seconds(self, limit: int) -> list[float]:
-        """How long the latest `limit` queries that ran to an end (succeeded or failed) ran, newest first.
-
-        NOT INDEXED: walking the table back from the newest row stops after `limit` matches (past at most the
-        active rows); the status index would sort every finished query ever stored.
-        """
+        """NOT INDEXED: walking the table back from the newest row stops after `limit` matches (past at most
+        the active rows); the status index would sort every finished query ever stored."""
         with self._lock:
             raws = self._db.execute(
                 "SELECT finished_at - started_at AS seconds FROM queries NOT INDEXED"

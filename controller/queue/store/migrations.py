@@ -1,0 +1,94 @@
+"""The schema of each backend as a list of migrations: migration N (1-based) takes a database from version
+N-1 to N. A database records its version in `schema_version`; a store applies what is missing when it
+opens, in one transaction, and refuses a database whose version is newer than the last migration here
+(a newer podq migrated it; an older one must not write to it).
+
+Never edit a migration that has shipped: append one.
+"""
+
+from __future__ import annotations
+
+from controller.queue.store.base import SchemaTooNew
+
+# Version 1 is the schema of every podq before versioning, written with IF NOT EXISTS so that a file from
+# then (with or without the idempotency keys) is adopted as it stands.
+SQLITE = [
+    """
+    CREATE TABLE IF NOT EXISTS queries (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        id           TEXT NOT NULL UNIQUE,
+        operation    TEXT NOT NULL,
+        request      TEXT NOT NULL,
+        limits       TEXT NOT NULL,
+        status       TEXT NOT NULL,
+        result       TEXT,
+        error        TEXT,
+        placement    TEXT NOT NULL DEFAULT '{}',
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        submitted_at REAL NOT NULL,
+        started_at   REAL,
+        finished_at  REAL
+    );
+    CREATE INDEX IF NOT EXISTS queries_by_status ON queries (status, seq);
+    CREATE INDEX IF NOT EXISTS queries_by_operation ON queries (operation, seq);
+    CREATE TABLE IF NOT EXISTS idempotency_keys (
+        client      TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        query_id    TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        PRIMARY KEY (client, key)
+    );
+    CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_at);
+    """,
+]
+
+# Times are seconds since the epoch as the controllers' clocks give them (as in SQLite), except a replica's
+# heartbeat, which is the database server's clock: staleness is judged on one clock whatever the replicas'.
+POSTGRES = [
+    """
+    CREATE TABLE queries (
+        seq              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id               TEXT NOT NULL UNIQUE,
+        operation        TEXT NOT NULL,
+        request          TEXT NOT NULL,
+        limits           TEXT NOT NULL,
+        status           TEXT NOT NULL,
+        result           TEXT,
+        error            TEXT,
+        placement        TEXT NOT NULL DEFAULT '{}',
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        submitted_at     DOUBLE PRECISION NOT NULL,
+        started_at       DOUBLE PRECISION,
+        finished_at      DOUBLE PRECISION,
+        owner            TEXT,
+        cancel_requested BOOLEAN NOT NULL DEFAULT false
+    );
+    CREATE INDEX queries_by_status ON queries (status, seq);
+    CREATE INDEX queries_by_operation ON queries (operation, seq);
+    CREATE INDEX queries_running_by_owner ON queries (owner) WHERE status = 'running';
+    CREATE TABLE idempotency_keys (
+        client      TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        query_id    TEXT NOT NULL,
+        created_at  DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (client, key)
+    );
+    CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
+    CREATE TABLE replicas (
+        id           TEXT PRIMARY KEY,
+        started_at   TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+        heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+    );
+    """,
+]
+
+VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+
+
+def pending(found: int, migrations: list[str]) -> list[tuple[int, str]]:
+    """The migrations a database at version `found` still needs, numbered; `SchemaTooNew` past the last."""
+    if found > len(migrations):
+        raise SchemaTooNew(found, len(migrations))
+    return [(number, migrations[number - 1]) for number in range(found + 1, len(migrations) + 1)]
