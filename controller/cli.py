@@ -4,7 +4,6 @@ wait, cancel, inspect, result) are podq/cli.py, on the Python client."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -15,9 +14,12 @@ __all__ = ["build_parser", "format_table", "main"]
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import logging.config
+
     import uvicorn
 
     from controller.http.app import create_app
+    from controller.logs import logging_config
     from controller.settings import Settings
 
     overrides = {
@@ -31,11 +33,18 @@ def _serve(args: argparse.Namespace) -> int:
         if v is not None
     }
     settings = Settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    print(f"podq serving on http://{settings.host}:{settings.port} (data in {settings.data_dir})", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    config = logging_config(settings.log_format, settings.log_level)
+    logging.config.dictConfig(config)
+    if settings.log_format == "text":
+        print(
+            f"podq serving on http://{settings.host}:{settings.port} (data in {settings.data_dir})",
+            flush=True,
+        )
+    else:  # stdout and stderr carry JSON lines only
+        logging.getLogger(__name__).info(
+            "podq serving on http://%s:%d (data in %s)", settings.host, settings.port, settings.data_dir
+        )
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=config)
     return 0
 
 

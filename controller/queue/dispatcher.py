@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from controller.launchers.base import Job, Launcher, Outcome
+from controller.logs import bind_query
 from controller.models import TERMINAL
 from controller.queue.metrics import Metrics
 from controller.queue.store import Row, Store, StoreUnavailable
@@ -145,6 +146,7 @@ class Dispatcher:
         self._running[row.id] = _Running(task)
 
     async def _run(self, row: Row) -> None:
+        bind_query(row.id, row.attempts)  # this task's context: every line logged while it runs names it
         try:
             outcome = await self._launcher.run(job_for(row))
         except asyncio.CancelledError:
@@ -194,7 +196,13 @@ class Dispatcher:
         crash_if(self._crash_at, "after_finish")
         if row is not None:
             error_type = outcome.error["error_type"] if outcome.error else None
-            log.info("query %s: %s%s", query_id, row.status, f" ({error_type})" if error_type else "")
+            log.info(
+                "query %s: %s%s",
+                query_id,
+                row.status,
+                f" ({error_type})" if error_type else "",
+                extra={"error_type": error_type},
+            )
             self._finished(row)
 
     def _finished(self, row: Row) -> None:
