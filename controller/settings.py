@@ -154,6 +154,13 @@ class Settings(BaseSettings):
         "time. Never set in production.",
     )
     log_level: str = Field("INFO", description="Python logging level of the controller.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`text`: one readable line per record, for a terminal. `json`: one JSON object per line "
+        "(`time`, `level`, `logger`, `message`, and `query_id`, `attempt`, `pod`, `error_type` where they "
+        "apply; uvicorn's access lines add `method`, `path`, `status`), for log collectors such as Loki or "
+        "Elasticsearch. Text by default, since `podq serve` on a laptop is read by a person.",
+    )
 
     # The kubernetes launcher.
     kube_config: Path | None = Field(

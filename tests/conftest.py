@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.support.e2e",
     "tests.support.kube",
     "tests.support.helm",
+    "tests.support.promtool",
 ]

@@ -10,7 +10,8 @@
 #   off       the e2e tier is deselected.
 # The chart tests (marker `chart`) need helm: tests/tools/build-helm.sh builds the pinned version from the
 # Go module proxy (cached), else the helm on PATH is used, else they are deselected, loudly (with
-# PODQ_E2E=required the run fails instead).
+# PODQ_E2E=required the run fails instead). The promtool tests (marker `promtool`) likewise: PODQ_PROMTOOL or
+# promtool on PATH, else Debian's prometheus package installed as root, else deselected (or failed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -138,6 +139,35 @@ elif [[ $e2e == required ]]; then
 else
   banner "!! THE CHART TESTS DID NOT RUN: no helm, and no Go to build it (tests/tools/build-helm.sh)."
   deselected+=(chart)
+fi
+
+# promtool (Prometheus' linter, for /metrics and the chart's alerts: marker `promtool`) comes with Debian's
+# prometheus package; installed here as root when missing, without starting its daemon.
+install_promtool() {
+  [[ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null)" ]] || apt-get update -qq
+  local policy=/usr/sbin/policy-rc.d own_policy=false rc=0
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=true
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null || rc=$?
+  ! $own_policy || rm -f "$policy"
+  return $rc
+}
+PODQ_PROMTOOL="${PODQ_PROMTOOL:-$(command -v promtool || true)}"
+if [[ -z $PODQ_PROMTOOL && $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+  step "promtool (apt-get install prometheus)"
+  install_promtool || echo "apt-get install prometheus failed" >&2
+  PODQ_PROMTOOL="$(command -v promtool || true)"
+fi
+if [[ -n $PODQ_PROMTOOL ]]; then
+  export PODQ_PROMTOOL
+  echo "promtool tests: PODQ_PROMTOOL=$PODQ_PROMTOOL ($("$PODQ_PROMTOOL" --version 2>&1 | head -1))"
+elif [[ $e2e == required ]]; then
+  echo "PODQ_E2E=required, but there is no promtool: apt-get install prometheus (as root) or set PODQ_PROMTOOL" >&2
+  exit 1
+else
+  banner "!! THE PROMTOOL TESTS DID NOT RUN: no promtool, and no root with apt-get to install Debian's prometheus."
+  deselected+=(promtool)
 fi
 
 if [[ $e2e_cluster == harness ]]; then

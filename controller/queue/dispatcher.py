@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from controller.launchers.base import Job, Launcher, Outcome
+from controller.logs import bind_query
 from controller.models import TERMINAL
 from controller.queue.metrics import Metrics
 from controller.queue.store import (
@@ -232,6 +233,7 @@ class Dispatcher:
         self._running[row.id] = _Running(task)
 
     async def _run(self, row: Row) -> None:
+        bind_query(row.id, row.attempts)  # this task's context: every line logged while it runs names it
         try:
             outcome = await self._launcher.run(job_for(row))
         except asyncio.CancelledError:
@@ -294,7 +296,13 @@ class Dispatcher:
             log.warning("query %s: outcome discarded, the query is no longer this controller's", query_id)
         else:
             error_type = outcome.error["error_type"] if outcome.error else None
-            log.info("query %s: %s%s", query_id, row.status, f" ({error_type})" if error_type else "")
+            log.info(
+                "query %s: %s%s",
+                query_id,
+                row.status,
+                f" ({error_type})" if error_type else "",
+                extra={"error_type": error_type},
+            )
             self._finished(row)
 
     def _finished(self, row: Row) -> None:

@@ -133,6 +133,7 @@ CONFIG_CASES = [
     pytest.param(ConfigCase("maxCpu", "1500m", "1500m", "1500m"), id="cpu-as-string"),
     pytest.param(ConfigCase("maxMemory", "8Gi", "8Gi", "8Gi"), id="memory"),
     pytest.param(ConfigCase("logLevel", "DEBUG", "DEBUG", "DEBUG"), id="string"),
+    pytest.param(ConfigCase("logFormat", "json", "json", "json"), id="enum"),
     pytest.param(
         ConfigCase(
             "fetchAllowedNetworks",

@@ -11,7 +11,11 @@ from tests.support.helm import ALL_TOGGLES, CHART_DIR, Helm
 pytestmark = pytest.mark.chart
 
 
-@pytest.mark.parametrize("files", [(), (ALL_TOGGLES,)], ids=["defaults", "all-toggles"])
+@pytest.mark.parametrize(
+    "files",
+    [(), (ALL_TOGGLES,), (ALL_TOGGLES, ALL_TOGGLES.parent / "values-alerts.yaml")],
+    ids=["defaults", "all-toggles", "all-toggles-and-alerts"],
+)
 def test_lint_strict(helm: Helm, files: tuple[Path, ...]) -> None:
     args = ["lint", "--strict", str(CHART_DIR)]
     for path in files:

@@ -60,7 +60,7 @@ def kinds(manifests: list[Manifest]) -> list[str]:
         ),
         pytest.param(
             [ALL_TOGGLES],
-            [*DEFAULT_KINDS, "ClusterRole", "ClusterRoleBinding", "Secret", "ServiceMonitor"],
+            [*DEFAULT_KINDS, "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Secret", "ServiceMonitor"],
             id="all-toggles",
         ),
     ],

@@ -199,7 +199,8 @@ def test_AUTH_9_a_token_with_non_ascii_bytes_is_refused_not_a_crash(secured: Con
 
 
 def test_AUTH_10_podq_submit_sends_PODQ_TOKEN(secured: ControllerProcess) -> None:
-    """The CLI against a controller with auth on: `$PODQ_TOKEN` gets in, no token is a 401 and exit 1."""
+    """The CLI against a controller with auth on: `$PODQ_TOKEN` gets in, no token is a 401 and exit 2
+    (refused by the controller; 1 is kept for a query that failed)."""
     command = [sys.executable, "-m", "controller", "submit", "--url", secured.url, "--sql", "SELECT 1 AS x"]
     env = {k: v for k, v in os.environ.items() if k != "PODQ_TOKEN"}
 
@@ -213,6 +214,6 @@ def test_AUTH_10_podq_submit_sends_PODQ_TOKEN(secured: ControllerProcess) -> Non
         check=False,
     )
 
-    assert refused.returncode == 1 and "401" in refused.stderr, refused
+    assert refused.returncode == 2 and "401" in refused.stderr, refused
     assert accepted.returncode == 0, accepted.stderr
     assert accepted.stdout.splitlines() == ["x", "-", "1", "(1 rows)"]

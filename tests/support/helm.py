@@ -170,8 +170,10 @@ def controller_env(manifests: Sequence[Manifest]) -> dict[str, str]:
     """The controller's environment: its ConfigMap (the only envFrom) and then its own env entries."""
     container = controller_container(manifests)
     sources = container.get("envFrom") or []
-    assert [s["configMapRef"]["name"] for s in sources] == [one(manifests, "ConfigMap")["metadata"]["name"]]
-    env: dict[str, str] = dict(one(manifests, "ConfigMap")["data"])
+    names = [s["configMapRef"]["name"] for s in sources]
+    assert len(names) == 1, f"expected one envFrom ConfigMap, rendered {names}"
+    # The chart's other ConfigMap (the Grafana dashboard) is not the controller's environment.
+    env: dict[str, str] = dict(one(manifests, "ConfigMap", names[0])["data"])
     for entry in container.get("env") or []:
         assert entry["name"] not in env, f"{entry['name']} is set twice"
         env[entry["name"]] = entry["value"]

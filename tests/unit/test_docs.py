@@ -27,7 +27,7 @@ def test_readme_layout_names_every_package() -> None:
     layout = README.read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
     packages = sorted(
         str(init.parent.relative_to(root)) + "/"
-        for top in ("controller", "worker_image", "bench")
+        for top in ("controller", "worker_image", "bench", "podq")
         for init in (root / top).rglob("__init__.py")
         if init.parent.name != "client"
     )

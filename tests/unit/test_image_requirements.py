@@ -3,8 +3,8 @@
 pyproject.toml states what podq needs, with lower bounds; each image installs exactly its pinned versions.
 Every third-party package an image's code imports must appear in both, and its pin must satisfy
 pyproject's bound, or the image runs other code than the tests did. The controller image holds the
-controller package and the worker_image modules the controller imports (the protocol), not the worker's
-engine.
+controller package, the client package (podq/, which `podq`'s commands are built on) and the worker_image
+modules the controller imports (the protocol), not the worker's engine.
 """
 
 import ast
@@ -22,7 +22,7 @@ from packaging.utils import canonicalize_name
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-FIRST_PARTY = {"controller", "worker_image"}
+FIRST_PARTY = {"controller", "worker_image", "podq"}
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from controller.launchers.kubernetes.podspec import (
 )
 from controller.launchers.kubernetes.reasons import Reason
 from controller.launchers.kubernetes.retry import retrying
+from controller.logs import bind_pod
 from controller.settings import Settings
 from controller.testcrash import crash_if
 from worker_image.protocol import ErrorType, error_info
@@ -177,6 +178,7 @@ class KubernetesLauncher:
 
     async def run(self, job: Job) -> Outcome:
         name = pod_name(job.query_id)
+        bind_pod(name)  # this query's task: every line logged while it runs names its pod
         await self._pods.synced.wait()
         with self._pods.following(name) as changed:
             try:

@@ -29,10 +29,10 @@ case $KIND in
     ;;
   controller)
     DOCKERFILE=Dockerfile REQUIREMENTS=controller/requirements.txt IMAGE_NAME=$CONTROLLER_IMAGE_NAME
-    # The controller package, and the worker_image modules the Dockerfile names.
+    # The controller and client packages, and the worker_image modules the Dockerfile names.
     context_files() {
       echo Dockerfile
-      find controller -name '*.py' -o -name requirements.txt | sort
+      find controller podq -name '*.py' -o -name requirements.txt | sort
       grep -oE 'worker_image/[a-z_]+\.py' Dockerfile
     }
     SMOKE=(python3 -m controller --help)

@@ -1,0 +1,57 @@
+"""promtool, Prometheus' own checker, for the tests of /metrics and the chart's alerts (loaded by
+tests/conftest.py).
+
+`promtool`: ``PODQ_PROMTOOL``, else ``promtool`` on PATH (Debian's `prometheus` package, which tests/run.sh
+installs when it can); a test that asks for it fails, never skips, when there is none. Every test using the
+fixture is marked ``promtool``, which is how a run without it leaves those tests out, loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PROMTOOL_TIMEOUT_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class Promtool:
+    path: str
+
+    def run(
+        self, *args: str, stdin: str | None = None, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.path, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=PROMTOOL_TIMEOUT_SECONDS,
+            check=False,
+            cwd=cwd,
+        )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses `promtool` is marked ``promtool``, before ``-m`` selects."""
+    for item in items:
+        if "promtool" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.promtool)
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Promtool:
+    configured = os.environ.get("PODQ_PROMTOOL") or shutil.which("promtool")
+    if not configured or not os.access(configured, os.X_OK):
+        pytest.fail(
+            "these tests need promtool: apt-get install prometheus (tests/run.sh does) or set PODQ_PROMTOOL; "
+            "without it deselect them with -m 'not promtool'",
+            pytrace=False,
+        )
+    return Promtool(configured)
