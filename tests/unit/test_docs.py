@@ -29,7 +29,8 @@ def test_readme_layout_names_every_package() -> None:
         str(init.parent.relative_to(root)) + "/"
         for top in ("controller", "worker_image", "bench", "podq")
         for init in (root / top).rglob("__init__.py")
-        if init.parent.name != "client"
+        # The kubernetes launcher's API client is named in its launcher's row.
+        if init.parent != root / "controller/launchers/kubernetes/client"
     )
     missing = [package for package in packages if f"`{package}`" not in layout]
     assert not missing, f"README's Layout section does not name {missing}"
