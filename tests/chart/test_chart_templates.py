@@ -33,6 +33,7 @@ DEFAULT_KINDS = [
     "Deployment",
     "NetworkPolicy",
     "PersistentVolumeClaim",
+    "Pod",  # the `helm test` hook (templates/tests/test-query.yaml)
     "Role",
     "RoleBinding",
     "Service",

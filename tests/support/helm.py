@@ -24,7 +24,10 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "helm" / "podq"
-ALL_TOGGLES = REPO_ROOT / "tests" / "chart" / "values-all-toggles.yaml"
+# The chart's scenario values (chart-testing's convention: ci/*-values.yaml, each linted and rendered).
+CI_VALUES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
+ALL_TOGGLES = CHART_DIR / "ci" / "all-toggles-values.yaml"
+ALERTS = CHART_DIR / "ci" / "alerts-values.yaml"
 RELEASE = "podq"
 NAMESPACE = "podq-chart-test"
 HELM_TIMEOUT_SECONDS = 120
