@@ -6,15 +6,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.helm import ALL_TOGGLES, CHART_DIR, Helm
+from tests.support.helm import ALL_TOGGLES, CHART_DIR, POSTGRESQL, Helm
 
 pytestmark = pytest.mark.chart
 
 
 @pytest.mark.parametrize(
     "files",
-    [(), (ALL_TOGGLES,), (ALL_TOGGLES, ALL_TOGGLES.parent / "values-alerts.yaml")],
-    ids=["defaults", "all-toggles", "all-toggles-and-alerts"],
+    [
+        (),
+        (ALL_TOGGLES,),
+        (ALL_TOGGLES, ALL_TOGGLES.parent / "values-alerts.yaml"),
+        (POSTGRESQL,),
+        (ALL_TOGGLES, POSTGRESQL),
+    ],
+    ids=["defaults", "all-toggles", "all-toggles-and-alerts", "postgresql", "all-toggles-postgresql"],
 )
 def test_lint_strict(helm: Helm, files: tuple[Path, ...]) -> None:
     args = ["lint", "--strict", str(CHART_DIR)]
