@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.support.kube",
     "tests.support.helm",
     "tests.support.promtool",
+    "tests.support.browser",
 ]

@@ -34,6 +34,7 @@ DEFAULT_KINDS = [
     "Deployment",
     "NetworkPolicy",
     "PersistentVolumeClaim",
+    "Pod",  # the `helm test` hook (templates/tests/test-query.yaml)
     "Role",
     "RoleBinding",
     "Service",

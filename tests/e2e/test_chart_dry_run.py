@@ -172,7 +172,7 @@ def service_monitor_group() -> Iterator[str]:
 def render(
     helm: Helm, namespaces: Namespaces, *, all_toggles: bool, postgresql: bool = False, **values: Any
 ) -> list[Manifest]:
-    """The chart for the release namespace: `postgresql` adds tests/chart/values-postgresql.yaml (several
+    """The chart for the release namespace: `postgresql` adds helm/podq/ci/postgresql-values.yaml (several
     controllers: the database Secret, RollingUpdate, the PodDisruptionBudget, anti-affinity)."""
     files = [ALL_TOGGLES] if all_toggles else []
     if postgresql:

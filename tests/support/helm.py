@@ -25,10 +25,13 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "helm" / "podq"
-ALL_TOGGLES = REPO_ROOT / "tests" / "chart" / "values-all-toggles.yaml"
+# The chart's scenario values (chart-testing's convention: ci/*-values.yaml, each linted and rendered).
+CI_VALUES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
+ALL_TOGGLES = CHART_DIR / "ci" / "all-toggles-values.yaml"
+ALERTS = CHART_DIR / "ci" / "alerts-values.yaml"
 # Several controllers on a PostgreSQL (on top of the defaults or of ALL_TOGGLES): the Secret, the rolling
 # update, the PodDisruptionBudget and the anti-affinity, no claim.
-POSTGRESQL = REPO_ROOT / "tests" / "chart" / "values-postgresql.yaml"
+POSTGRESQL = CHART_DIR / "ci" / "postgresql-values.yaml"
 RELEASE = "podq"
 NAMESPACE = "podq-chart-test"
 HELM_TIMEOUT_SECONDS = 120
