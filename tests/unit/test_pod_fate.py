@@ -191,6 +191,13 @@ CASES = [
     ),
     Case("node-shutdown-rejected", Ended, "evicted", log=None, details={"reason": "NodeShutdown"}),
     Case("node-shutdown-after-success", Ended, "result", log=OK),
+    Case(
+        "init-oomkilled",
+        Ended,
+        "memory",
+        log=None,
+        details={"container": "istio-init", "limit": "64Mi", "limit_bytes": 64 * 2**20, "exit_code": 137},
+    ),
 ]
 
 
@@ -485,3 +492,23 @@ def test_the_log_tail_shows_a_result_envelope_by_its_size_only() -> None:
     assert log_tail("\n".join([*lines, envelope]) + "\n") == "\n".join(
         [*lines[-19:], f"[result envelope, {len(envelope)} bytes]"]
     )
+
+
+# Injected containers ------------------------------------------------------------------------------------
+
+
+def test_an_oomkilled_injected_init_container_is_named_with_its_own_limit() -> None:
+    # The worker never started: raising the query's memory would not help, and the message must not say so.
+    outcome = decide(load("init-oomkilled"), None, log_problem="the worker never started")
+
+    assert outcome.error is not None
+    assert outcome.error["error_type"] == "memory"
+    assert outcome.error["message"] == "the istio-init container ran out of memory (limit 64Mi)"
+    assert outcome.error["details"] == {
+        "container": "istio-init",
+        "limit": "64Mi",
+        "limit_bytes": 64 * 2**20,
+        "reason": "OOMKilled",
+        "exit_code": 137,
+        "signal": "SIGKILL",
+    }
