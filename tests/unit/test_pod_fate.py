@@ -191,6 +191,14 @@ CASES = [
     ),
     Case("node-shutdown-rejected", Ended, "evicted", log=None, details={"reason": "NodeShutdown"}),
     Case("node-shutdown-after-success", Ended, "result", log=OK),
+    Case("scheduling-gated", Waiting, "SchedulingGated"),
+    Case(
+        "oomkilled-behind-sidecar",
+        Ended,
+        "memory",
+        log=NOISE,
+        details={"container": "worker", "limit": "32Mi", "limit_bytes": 32 * 2**20, "exit_code": 137},
+    ),
     Case(
         "init-oomkilled",
         Ended,
@@ -494,7 +502,207 @@ def test_the_log_tail_shows_a_result_envelope_by_its_size_only() -> None:
     )
 
 
-# Injected containers ------------------------------------------------------------------------------------
+# What the user reads -------------------------------------------------------------------------------------
+
+# pod -> (the log decide is given, the error's message, whether a retry may help): the whole message, since
+# it is often all the user sees of a failed query.
+MESSAGES = {
+    "succeeded": ("hello\ndone\n", "the worker exited with code 0 without a usable result", True),
+    "oomkilled": (NOISE, "the query ran out of memory (limit 32Mi)", False),
+    "oomkilled-behind-sidecar": (NOISE, "the query ran out of memory (limit 32Mi)", False),
+    "deadline-exceeded": ("", "the query did not finish within its deadline of 3 seconds", False),
+    "exit1": (NOISE, "the worker exited with code 1 without a usable result", True),
+    "exit3-termmsg": (NOISE, "column nope not found", False),
+    "exit137": (NOISE, "the worker exited with code 137 (SIGKILL) without a usable result", True),
+    "starterror": (
+        None,
+        "the worker container could not start: failed to create containerd task: failed to create shim task: "
+        "OCI runtime create failed: runc create failed: unable to start container process: exec: "
+        '"/usr/bin/python3": stat /usr/bin/python3: no such file or directory: unknown',
+        False,
+    ),
+    "evicted-emptydir": (
+        "",
+        'the worker pod was evicted by the kubelet: Usage of EmptyDir volume "tmp" exceeds the limit "16Mi".',
+        False,
+    ),
+    "evicted-memory": (
+        "",
+        "the worker pod was evicted by the kubelet: The node was low on resource: memory. "
+        "Threshold quantity: 100Mi, available: 91324Ki.",
+        True,
+    ),
+    "evicted-api": (
+        "",
+        "the worker pod was evicted through the eviction API (a node drain, an autoscaler): "
+        "Eviction API: evicting",
+        True,
+    ),
+    "preempted": (
+        "",
+        "the worker pod was preempted by the scheduler for a higher-priority pod: "
+        "default-scheduler: preempting to accommodate a higher priority pod",
+        True,
+    ),
+    "taint-deleted": (
+        "",
+        "the worker pod was deleted by the taint manager (NoExecute taint): "
+        "Taint manager: deleting due to NoExecute taint",
+        True,
+    ),
+    "node-shutdown": (
+        "",
+        "the worker pod was stopped for a node shutdown: "
+        "Pod was terminated in response to imminent node shutdown.",
+        True,
+    ),
+    "node-shutdown-rejected": (
+        None,
+        "the worker pod was refused by a node that is shutting down: "
+        "Pod was rejected: Pod was rejected as the node is shutting down.",
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize(("name", "log", "message", "retryable"), [(k, *v) for k, v in MESSAGES.items()])
+def test_an_ended_pods_error_says_what_happened(
+    name: str, log: str | None, message: str, retryable: bool
+) -> None:
+    error = decide(load(name), log).error
+
+    assert error is not None
+    assert (error["message"], error["retryable"]) == (message, retryable)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (
+            "unschedulable",
+            "no node can run the worker pod: 0/1 nodes are available: 1 Insufficient cpu. "
+            "preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.",
+        ),
+        (
+            "errimageneverpull",
+            "the worker image podq.local/podq-worker:does-not-exist cannot be run: ErrImageNeverPull: "
+            'Container image "podq.local/podq-worker:does-not-exist" '
+            "is not present with pull policy of Never",
+        ),
+        (
+            "createcontainerconfigerror-secret",
+            "the worker image podq.local/busybox:1.35.0-podq1 cannot be run: CreateContainerConfigError: "
+            'secret "podq-missing-secret" not found',
+        ),
+    ],
+)
+def test_a_pod_that_never_ran_says_why(name: str, message: str) -> None:
+    verdict = watch(load(name), after=UNSCHEDULABLE_AFTER)
+
+    assert isinstance(verdict, Failed)
+    assert verdict.error["message"] == message
+
+
+def test_an_image_that_never_arrives_is_not_worth_retrying_and_says_how_long_podq_waited() -> None:
+    verdict = watch(load("errimagepull"), after=IMAGE_PULL_GRACE)
+
+    assert isinstance(verdict, Failed)
+    assert verdict.error["retryable"] is False
+    assert verdict.error["details"] == {
+        "container": "worker",
+        "image": "127.0.0.1:5999/podq/does-not-exist:1",
+        "reason": "ErrImagePull",
+        "message": worker(load("errimagepull"))["state"]["waiting"]["message"],
+        "waited_seconds": IMAGE_PULL_GRACE,
+    }
+
+
+def test_an_image_error_without_a_grace_period_has_no_waited_seconds() -> None:
+    verdict = watch(load("invalidimagename"))
+
+    assert isinstance(verdict, Failed)
+    assert "waited_seconds" not in verdict.error["details"]
+
+
+def test_an_unschedulable_pod_waits_with_the_schedulers_words() -> None:
+    pod = load("unschedulable")
+
+    verdict = watch(pod)
+
+    assert verdict == Waiting(
+        "Unschedulable",
+        pod["status"]["conditions"][0]["message"],
+        created(pod) + UNSCHEDULABLE_AFTER,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("oomkilled", "OOMKilled"),
+        ("succeeded", "Completed"),
+        ("exit1", "Error"),
+        ("starterror", "StartError"),
+        ("deadline-exceeded", "DeadlineExceeded"),
+        ("evicted-emptydir", "Evicted"),
+        ("node-shutdown", "Terminated"),
+        # The worker never ran: the pod's phase is all there is.
+        ("init-oomkilled", "Failed"),
+    ],
+)
+def test_ended_carries_the_pods_reason_else_the_workers_else_the_phase(name: str, reason: str) -> None:
+    assert watch(load(name)) == Ended(reason)
+
+
+def test_a_terminating_pod_says_so() -> None:
+    assert watch(load("terminating")) == Waiting("Terminating", "the worker pod is being deleted", None)
+
+
+# Pods with more containers than the worker: injected init containers and sidecars -----------------------
+
+
+def test_a_worker_oomkilled_behind_a_sidecar_ran_out_of_memory() -> None:
+    # The sidecar's status comes first and is running; the worker's ends the query.
+    pod = load("oomkilled-behind-sidecar")
+
+    verdict = watch(pod)
+    outcome = decide(pod, NOISE)
+
+    assert verdict == Ended("OOMKilled")
+    assert outcome.error is not None
+    assert outcome.error["details"] == {
+        "container": "worker",
+        "limit": "32Mi",
+        "limit_bytes": 32 * 2**20,
+        "reason": "OOMKilled",
+        "exit_code": 137,
+        "signal": "SIGKILL",
+    }
+
+
+def test_placement_behind_a_sidecar_is_the_workers() -> None:
+    assert placement(load("oomkilled-behind-sidecar")) == {
+        "kind": "kubernetes",
+        "namespace": "podq-h-classify-1",
+        "pod": "podq-oomkilled-behind-sidecar",
+        "node": "podq-e2e",
+        "phase": "Running",
+        "container_reason": "OOMKilled",
+        "exit_code": 137,
+        "signal": "SIGKILL",
+        "started_at": "2026-11-21T21:20:18Z",
+        "finished_at": "2026-11-21T21:20:20Z",
+    }
+
+
+def test_a_worker_that_succeeded_behind_a_sidecar_is_its_result() -> None:
+    pod = load("oomkilled-behind-sidecar")
+    terminated = pod["status"]["containerStatuses"][1]["state"]["terminated"]
+    terminated.update({"exitCode": 0, "reason": "Completed"})
+
+    outcome = decide(pod, f"{NOISE}{OK}\n")
+
+    assert outcome.error is None and outcome.result == RESULT
 
 
 def test_an_oomkilled_injected_init_container_is_named_with_its_own_limit() -> None:
@@ -511,4 +719,135 @@ def test_an_oomkilled_injected_init_container_is_named_with_its_own_limit() -> N
         "reason": "OOMKilled",
         "exit_code": 137,
         "signal": "SIGKILL",
+    }
+
+
+def test_an_init_container_that_pulls_its_image_too_long_fails_the_pod_as_an_image_error() -> None:
+    pod = load("init-oomkilled")
+    pod["status"]["phase"] = "Pending"
+    init = pod["status"]["initContainerStatuses"][0]
+    init["state"] = {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}
+
+    waiting = watch(pod)
+    failed = watch(pod, after=IMAGE_PULL_GRACE)
+
+    assert waiting == Waiting("ImagePullBackOff", "Back-off pulling image", created(pod) + IMAGE_PULL_GRACE)
+    assert isinstance(failed, Failed)
+    assert failed.error["details"]["container"] == "istio-init"
+    assert failed.error["message"] == (
+        "the worker image docker.io/istio/proxyv2:1.22.0 cannot be run: "
+        "ImagePullBackOff: Back-off pulling image"
+    )
+
+
+# Memory limits that are not there or not numbers ---------------------------------------------------------
+
+
+def test_an_oomkilled_worker_without_a_memory_limit_is_still_out_of_memory() -> None:
+    pod = load("oomkilled")
+    del pod["spec"]["containers"][0]["resources"]["limits"]["memory"]
+
+    outcome = decide(pod, NOISE)
+
+    assert outcome.error is not None
+    assert outcome.error["message"] == "the query ran out of memory (limit unset)"
+    assert outcome.error["details"]["limit"] is None
+    assert outcome.error["details"]["limit_bytes"] is None
+
+
+def test_an_oomkilled_worker_whose_limit_is_no_quantity_keeps_the_text() -> None:
+    pod = load("oomkilled")
+    pod["spec"]["containers"][0]["resources"]["limits"]["memory"] = "lots"
+
+    outcome = decide(pod, NOISE)
+
+    assert outcome.error is not None
+    assert outcome.error["message"] == "the query ran out of memory (limit lots)"
+    assert outcome.error["details"]["limit_bytes"] is None
+
+
+# Scheduling ----------------------------------------------------------------------------------------------
+
+
+def test_a_scheduling_gated_pod_waits_without_a_deadline_of_its_own() -> None:
+    # Only `Unschedulable` means the scheduler tried and failed; a gate is lifted by whoever set it.
+    pod = load("scheduling-gated")
+
+    verdict = watch(pod, after=10 * UNSCHEDULABLE_AFTER)
+
+    assert verdict == Waiting(
+        "SchedulingGated", "Scheduling is blocked due to non-empty scheduling gates", None
+    )
+
+
+def test_a_pod_not_scheduled_for_no_stated_reason_waits_in_its_phase() -> None:
+    pod = load("scheduling-gated")
+    condition = pod["status"]["conditions"][0]
+    del condition["reason"], condition["message"]
+
+    assert watch(pod, after=10 * UNSCHEDULABLE_AFTER) == Waiting("Pending", "", None)
+
+
+def test_a_pod_without_a_creation_time_has_no_grace_period_left() -> None:
+    pod = load("unschedulable")
+    del pod["metadata"]["creationTimestamp"]
+
+    verdict = observe(
+        pod, now=0.0, unschedulable_after=UNSCHEDULABLE_AFTER, image_pull_grace=IMAGE_PULL_GRACE
+    )
+
+    assert isinstance(verdict, Failed)
+    assert verdict.error["error_type"] == "unschedulable"
+
+
+# Exit codes and signals, at their bounds ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "death", "signal_fields"),
+    [
+        (128, "exited with code 128", {}),
+        (129, "exited with code 129 (SIGHUP)", {"signal": "SIGHUP"}),
+        (143, "exited with code 143 (SIGTERM)", {"signal": "SIGTERM"}),
+        (128 + 64, "exited with code 192 (SIGRTMAX)", {"signal": "SIGRTMAX"}),
+        (128 + 65, "exited with code 193", {}),
+        (255, "exited with code 255", {}),
+    ],
+)
+def test_an_exit_code_above_128_is_a_signal_up_to_the_last_one(
+    exit_code: int, death: str, signal_fields: dict[str, str]
+) -> None:
+    pod = load("exit1")
+    worker(pod)["state"]["terminated"]["exitCode"] = exit_code
+
+    outcome = decide(pod, NOISE)
+
+    assert outcome.error is not None
+    assert outcome.error["message"] == f"the worker {death} without a usable result"
+    assert outcome.error["details"] == {
+        "exit_code": exit_code,
+        **signal_fields,
+        "container_reason": "Error",
+        "envelope_problem": "no result envelope in the worker output",
+        "log_tail": NOISE.rstrip("\n"),
+        # FallbackToLogsOnError: the kubelet put the log's end there.
+        "termination_message": NOISE.rstrip("\n"),
+    }
+    assert placement(pod)["exit_code"] == exit_code
+    assert {key: value for key, value in placement(pod).items() if key == "signal"} == signal_fields
+
+
+def test_a_worker_with_no_exit_code_says_so() -> None:
+    pod = load("init-oomkilled")
+    pod["status"]["initContainerStatuses"][0]["state"]["terminated"].update(
+        {"exitCode": 1, "reason": "Error"}
+    )
+
+    outcome = decide(pod, None, log_problem="the worker never started")
+
+    assert outcome.error is not None
+    assert outcome.error["message"] == "the worker left no exit code without a usable result"
+    assert outcome.error["details"] == {
+        "container_reason": None,
+        "envelope_problem": "the worker never started",
     }
