@@ -851,3 +851,213 @@ def test_a_worker_with_no_exit_code_says_so() -> None:
         "container_reason": None,
         "envelope_problem": "the worker never started",
     }
+
+
+# Partial pods, placements before the end -----------------------------------------------------------------
+
+
+def test_a_pod_with_no_status_yet_is_pending() -> None:
+    # Just created: the API server has not written a status, or only a phase.
+    for pod in ({"metadata": {"name": "p"}, "spec": {}}, {"status": {}}, {"status": {"phase": None}}):
+        assert watch_at(pod, 0.0) == Waiting("Pending", "", None)
+        assert placement(pod) == {"kind": "kubernetes", **({"pod": "p"} if "metadata" in pod else {})}
+
+
+def test_a_succeeded_pod_has_ended_even_without_container_statuses() -> None:
+    assert watch_at({"status": {"phase": "Succeeded"}}, 0.0) == Ended("Succeeded")
+    assert watch_at({"status": {"phase": "Failed"}}, 0.0) == Ended("Failed")
+
+
+def test_a_running_pod_waits_with_no_message() -> None:
+    assert watch(load("running")) == Waiting("Running", "", None)
+
+
+def test_a_waiting_worker_says_why_it_waits() -> None:
+    pod = load("containercreating")
+    worker(pod)["state"]["waiting"]["message"] = "pulling the image"
+
+    assert watch(pod) == Waiting("ContainerCreating", "pulling the image", None)
+
+
+def test_placement_of_a_running_pod_has_its_start_and_no_end() -> None:
+    assert placement(load("running")) == {
+        "kind": "kubernetes",
+        "namespace": "podq-h-classify-1",
+        "pod": "podq-running",
+        "node": "podq-e2e",
+        "phase": "Running",
+        "started_at": "2026-11-21T21:20:17Z",
+    }
+
+
+def test_placement_of_a_waiting_worker_names_what_it_waits_for() -> None:
+    fields = placement(load("containercreating"))
+
+    assert fields["container_reason"] == "ContainerCreating"
+    assert fields["started_at"] == "2026-11-21T21:20:15Z", "the pod's start, the worker has none"
+    assert "exit_code" not in fields and "finished_at" not in fields
+
+
+def watch_at(pod: dict[str, Any], now: float) -> Waiting | Ended | Failed:
+    return observe(pod, now=now, unschedulable_after=UNSCHEDULABLE_AFTER, image_pull_grace=IMAGE_PULL_GRACE)
+
+
+# Disruptions: the pod's reason, the DisruptionTarget condition, or both ----------------------------------
+
+
+def disrupted(
+    reason: str | None, condition: dict[str, Any] | None, message: str | None = None
+) -> dict[str, Any]:
+    pod = load("exit137")
+    status = pod["status"]
+    status["phase"] = "Failed"
+    status.pop("reason", None)
+    status.pop("message", None)
+    if reason is not None:
+        status["reason"] = reason
+    if message is not None:
+        status["message"] = message
+    if condition is not None:
+        status["conditions"] = [*status.get("conditions", []), {"type": "DisruptionTarget", **condition}]
+    return pod
+
+
+def test_a_disruption_condition_gives_its_message_when_the_pod_has_none() -> None:
+    pod = disrupted(None, {"status": "True", "reason": "DeletionByPodGC", "message": "PodGC: node gone"})
+
+    error = decide(pod, "").error
+
+    assert error is not None
+    assert error["message"] == (
+        "the worker pod was deleted by the pod garbage collector (its node is gone): PodGC: node gone"
+    )
+    assert error["details"] == {
+        "reason": None,
+        "message": "PodGC: node gone",
+        "disruption_reason": "DeletionByPodGC",
+    }
+    assert error["retryable"] is True
+
+
+def test_the_pods_own_message_wins_over_the_conditions() -> None:
+    pod = disrupted(
+        "Evicted", {"status": "True", "reason": "TerminationByKubelet", "message": "cond"}, "pod says"
+    )
+
+    error = decide(pod, "").error
+
+    assert error is not None
+    assert error["message"] == "the worker pod was evicted by the kubelet: pod says"
+    assert error["details"]["message"] == "pod says"
+
+
+def test_a_disruption_condition_that_is_not_true_is_no_disruption() -> None:
+    pod = disrupted(None, {"status": "False", "reason": "PreemptionByScheduler", "message": "no"})
+
+    error = decide(pod, "").error
+
+    assert error is not None and error["error_type"] == "crash"
+
+
+def test_an_unknown_disruption_reason_is_named_as_it_came() -> None:
+    pod = disrupted(None, {"status": "True", "reason": "SomethingNew"})
+
+    error = decide(pod, "").error
+
+    assert error is not None
+    assert error["message"] == "the worker pod was disrupted (SomethingNew)"
+    assert error["details"] == {"reason": None, "message": "", "disruption_reason": "SomethingNew"}
+
+
+def test_a_disruption_without_words_says_what_without_a_colon() -> None:
+    error = decide(disrupted("Shutdown", None), "").error
+
+    assert error is not None
+    assert error["message"] == "the worker pod was stopped for a node shutdown"
+    assert error["details"] == {"reason": "Shutdown", "message": ""}
+
+
+def test_an_eviction_for_ephemeral_storage_is_not_retryable() -> None:
+    for said in (
+        "Pod ephemeral local storage usage exceeds the total limit of containers 1Gi.",
+        'Container worker exceeded its local ephemeral storage limit "1Gi".',
+    ):
+        error = decide(disrupted("Evicted", None, said), "").error
+
+        assert error is not None and error["retryable"] is False, said
+
+
+def test_a_deadline_says_its_seconds_and_the_kubelets_words() -> None:
+    error = decide(load("deadline-exceeded"), "").error
+
+    assert error is not None
+    assert error["details"] == {
+        "active_deadline_seconds": 3,
+        "reason": "DeadlineExceeded",
+        "message": "Pod was active on the node longer than the specified deadline",
+    }
+
+
+# A crash, with everything the user and the operator have to go on ----------------------------------------
+
+
+def test_a_crash_of_a_pod_with_a_reason_of_its_own_keeps_it() -> None:
+    pod = load("exit1")
+    pod["status"]["reason"] = "UnexpectedAdmissionError"
+
+    error = decide(pod, NOISE, log_problem="the log was cut at 10 MiB").error
+
+    assert error is not None
+    assert error["details"] == {
+        "exit_code": 1,
+        "container_reason": "Error",
+        "envelope_problem": "no result envelope in the worker output",
+        "log_tail": NOISE.rstrip("\n"),
+        "log_problem": "the log was cut at 10 MiB",
+        "termination_message": NOISE.rstrip("\n"),
+        "pod_reason": "UnexpectedAdmissionError",
+        "pod_message": "",
+    }
+
+
+def test_a_crash_without_a_log_or_a_reason_why() -> None:
+    error = decide(load("exit139"), None).error
+
+    assert error is not None
+    assert error["details"]["envelope_problem"] == "the pod log was not read"
+
+
+def test_a_start_error_keeps_the_runtimes_words_and_the_exit_code() -> None:
+    pod = load("starterror")
+    terminated = worker(pod)["state"]["terminated"]
+
+    error = decide(pod, None).error
+
+    assert error is not None
+    assert error["details"] == {"reason": "StartError", "message": terminated["message"], "exit_code": 128}
+
+
+# Image errors with the kubelet's words missing -----------------------------------------------------------
+
+
+def test_an_image_error_without_a_message_or_image_is_still_named() -> None:
+    pod = load("errimageneverpull")
+    del worker(pod)["state"]["waiting"]["message"], worker(pod)["image"]
+
+    verdict = watch(pod)
+
+    assert isinstance(verdict, Failed)
+    assert verdict.error["message"] == "the worker image  cannot be run: ErrImageNeverPull: "
+    assert verdict.error["details"] == {
+        "container": "worker",
+        "image": "",
+        "reason": "ErrImageNeverPull",
+        "message": "",
+    }
+
+
+def test_an_image_pull_wait_without_a_message_waits_with_none() -> None:
+    pod = load("errimagepull")
+    del worker(pod)["state"]["waiting"]["message"]
+
+    assert watch(pod) == Waiting("ErrImagePull", "", created(pod) + IMAGE_PULL_GRACE)
