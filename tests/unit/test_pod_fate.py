@@ -250,7 +250,7 @@ def test_a_pod_deleted_under_podq_is_a_retryable_crash() -> None:
     assert isinstance(verdict, Failed)
     assert verdict.error["error_type"] == "crash"
     assert verdict.error["retryable"] is True
-    assert "deleted" in verdict.error["message"]
+    assert verdict.error["message"] == "the worker pod was deleted before podq read its outcome"
 
 
 # Time-based waits, on both sides of the bound ------------------------------------------------------------
@@ -1004,6 +1004,7 @@ def test_a_deadline_says_its_seconds_and_the_kubelets_words() -> None:
 def test_a_crash_of_a_pod_with_a_reason_of_its_own_keeps_it() -> None:
     pod = load("exit1")
     pod["status"]["reason"] = "UnexpectedAdmissionError"
+    pod["status"]["message"] = "Allocate failed due to no healthy devices present"
 
     error = decide(pod, NOISE, log_problem="the log was cut at 10 MiB").error
 
@@ -1016,7 +1017,7 @@ def test_a_crash_of_a_pod_with_a_reason_of_its_own_keeps_it() -> None:
         "log_problem": "the log was cut at 10 MiB",
         "termination_message": NOISE.rstrip("\n"),
         "pod_reason": "UnexpectedAdmissionError",
-        "pod_message": "",
+        "pod_message": "Allocate failed due to no healthy devices present",
     }
 
 
@@ -1061,3 +1062,83 @@ def test_an_image_pull_wait_without_a_message_waits_with_none() -> None:
     del worker(pod)["state"]["waiting"]["message"]
 
     assert watch(pod) == Waiting("ErrImagePull", "", created(pod) + IMAGE_PULL_GRACE)
+
+
+def test_a_crash_of_a_pod_with_a_reason_and_no_message() -> None:
+    pod = load("exit1")
+    pod["status"]["reason"] = "UnexpectedAdmissionError"
+
+    error = decide(pod, NOISE).error
+
+    assert error is not None
+    assert (error["details"]["pod_reason"], error["details"]["pod_message"]) == (
+        "UnexpectedAdmissionError",
+        "",
+    )
+
+
+def test_a_start_error_without_the_runtimes_words() -> None:
+    pod = load("starterror")
+    del worker(pod)["state"]["terminated"]["message"]
+
+    error = decide(pod, None).error
+
+    assert error is not None
+    assert error["message"] == "the worker container could not start: "
+    assert error["details"]["message"] == ""
+
+
+def test_a_running_worker_runs_on_whatever_a_sidecar_waits_for() -> None:
+    pod = load("oomkilled-behind-sidecar")
+    worker_status = pod["status"]["containerStatuses"][1]
+    worker_status["state"] = {"running": {"startedAt": "2026-11-21T21:20:18Z"}}
+    sidecar = pod["status"]["containerStatuses"][0]
+    sidecar["state"] = {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}
+
+    assert watch(pod, after=10 * IMAGE_PULL_GRACE) == Waiting("Running", "", None)
+
+
+def test_an_oomkilled_worker_with_requests_only_has_no_limit() -> None:
+    pod = load("oomkilled")
+    del pod["spec"]["containers"][0]["resources"]["limits"]
+
+    error = decide(pod, NOISE).error
+
+    assert error is not None
+    assert error["message"] == "the query ran out of memory (limit unset)"
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        ({"phase": "Failed", "reason": "DeadlineExceeded"}, "timeout"),
+        (
+            {
+                "phase": "Failed",
+                "containerStatuses": [{"name": "worker", "state": {"terminated": {"reason": "OOMKilled"}}}],
+            },
+            "memory",
+        ),
+        (
+            {
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}],
+            },
+            "unschedulable",
+        ),
+    ],
+    ids=["deadline", "oomkilled", "unschedulable"],
+)
+def test_a_pod_with_only_a_status_is_still_decided(status: dict[str, Any], error_type: str) -> None:
+    # Hand-made pods (and any API object missing its metadata or spec) never raise.
+    pod = {"status": status}
+
+    verdict = watch_at(pod, 0.0)
+    error = verdict.error if isinstance(verdict, Failed) else decide(pod, "").error
+
+    assert error is not None and error["error_type"] == error_type
+
+
+def test_the_log_tail_keeps_the_last_lines_own_trailing_characters() -> None:
+    assert log_tail("first\nindented  \n\n") == "first\nindented  "
+    assert log_tail("first\nprogress: XX\n") == "first\nprogress: XX"

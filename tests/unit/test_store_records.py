@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from controller.launchers.base import QueryLimits
-from controller.queue.store import IdempotencyKey, QueueFull, Store, StoreUnavailable
+from controller.queue.store import IdempotencyKey, KeyReused, QueueFull, Store, StoreUnavailable
 from tests.support.stored import LIMITS, REQUEST
 
 pytestmark = pytest.mark.unit
@@ -292,3 +292,32 @@ def test_a_write_refused_for_good_is_not_unavailable(tmp_path: Path) -> None:
 
     assert not isinstance(refused.value, StoreUnavailable)
     store.close()
+
+
+def test_a_store_makes_its_directory_and_keeps_a_write_ahead_log(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "podq" / "podq.db"
+
+    store = Store(path)
+    store.insert("a", "query", REQUEST, LIMITS)
+
+    # WAL mode is a property of the file: another connection sees it.
+    with sqlite3.connect(path) as other:
+        assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    other.close()
+    store.close()
+
+
+def test_a_reused_key_is_named_in_the_refusal(store: Store) -> None:
+    store.insert_once(
+        IdempotencyKey("client", "k1", "fp"),
+        60,
+        query_id="a",
+        operation="query",
+        request=REQUEST,
+        limits=LIMITS,
+    )
+
+    with pytest.raises(KeyReused) as reused:
+        store.find_key(IdempotencyKey("client", "k1", "other"), 60)
+
+    assert str(reused.value) == "k1"
