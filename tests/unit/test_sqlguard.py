@@ -21,6 +21,12 @@ pytestmark = pytest.mark.unit
 TABLES = ["table1", "table2"]
 
 
+def examples(n: int) -> int:
+    """`n` examples, scaled like every other test's by the loaded hypothesis profile (100 by default; fewer
+    under tests/mutation.sh, which runs these tests once per mutant)."""
+    return max(10, n * settings.default.max_examples // 100)
+
+
 def polars_context() -> pl.SQLContext[pl.LazyFrame]:
     return pl.SQLContext(
         {
@@ -235,7 +241,7 @@ def quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(registered=st.lists(identifiers, min_size=1, max_size=4, unique_by=table_key), data=st.data())
 def test_guard_and_polars_agree_on_which_names_resolve(registered: list[str], data: st.DataObject) -> None:
     probe = data.draw(st.sampled_from(registered).map(_mangle_case(data)) | identifiers)
@@ -263,7 +269,7 @@ def _mangle_case(data: st.DataObject) -> Callable[[str], str]:
     return mangle
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,10}", fullmatch=True))
 def test_unquoted_names_resolve_case_insensitively(name: str) -> None:
     assume(table_key(name) not in {"table1", "table2"})
@@ -303,7 +309,9 @@ lexical_sql = st.builds(
 )
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(1000), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(lexical_sql)
 def test_no_lexical_trick_lets_polars_read_what_the_guard_passed(
     secret_server: FileServer, template: str
