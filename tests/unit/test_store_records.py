@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from controller.launchers.base import QueryLimits
-from controller.queue.store import IdempotencyKey, KeyReused, QueueFull, Store, StoreUnavailable
+from controller.queue.store import IdempotencyKey, KeyReused, QueueFull, SqliteStore, Store, StoreUnavailable
 from tests.support.stored import LIMITS, REQUEST
 
 pytestmark = pytest.mark.unit
@@ -121,7 +121,7 @@ def test_requeue_gives_a_running_query_back_uncounted(store: Store, clock: Clock
 
 
 def test_recover_requeues_below_the_attempt_limit_and_fails_at_it(tmp_path: Path, clock: Clock) -> None:
-    store = Store(tmp_path / "podq.db")
+    store = SqliteStore(tmp_path / "podq.db")
     for query_id in ("twice", "once", "queued"):
         store.insert(query_id, "query", REQUEST, LIMITS)
     store.claim_next()
@@ -135,7 +135,7 @@ def test_recover_requeues_below_the_attempt_limit_and_fails_at_it(tmp_path: Path
     store.close()
     clock.advance(10)
 
-    reopened = Store(tmp_path / "podq.db")
+    reopened = SqliteStore(tmp_path / "podq.db")
     recovery = reopened.recover(max_attempts=2, error=ERROR)
 
     assert sorted(recovery.requeued) == ["later", "queued", "twice"]
@@ -144,7 +144,7 @@ def test_recover_requeues_below_the_attempt_limit_and_fails_at_it(tmp_path: Path
     assert [(r.id, r.attempts) for r in again if r] == [("twice", 2), ("queued", 2), ("later", 2)]
     reopened.close()
 
-    last = Store(tmp_path / "podq.db")
+    last = SqliteStore(tmp_path / "podq.db")
     final = last.recover(max_attempts=2, error=ERROR)
     assert (sorted(final.failed), final.requeued) == (["later", "queued", "twice"], [])
     failed = last.get("twice")
@@ -158,12 +158,12 @@ def test_recover_requeues_below_the_attempt_limit_and_fails_at_it(tmp_path: Path
 
 
 def test_a_requeued_row_starts_again_from_no_start_time(tmp_path: Path) -> None:
-    store = Store(tmp_path / "podq.db")
+    store = SqliteStore(tmp_path / "podq.db")
     store.insert("a", "query", REQUEST, LIMITS)
     store.claim_next()
     store.close()
 
-    reopened = Store(tmp_path / "podq.db")
+    reopened = SqliteStore(tmp_path / "podq.db")
     assert reopened.recover(max_attempts=3, error=ERROR).requeued == ["a"]
     row = reopened.get("a")
     assert row is not None and (row.status, row.started_at, row.attempts) == ("queued", None, 1)
@@ -269,8 +269,9 @@ def test_a_keyed_insert_stores_what_was_submitted(store: Store, clock: Clock) ->
     )
 
 
-def test_a_full_disk_is_unavailable_and_writes_nothing(store: Store) -> None:
+def test_a_full_disk_is_unavailable_and_writes_nothing(tmp_path: Path) -> None:
     # SQLite's own stand-in for a full disk: the database may not grow past its current pages.
+    store = SqliteStore(tmp_path / "podq.db")
     store.insert("a", "query", REQUEST, LIMITS)
     (pages,) = store._db.execute("PRAGMA page_count").fetchone()
     store._db.execute(f"PRAGMA max_page_count = {pages}")
@@ -281,10 +282,11 @@ def test_a_full_disk_is_unavailable_and_writes_nothing(store: Store) -> None:
     assert store.get("b") is None
     assert store.active_ids() == ["a"]
     assert store.claim_next() is not None, "the store still writes what fits"
+    store.close()
 
 
 def test_a_write_refused_for_good_is_not_unavailable(tmp_path: Path) -> None:
-    store = Store(tmp_path / "podq.db")
+    store = SqliteStore(tmp_path / "podq.db")
     store._db.execute("PRAGMA query_only = ON")
 
     with pytest.raises(sqlite3.OperationalError) as refused:
@@ -297,7 +299,7 @@ def test_a_write_refused_for_good_is_not_unavailable(tmp_path: Path) -> None:
 def test_a_store_makes_its_directory_and_keeps_a_write_ahead_log(tmp_path: Path) -> None:
     path = tmp_path / "state" / "podq" / "podq.db"
 
-    store = Store(path)
+    store = SqliteStore(path)
     store.insert("a", "query", REQUEST, LIMITS)
 
     # WAL mode is a property of the file: another connection sees it.
