@@ -25,8 +25,8 @@ import pytest
 
 from controller.testing.fileserver import FileServer
 from controller.testing.process import wait_finished, wait_status
+from tests.support.api import assert_each_failed_as_its_kind, simple_query, simple_rows, sleeper, submit
 from tests.support.api import run as run_to_end
-from tests.support.api import simple_query, simple_rows, sleeper, submit
 from tests.support.e2e import (
     KUBECTL_POLL_SECONDS,
     KubeControllers,
@@ -302,12 +302,7 @@ def test_ERR_1_every_error_type_reaches_the_user_in_one_shape(
     with start(max_concurrent=3).client() as client:
         locations = {kind: submit(client, body) for kind, body in cases.items()}
         records = {kind: wait_finished(client, loc, timeout=POD_TIMEOUT) for kind, loc in locations.items()}
-    for kind, record in records.items():
-        assert record["status"] == "failed", record
-        error = record["error"]
-        assert set(error) == {"error_type", "message", "details", "retryable"}, error
-        assert error["error_type"] == kind, error
-        assert error["message"], error
+    assert_each_failed_as_its_kind(records)
     assert "nonexistent" in records["sql"]["error"]["message"]
 
 

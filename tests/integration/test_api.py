@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from controller.testing.process import ControllerProcess, wait_finished, wait_status
-from tests.support.api import run, simple_query, simple_rows, sleeper, submit
+from tests.support.api import (
+    assert_each_failed_as_its_kind,
+    run,
+    simple_query,
+    simple_rows,
+    sleeper,
+    submit,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -87,12 +94,7 @@ def test_ERR_1_every_error_reaches_the_user_in_one_shape(
     with controller.client() as client:
         locations = {kind: submit(client, body) for kind, body in cases.items()}
         records = {kind: wait_finished(client, location) for kind, location in locations.items()}
-    for kind, record in records.items():
-        assert record["status"] == "failed", record
-        error = record["error"]
-        assert set(error) == {"error_type", "message", "details", "retryable"}, error
-        assert error["error_type"] == kind, error
-        assert error["message"], error
+    assert_each_failed_as_its_kind(records)
 
 
 def test_ERR_2_a_failed_query_leaves_the_service_working(
