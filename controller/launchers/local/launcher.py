@@ -8,6 +8,12 @@ read is `outcome`; the dispatcher gets an `Outcome`, never an exception for a qu
 
 Scratch directories and cgroups are named ``<owner>-<seq>-<query id>-<attempt>``, the owner being the
 controller's pid and start time: on start, a controller removes what one no longer alive left behind.
+
+Warm start (`warm_start`, ``PODQ_LOCAL_WARM_START``): the worker is forked from a zygote that has already
+imported it (see `warm` and worker_image/zygote.py) instead of started as a new interpreter. It is
+confined the same way (session, death signal, cgroup or RLIMIT_AS, scratch directory, environment) before
+it reads its request, which it gets through a pipe of its own, and it ends the same way. A query whose
+zygote dies under it is a retryable ``crash``; with no zygote available a query starts cold.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -39,9 +46,19 @@ from controller.launchers.local.child import (
 from controller.launchers.local.outcome import Enforcement, KillReason, MemoryEvidence, WorkerEnd, classify
 from controller.launchers.local.process import WorkerProcess
 from controller.launchers.local.procfs import start_time
+from controller.launchers.local.warm import ZygotePool
+from controller.launchers.local.zygote import Zygote, ZygoteLost
 from controller.launchers.worker_io import encode_request, polars_threads
+from controller.quantity import parse_cpu_millicores
 from controller.settings import Settings
-from worker_image.protocol import TERMINATION_MESSAGE_LIMIT, ErrorType, error_info
+from worker_image.protocol import (
+    MEMORY_LIMIT_ENV,
+    REQUEST_ENV,
+    TERMINATION_MESSAGE_ENV,
+    TERMINATION_MESSAGE_LIMIT,
+    ErrorType,
+    error_info,
+)
 
 __all__ = ["LocalLauncher", "MemoryEnforcement"]
 
@@ -58,6 +75,7 @@ _OWNER = re.compile(r"^(\d+)\.(\d+)-")
 class _Running:
     job: Job
     worker: WorkerProcess | None = None
+    zygote: Zygote | None = None
     killed_for: KillReason | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -82,8 +100,12 @@ class LocalLauncher:
         kill_grace_seconds: float = 5.0,
         max_envelope_bytes: int = MAX_ENVELOPE_BYTES,
         inherited_env: Sequence[str] = DEFAULT_INHERITED_ENV,
+        warm_start: bool = False,
+        warm_threads: Sequence[int] = (),
     ) -> None:
         """
+        `warm_start` forks workers from zygotes; `warm_threads` are the polars thread counts whose zygotes
+        start with the launcher (others start at their first query).
         `cgroup_parent` names the directory job cgroups are created in, instead of discovering one.
         `kill_grace_seconds` bounds how long, after a SIGKILL, the launcher waits for a worker's pipes
         to close and its cgroup to empty before it logs a leak and moves on.
@@ -102,6 +124,9 @@ class LocalLauncher:
         self._enforcement: Enforcement | None = None
         self._running: set[_Running] = set()
         self._closed = False
+        self._warm_start = warm_start
+        self._warm_threads = tuple(warm_threads)
+        self._zygotes: ZygotePool | None = None
 
     @property
     def memory_enforcement(self) -> Enforcement:
@@ -121,6 +146,8 @@ class LocalLauncher:
             work_dir=settings.data_dir / "scratch",
             enable_test_hooks=settings.enable_test_hooks,
             memory_enforcement=settings.memory_enforcement,
+            warm_start=settings.local_warm_start,
+            warm_threads=(polars_threads(parse_cpu_millicores(settings.default_cpu)),),
         )
 
     async def __aenter__(self) -> LocalLauncher:
@@ -141,8 +168,36 @@ class LocalLauncher:
                 log.warning("no writable memory cgroup (%s); capping memory with RLIMIT_AS instead", exc)
         self._enforcement = "cgroup" if self._cgroups is not None else "rlimit"
         await self._remove_stale()
+        if self._warm_start:
+            self._zygotes = ZygotePool(self._python, env=self._zygote_env, setup=self._zygote_setup)
+            for threads in self._warm_threads:
+                await self._zygotes.get(threads)
         where = f" in {self.cgroup_parent}" if self.cgroup_parent is not None else ""
-        log.info("local launcher ready: memory enforced by %s%s", self._enforcement, where)
+        warm = f"; warm start: {self.zygote_status}" if self._warm_start else "; cold starts"
+        log.info("local launcher ready: memory enforced by %s%s%s", self._enforcement, where, warm)
+
+    @property
+    def zygote_status(self) -> str:
+        """Readiness of warm start: the live zygotes, or why queries start cold."""
+        return self._zygotes.status() if self._zygotes is not None else "off (cold starts)"
+
+    def _zygote_env(self, threads: int) -> dict[str, str]:
+        env = worker_env(
+            request_json="",
+            scratch=Path("/nonexistent"),
+            termination_log=Path("/nonexistent"),
+            threads=threads,
+            memory_bytes=0,
+            test_hooks=False,
+            rlimit=self._enforcement == "rlimit",
+            inherited=self._inherited_env,
+        )
+        for name in ("HOME", "TMPDIR", REQUEST_ENV, MEMORY_LIMIT_ENV, TERMINATION_MESSAGE_ENV):
+            env.pop(name, None)
+        return env
+
+    def _zygote_setup(self) -> Callable[[], None]:
+        return child_setup(cgroup_procs=None, address_space_bytes=None)
 
     def refusal(self, limits: Limits) -> str | None:
         return None
@@ -161,6 +216,7 @@ class LocalLauncher:
 
     async def close(self) -> None:
         self._closed = True
+        zygotes, self._zygotes = self._zygotes, None
         running = list(self._running)
         for entry in running:
             entry.kill("shutdown")
@@ -168,6 +224,8 @@ class LocalLauncher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._kill_grace):
                     await entry.done.wait()
+        if zygotes is not None:
+            await zygotes.close()
         if self._running:
             log.error("local launcher closed with %d jobs not cleaned up", len(self._running))
 
@@ -215,24 +273,18 @@ class LocalLauncher:
             rlimit=rlimit,
             inherited=self._inherited_env,
         )
-        setup = child_setup(
-            cgroup_procs=cgroup.procs_file if cgroup is not None else None,
-            address_space_bytes=address_space_limit(job.limits.memory_bytes, threads) if rlimit else None,
-        )
+        procs = [cgroup.procs_file] if cgroup is not None else []
+        rlimit_as = address_space_limit(job.limits.memory_bytes, threads) if rlimit else None
+        zygote = await self._zygotes.get(threads) if self._zygotes is not None else None
         # Shielded: a spawn cancelled halfway would leave asyncio waiting for the worker's pipes to close.
         worker = entry.worker = await shielded(
-            WorkerProcess.spawn(
-                [self._python, "-m", "worker_image"],
-                env=env,
-                cwd=job_dir,
-                setup=setup,
-                query_id=job.query_id,
-                max_envelope_bytes=self._max_envelope_bytes,
-            )
+            self._start_worker(entry, zygote, env, job_dir, procs=procs, rlimit_as=rlimit_as)
         )
+        start: Literal["warm", "cold"] = "warm" if entry.zygote is not None else "cold"
         log.info(
-            "query %s: worker pid %d started (attempt %d, %d threads, memory %d bytes by %s, deadline %gs)",
+            "query %s: %s worker %d started (attempt %d, %d threads, memory %d bytes by %s, deadline %gs)",
             job.query_id,
+            start,
             worker.pid,
             job.attempt,
             threads,
@@ -254,10 +306,19 @@ class LocalLauncher:
                 cgroup.kill()
             returncode = await shielded(worker.reap(self._kill_grace))
         counters = cgroup.counters() if cgroup is not None else MemoryCounters(0, 0, None)
+        killed_for = entry.killed_for
+        if returncode is None:
+            # A warm worker whose zygote died, or never reported it: its exit status is lost.
+            if entry.zygote is not None and entry.zygote.alive:
+                log.error("zygote %d lost worker %d's exit status: killing it", entry.zygote.pid, worker.pid)
+                entry.zygote.kill()
+            killed_for = killed_for or "zygote_lost"
+            returncode = -signal.SIGKILL
         return WorkerEnd(
             pid=worker.pid,
+            start=start,
             returncode=returncode,
-            killed_for=entry.killed_for,
+            killed_for=killed_for,
             timeout_seconds=job.limits.timeout_seconds,
             envelope_line=worker.stdout.envelope.decode(errors="replace") if worker.stdout.envelope else None,
             envelope_oversized=worker.stdout.oversized,
@@ -270,6 +331,45 @@ class LocalLauncher:
                 failcnt=counters.failcnt,
                 peak_bytes=counters.peak_bytes,
             ),
+        )
+
+    async def _start_worker(
+        self,
+        entry: _Running,
+        zygote: Zygote | None,
+        env: dict[str, str],
+        job_dir: Path,
+        *,
+        procs: list[Path],
+        rlimit_as: int | None,
+    ) -> WorkerProcess:
+        job = entry.job
+        if zygote is not None:
+            warm_env = dict(env)
+            request = warm_env.pop(REQUEST_ENV).encode()
+            try:
+                worker = await WorkerProcess.fork(
+                    zygote,
+                    request=request,
+                    env=warm_env,
+                    cwd=job_dir,
+                    cgroup_procs=procs,
+                    rlimit_as=rlimit_as,
+                    query_id=job.query_id,
+                    max_envelope_bytes=self._max_envelope_bytes,
+                )
+            except (ZygoteLost, OSError) as exc:
+                log.warning("query %s: no warm worker (%s); starting it cold", job.query_id, exc)
+            else:
+                entry.zygote = zygote
+                return worker
+        return await WorkerProcess.spawn(
+            [self._python, "-m", "worker_image"],
+            env=env,
+            cwd=job_dir,
+            setup=child_setup(cgroup_procs=procs[0] if procs else None, address_space_bytes=rlimit_as),
+            query_id=job.query_id,
+            max_envelope_bytes=self._max_envelope_bytes,
         )
 
     async def _clean_up(self, entry: _Running, job_dir: Path, cgroup: JobCgroup | None) -> None:
