@@ -16,9 +16,9 @@ never runs a query and never sees a request or a result. Messages are one JSON o
 The child confines itself before it reads its request, exactly as a cold worker is confined before exec:
 a session of its own, the death signal (SIGKILL when the zygote dies; the zygote itself dies with the
 controller), the job's cgroups joined, RLIMIT_CORE 0 and the RLIMIT_AS fallback, only stdin (/dev/null),
-stdout, stderr and the request pipe open, the job's environment and working directory. Then it reads the
-request, puts it in ``PODQ_REQUEST`` (the process's /proc environ still shows the zygote's, which holds
-no request) and runs `worker_image.__main__.main`, so the protocol and the envelope are the cold worker's.
+stdout, stderr and the request pipe open, the job's environment and working directory. Then it runs
+`worker_image.__main__.main`, which reads the request from the pipe (``PODQ_REQUEST_FD``, as a cold
+worker does), so the protocol and the envelope are the cold worker's. (Its /proc environ is the zygote's.)
 
 Library imports start a few threads of their own (polars' out-of-core cleaner; the launcher turns
 jemalloc's background threads off through the environment); a fork copies only the forking thread, and
@@ -41,7 +41,7 @@ import tempfile
 import traceback
 from typing import Any
 
-from worker_image.protocol import EXIT_INTERNAL_ERROR, REQUEST_ENV
+from worker_image.protocol import EXIT_INTERNAL_ERROR, REQUEST_FD_ENV
 
 _PR_SET_PDEATHSIG = 1
 _MAX_MESSAGE = 1 << 20
@@ -163,8 +163,7 @@ def _child(command: dict[str, Any], fds: list[int], control_fd: int, wake: tuple
         os.environ.update(command["env"])
         tempfile.tempdir = None
         os.set_inheritable(_REQUEST_FD, False)
-        with os.fdopen(_REQUEST_FD, "rb") as pipe:
-            os.environ[REQUEST_ENV] = pipe.read().decode()
+        os.environ[REQUEST_FD_ENV] = str(_REQUEST_FD)
         from worker_image.__main__ import main
 
         code = main()

@@ -27,7 +27,7 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -42,23 +42,19 @@ from controller.launchers.local.child import (
     child_setup,
     request_env_bytes,
     worker_env,
+    zygote_env,
 )
+from controller.launchers.local.cpu import CpuCgroups, JobCpu
 from controller.launchers.local.outcome import Enforcement, KillReason, MemoryEvidence, WorkerEnd, classify
 from controller.launchers.local.process import WorkerProcess
 from controller.launchers.local.procfs import start_time
+from controller.launchers.local.start import start_worker
 from controller.launchers.local.warm import ZygotePool
-from controller.launchers.local.zygote import Zygote, ZygoteLost
+from controller.launchers.local.zygote import Zygote
 from controller.launchers.worker_io import encode_request, polars_threads
 from controller.quantity import parse_cpu_millicores
 from controller.settings import Settings
-from worker_image.protocol import (
-    MEMORY_LIMIT_ENV,
-    REQUEST_ENV,
-    TERMINATION_MESSAGE_ENV,
-    TERMINATION_MESSAGE_LIMIT,
-    ErrorType,
-    error_info,
-)
+from worker_image.protocol import TERMINATION_MESSAGE_LIMIT, ErrorType, error_info
 
 __all__ = ["LocalLauncher", "MemoryEnforcement"]
 
@@ -76,6 +72,7 @@ class _Running:
     job: Job
     worker: WorkerProcess | None = None
     zygote: Zygote | None = None
+    cpu: JobCpu | None = None
     killed_for: KillReason | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -102,6 +99,7 @@ class LocalLauncher:
         inherited_env: Sequence[str] = DEFAULT_INHERITED_ENV,
         warm_start: bool = False,
         warm_threads: Sequence[int] = (),
+        cpu_limit: bool = True,
     ) -> None:
         """
         `warm_start` forks workers from zygotes; `warm_threads` are the polars thread counts whose zygotes
@@ -127,6 +125,8 @@ class LocalLauncher:
         self._warm_start = warm_start
         self._warm_threads = tuple(warm_threads)
         self._zygotes: ZygotePool | None = None
+        self._cpu_limit = cpu_limit
+        self._cpu: CpuCgroups | None = None
 
     @property
     def memory_enforcement(self) -> Enforcement:
@@ -138,6 +138,16 @@ class LocalLauncher:
     def cgroup_parent(self) -> Path | None:
         """Where job cgroups are created, once started in cgroup mode."""
         return self._cgroups.parent if self._cgroups is not None else None
+
+    @property
+    def work_dir(self) -> Path:
+        """Where job directories are created."""
+        return self._work_dir
+
+    @property
+    def cpu_cgroups(self) -> CpuCgroups | None:
+        """Where job CPU cgroups are created, if CPU limits are enforced."""
+        return self._cpu
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalLauncher:
@@ -167,9 +177,19 @@ class LocalLauncher:
                     raise
                 log.warning("no writable memory cgroup (%s); capping memory with RLIMIT_AS instead", exc)
         self._enforcement = "cgroup" if self._cgroups is not None else "rlimit"
+        if self._cpu_limit:
+            try:
+                self._cpu = CpuCgroups.discover()
+            except (CgroupUnavailable, OSError) as exc:
+                log.warning("no writable cpu cgroup (%s): CPU limits are not enforced", exc)
         await self._remove_stale()
         if self._warm_start:
-            self._zygotes = ZygotePool(self._python, env=self._zygote_env, setup=self._zygote_setup)
+            rlimit = self._enforcement == "rlimit"
+            self._zygotes = ZygotePool(
+                self._python,
+                env=lambda threads: zygote_env(threads=threads, rlimit=rlimit, inherited=self._inherited_env),
+                setup=lambda: child_setup(cgroup_procs=(), address_space_bytes=None),
+            )
             for threads in self._warm_threads:
                 await self._zygotes.get(threads)
         where = f" in {self.cgroup_parent}" if self.cgroup_parent is not None else ""
@@ -180,24 +200,6 @@ class LocalLauncher:
     def zygote_status(self) -> str:
         """Readiness of warm start: the live zygotes, or why queries start cold."""
         return self._zygotes.status() if self._zygotes is not None else "off (cold starts)"
-
-    def _zygote_env(self, threads: int) -> dict[str, str]:
-        env = worker_env(
-            request_json="",
-            scratch=Path("/nonexistent"),
-            termination_log=Path("/nonexistent"),
-            threads=threads,
-            memory_bytes=0,
-            test_hooks=False,
-            rlimit=self._enforcement == "rlimit",
-            inherited=self._inherited_env,
-        )
-        for name in ("HOME", "TMPDIR", REQUEST_ENV, MEMORY_LIMIT_ENV, TERMINATION_MESSAGE_ENV):
-            env.pop(name, None)
-        return env
-
-    def _zygote_setup(self) -> Callable[[], None]:
-        return child_setup(cgroup_procs=None, address_space_bytes=None)
 
     def refusal(self, limits: Limits) -> str | None:
         return None
@@ -249,6 +251,8 @@ class LocalLauncher:
         try:
             if self._cgroups is not None:
                 cgroup = self._cgroups.create(name, job.limits.memory_bytes)
+            if self._cpu is not None:
+                entry.cpu = self._cpu.create(name, job.limits.cpu_millicores)
             end = await self._execute(entry, request_json, job_dir, cgroup)
         finally:
             await shielded(self._clean_up(entry, job_dir, cgroup))
@@ -274,12 +278,22 @@ class LocalLauncher:
             inherited=self._inherited_env,
         )
         procs = [cgroup.procs_file] if cgroup is not None else []
-        rlimit_as = address_space_limit(job.limits.memory_bytes, threads) if rlimit else None
+        procs += entry.cpu.procs_files if entry.cpu is not None else []
         zygote = await self._zygotes.get(threads) if self._zygotes is not None else None
         # Shielded: a spawn cancelled halfway would leave asyncio waiting for the worker's pipes to close.
-        worker = entry.worker = await shielded(
-            self._start_worker(entry, zygote, env, job_dir, procs=procs, rlimit_as=rlimit_as)
+        worker, entry.zygote = await shielded(
+            start_worker(
+                zygote,
+                python=self._python,
+                env=env,
+                job_dir=job_dir,
+                cgroup_procs=procs,
+                rlimit_as=address_space_limit(job.limits.memory_bytes, threads) if rlimit else None,
+                query_id=job.query_id,
+                max_envelope_bytes=self._max_envelope_bytes,
+            )
         )
+        entry.worker = worker
         start: Literal["warm", "cold"] = "warm" if entry.zygote is not None else "cold"
         log.info(
             "query %s: %s worker %d started (attempt %d, %d threads, memory %d bytes by %s, deadline %gs)",
@@ -333,49 +347,13 @@ class LocalLauncher:
             ),
         )
 
-    async def _start_worker(
-        self,
-        entry: _Running,
-        zygote: Zygote | None,
-        env: dict[str, str],
-        job_dir: Path,
-        *,
-        procs: list[Path],
-        rlimit_as: int | None,
-    ) -> WorkerProcess:
-        job = entry.job
-        if zygote is not None:
-            warm_env = dict(env)
-            request = warm_env.pop(REQUEST_ENV).encode()
-            try:
-                worker = await WorkerProcess.fork(
-                    zygote,
-                    request=request,
-                    env=warm_env,
-                    cwd=job_dir,
-                    cgroup_procs=procs,
-                    rlimit_as=rlimit_as,
-                    query_id=job.query_id,
-                    max_envelope_bytes=self._max_envelope_bytes,
-                )
-            except (ZygoteLost, OSError) as exc:
-                log.warning("query %s: no warm worker (%s); starting it cold", job.query_id, exc)
-            else:
-                entry.zygote = zygote
-                return worker
-        return await WorkerProcess.spawn(
-            [self._python, "-m", "worker_image"],
-            env=env,
-            cwd=job_dir,
-            setup=child_setup(cgroup_procs=procs[0] if procs else None, address_space_bytes=rlimit_as),
-            query_id=job.query_id,
-            max_envelope_bytes=self._max_envelope_bytes,
-        )
-
     async def _clean_up(self, entry: _Running, job_dir: Path, cgroup: JobCgroup | None) -> None:
         query_id = entry.job.query_id
         if cgroup is not None:
             await self._remove_cgroup(cgroup, query_id)
+        if entry.cpu is not None:
+            for problem in entry.cpu.remove():
+                log.error("query %s: cpu cgroup not removed: %s", query_id, problem)
         self._remove_dir(job_dir, query_id)
         self._running.discard(entry)
         entry.done.set()
@@ -402,6 +380,11 @@ class LocalLauncher:
             for cgroup in self._cgroups.stale(_is_stale):
                 log.warning("removing cgroup %s left by a previous controller", cgroup.path)
                 await self._remove_cgroup(cgroup, cgroup.path.name)
+        if self._cpu is not None:
+            for cpu in self._cpu.stale(_is_stale):
+                log.warning("removing cpu cgroup %s left by a previous controller", cpu.paths[0])
+                for problem in cpu.remove():
+                    log.error("cpu cgroup not removed: %s", problem)
 
 
 def _owner_tag(pid: int) -> str:

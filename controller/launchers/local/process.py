@@ -64,14 +64,16 @@ class WorkerProcess:
         argv: list[str],
         *,
         env: Mapping[str, str],
+        request: bytes,
         cwd: Path,
         setup: Callable[[], None],
         query_id: str,
         max_envelope_bytes: int,
     ) -> WorkerProcess:
+        """A cold worker: a new interpreter, which reads `request` from its stdin."""
         process = await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=cwd,
@@ -95,6 +97,8 @@ class WorkerProcess:
             max_envelope_bytes=max_envelope_bytes,
         )
         worker._process = process
+        assert process.stdin is not None
+        worker._extra.append(asyncio.create_task(_feed(process.stdin, request)))
         return worker
 
     @classmethod
@@ -229,6 +233,19 @@ async def _reader(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamRea
     pipe = os.fdopen(fd, "rb", buffering=0)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
     return reader
+
+
+async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
+    """The request into a cold worker's stdin; a worker that died first never needed it."""
+    try:
+        stdin.write(data)
+        await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        stdin.close()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            await stdin.wait_closed()
 
 
 def _write_and_close(fd: int, data: bytes) -> None:
