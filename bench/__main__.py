@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import api, engine, kube, latency
+from bench import api, engine, kube, latency, warmstart
 from bench.data import generate
 from bench.machine import describe
 
@@ -30,10 +30,20 @@ class Size:
     stored: int
     kube_runs: int
     kube_queued: int
+    # `SELECT 1` queries for the warm-vs-cold throughput run (cap 4).
+    throughput_queries: int = 200
 
 
 SIZES = {
-    "smoke": Size(fact_rows=(20_000,), repeats=1, latency_runs=5, stored=200, kube_runs=3, kube_queued=16),
+    "smoke": Size(
+        fact_rows=(20_000,),
+        repeats=1,
+        latency_runs=5,
+        stored=200,
+        kube_runs=3,
+        kube_queued=16,
+        throughput_queries=20,
+    ),
     "small": Size(
         fact_rows=(1_000_000,), repeats=3, latency_runs=50, stored=10_000, kube_runs=20, kube_queued=200
     ),
@@ -110,6 +120,10 @@ def main() -> None:
         if "latency" in sections:
             print(f"## 2. Local launcher latency ({size.latency_runs} runs each)\n", flush=True)
             print(latency.report(*latency.measure(workdir, size.latency_runs)) + "\n", flush=True)
+            queries = size.throughput_queries
+            print(f"### Warm start: throughput ({queries} queries at cap 4) and memory\n", flush=True)
+            rates, memories = warmstart.measure(workdir, queries, cap=4)
+            print(warmstart.report(rates, memories, queries, cap=4) + "\n", flush=True)
         if "api" in sections:
             print("## 3. API and store\n", flush=True)
             results_api = api.measure(workdir, size.stored, clients=20, runs=200)
