@@ -101,6 +101,15 @@ def cgroup_of(launcher: LocalLauncher, job: Job) -> tuple[int, int]:
     return int(pid), int(limit.read_text())
 
 
+def open_files(pid: int) -> dict[int, str]:
+    """The process's file descriptors and what they point to (readlink of /proc/<pid>/fd/<n>)."""
+    found = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            found[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+    return found
+
+
 def address_space_cap(pid: int) -> int:
     limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
     return int(next(line for line in limits if line.startswith("Max address space")).split()[3])
@@ -532,6 +541,12 @@ def test_the_worker_runs_in_its_own_session_with_an_explicit_environment_and_its
             worker = await first_worker()
             environ = worker.environ()
             cwd = worker.cwd()
+            fds = open_files(worker.pid)
+            # Only what it needs: no socket (a warm worker never keeps the zygote's control socket), no
+            # descriptor of the controller's or of another job's.
+            assert not [target for target in fds.values() if target.startswith("socket:")], fds
+            assert fds[0] in ("/dev/null", *[t for t in fds.values() if t.startswith("pipe:")]), fds
+            assert fds[1].startswith("pipe:") and fds[2].startswith("pipe:"), fds
             if launcher.cgroup_parent is not None:
                 assert cgroup_of(launcher, job) == (worker.pid, 300 * MIB)
             else:

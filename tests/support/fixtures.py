@@ -258,17 +258,26 @@ def worker_leak_check(tmp_path: Path) -> Callable[[], None]:
     return check
 
 
+@pytest.fixture(params=["warm", "cold"])
+def controller_start_mode(request: pytest.FixtureRequest) -> str:
+    """How the controllers a test starts start their local workers (`PODQ_LOCAL_WARM_START`)."""
+    mode: str = request.param
+    return mode
+
+
 @pytest.fixture
 def start_controller(
-    tmp_path: Path, worker_leak_check: Callable[[], None]
+    tmp_path: Path, worker_leak_check: Callable[[], None], controller_start_mode: str
 ) -> Iterator[Callable[..., ControllerProcess]]:
-    """Start `podq serve` subprocesses; each is stopped (SIGTERM) at teardown, leaving no worker behind."""
+    """Start `podq serve` subprocesses; each is stopped (SIGTERM) at teardown, leaving no worker behind.
+    Runs once per start mode (warm, cold) unless a test sets ``local_warm_start`` itself."""
     started: list[ControllerProcess] = []
+    warm = {"local_warm_start": str(controller_start_mode == "warm").lower()}
 
     def start(data_dir: Path | None = None, **settings: object) -> ControllerProcess:
         controller = ControllerProcess(
             data_dir or tmp_path / "data",
-            _env({**CONTROLLER_DEFAULTS, **settings}),
+            _env({**CONTROLLER_DEFAULTS, **warm, **settings}),
             tmp_path / f"controller-{len(started)}.log",
         )
         controller.start()
@@ -281,12 +290,16 @@ def start_controller(
     worker_leak_check()
 
 
-@pytest.fixture(scope="module")
-def running_controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
-    """One controller shared by a module's tests that only read or submit cheap queries."""
+@pytest.fixture(scope="module", params=["warm", "cold"])
+def running_controller(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ControllerProcess]:
+    """One controller shared by a module's tests that only read or submit cheap queries; once per start
+    mode (warm, cold)."""
     directory = tmp_path_factory.mktemp("controller")
+    warm = {"local_warm_start": str(request.param == "warm").lower()}
     controller = ControllerProcess(
-        directory / "data", _env(CONTROLLER_DEFAULTS), directory / "controller.log"
+        directory / "data", _env({**CONTROLLER_DEFAULTS, **warm}), directory / "controller.log"
     )
     controller.start()
     yield controller
