@@ -20,6 +20,11 @@ from controller.launchers.local.cgroups import PARENT_NAME, CgroupUnavailable
 __all__ = ["CFS_PERIOD_US", "CpuCgroups", "JobCpu"]
 
 CFS_PERIOD_US = 100_000
+# Group scheduling weighs a cgroup as one task: the `podq` parent at the default 1024 shares would get, all
+# queries together, what one busy thread at the root gets, far less than workers as separate processes had
+# on a busy host. Its shares are those of 16 busy threads (each job's CFS quota still caps what it uses);
+# each job weighs 1024 per core of its limit.
+PARENT_SHARES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class CpuCgroups:
                 path.mkdir()
             _write(cpu / "cpu.cfs_period_us", str(CFS_PERIOD_US))
             _write(job.quota_path, str(max(1000, millicores * CFS_PERIOD_US // 1000)))
+            _write(cpu / "cpu.shares", str(max(2, millicores * 1024 // 1000)))
         except OSError:
             job.remove()
             raise
@@ -116,6 +122,7 @@ class CpuCgroups:
     def _probe(self) -> None:
         for parent in {self.cpu_parent, self.cpuacct_parent}:
             parent.mkdir(exist_ok=True)
+        _write(self.cpu_parent / "cpu.shares", str(PARENT_SHARES))
         name = f"probe-{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             for parent in (self.cpu_parent, self.cpuacct_parent):
