@@ -64,6 +64,30 @@ def test_the_zygote_killed_mid_flight_fails_its_queries_as_retryable_crashes_and
     assert replacement != killed
 
 
+def test_a_wedged_zygote_is_killed_its_query_starts_cold_and_the_next_one_warm_again(
+    local_launcher: MakeLauncher, start_mode: str, sample_datasets: list[dict[str, str]]
+) -> None:
+    if start_mode == "cold":
+        pytest.skip("a cold start has no zygote to wedge")
+
+    async def scenario() -> tuple[Outcome, Outcome, int, int]:
+        async with local_launcher() as launcher:
+            [zygote] = live_zygotes()
+            os.kill(zygote.pid, signal.SIGSTOP)
+            wedged = await launcher.run(make_job(query_request(SIMPLE_SQL, sample_datasets)))
+            after = await launcher.run(make_job(query_request(SIMPLE_SQL, sample_datasets)))
+            [replacement] = live_zygotes()
+            return wedged, after, zygote.pid, replacement.pid
+
+    wedged, after, stopped, replacement = asyncio.run(scenario())
+
+    assert rows_of(wedged) == SIMPLE_ROWS
+    assert wedged.placement["start"] == "cold"
+    assert rows_of(after) == SIMPLE_ROWS
+    assert after.placement["start"] == "warm"
+    assert replacement != stopped
+
+
 def test_concurrent_workers_cannot_see_each_others_requests_or_results(
     local_launcher: MakeLauncher, start_mode: str, sample_datasets: list[dict[str, str]]
 ) -> None:
