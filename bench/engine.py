@@ -105,7 +105,9 @@ class _WarmLauncher:
 
     def __init__(self, work_dir: Path) -> None:
         self._runner = asyncio.Runner()
-        self._launcher = LocalLauncher(work_dir=work_dir, warm_start=True, warm_threads=(WARM_THREADS,))
+        self._launcher = LocalLauncher(
+            work_dir=work_dir, warm_start=True, warm_threads=(WARM_THREADS,), wait_for_zygotes=True
+        )
         self._runner.run(self._launcher.start())
         self._queries = itertools.count()
 

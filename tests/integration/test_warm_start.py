@@ -49,8 +49,10 @@ def test_the_zygote_killed_mid_flight_fails_its_queries_as_retryable_crashes_and
             os.kill(zygote.pid, signal.SIGKILL)
             async with asyncio.timeout(30):
                 outcomes = list(await asyncio.gather(*tasks))
+            # Replaced at once, in the background; meanwhile queries start cold.
+            [replacement] = await wait_until_async(live_zygotes, "a new zygote", within=60)
+            await wait_until_async(lambda: launcher.zygote_status.startswith("ok"), "it to be up", within=60)
             after = await launcher.run(make_job(query_request(SIMPLE_SQL, sample_datasets)))
-            [replacement] = live_zygotes()
             return outcomes, after, zygote.pid, replacement.pid
 
     outcomes, after, killed, replacement = asyncio.run(scenario())
@@ -75,8 +77,9 @@ def test_a_wedged_zygote_is_killed_its_query_starts_cold_and_the_next_one_warm_a
             [zygote] = live_zygotes()
             os.kill(zygote.pid, signal.SIGSTOP)
             wedged = await launcher.run(make_job(query_request(SIMPLE_SQL, sample_datasets)))
+            [replacement] = await wait_until_async(live_zygotes, "a new zygote", within=60)
+            await wait_until_async(lambda: launcher.zygote_status.startswith("ok"), "it to be up", within=60)
             after = await launcher.run(make_job(query_request(SIMPLE_SQL, sample_datasets)))
-            [replacement] = live_zygotes()
             return wedged, after, zygote.pid, replacement.pid
 
     wedged, after, stopped, replacement = asyncio.run(scenario())

@@ -362,6 +362,7 @@ def local_launcher(tmp_path: Path, memory_enforcement: str, start_mode: str) -> 
             "memory_enforcement": memory_enforcement,
             "warm_start": start_mode == "warm",
             "warm_threads": TEST_WARM_THREADS,
+            "wait_for_zygotes": True,
             **overrides,
         }
         return LocalLauncher(**options)

@@ -100,10 +100,12 @@ class LocalLauncher:
         warm_start: bool = False,
         warm_threads: Sequence[int] = (),
         cpu_limit: bool = True,
+        wait_for_zygotes: bool = False,
     ) -> None:
         """
         `warm_start` forks workers from zygotes; `warm_threads` are the polars thread counts whose zygotes
-        start with the launcher (others start at their first query).
+        start with the launcher (others at their first query, which starts cold); `start` waits for them
+        only with `wait_for_zygotes` (the controller does not: its first queries may start cold).
         `cgroup_parent` names the directory job cgroups are created in, instead of discovering one.
         `kill_grace_seconds` bounds how long, after a SIGKILL, the launcher waits for a worker's pipes
         to close and its cgroup to empty before it logs a leak and moves on.
@@ -126,6 +128,7 @@ class LocalLauncher:
         self._warm_threads = tuple(warm_threads)
         self._zygotes: ZygotePool | None = None
         self._cpu_limit = cpu_limit
+        self._wait_for_zygotes = wait_for_zygotes
         self._cpu: CpuCgroups | None = None
 
     @property
@@ -191,7 +194,10 @@ class LocalLauncher:
                 setup=lambda: child_setup(cgroup_procs=(), address_space_bytes=None),
             )
             for threads in self._warm_threads:
-                await self._zygotes.get(threads)
+                if self._wait_for_zygotes:
+                    await self._zygotes.wait_ready(threads)
+                else:
+                    self._zygotes.prestart(threads)
         where = f" in {self.cgroup_parent}" if self.cgroup_parent is not None else ""
         warm = f"; warm start: {self.zygote_status}" if self._warm_start else "; cold starts"
         log.info("local launcher ready: memory enforced by %s%s%s", self._enforcement, where, warm)
@@ -279,7 +285,7 @@ class LocalLauncher:
         )
         procs = [cgroup.procs_file] if cgroup is not None else []
         procs += entry.cpu.procs_files if entry.cpu is not None else []
-        zygote = await self._zygotes.get(threads) if self._zygotes is not None else None
+        zygote = self._zygotes.get(threads) if self._zygotes is not None else None
         # Shielded: a spawn cancelled halfway would leave asyncio waiting for the worker's pipes to close.
         worker, entry.zygote = await shielded(
             start_worker(

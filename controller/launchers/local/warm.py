@@ -3,9 +3,10 @@ when dead.
 
 polars fixes the size of its thread pool when it is imported, so a zygote serves the queries of one thread
 count (``POLARS_MAX_THREADS`` in its environment); most deployments use one CPU limit and so one zygote.
-`get` answers a live zygote, waiting for one that is starting, or None: then the query starts cold. A
-zygote that failed to start is not tried again for `RETRY_AFTER_SECONDS`, so queries do not each pay for a
-failing start.
+`get` answers a live zygote or None, never waiting: with none ready (starting, dead, failed) the query
+starts cold, which is faster than waiting for a zygote to import everything, and a zygote for its thread
+count starts in the background. A zygote that exits is replaced at once; one that failed to start is not
+tried again for `RETRY_AFTER_SECONDS`.
 """
 
 from __future__ import annotations
@@ -48,26 +49,49 @@ class ZygotePool:
         self._zygotes: dict[int, Zygote] = {}
         self._starting: dict[int, asyncio.Task[Zygote | None]] = {}
         self._failed_at: dict[int, float] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    async def get(self, threads: int) -> Zygote | None:
+    def get(self, threads: int) -> Zygote | None:
+        """The live zygote for `threads`, else None (and one starts in the background)."""
+        zygote = self._zygotes.get(threads)
+        if zygote is not None and zygote.alive:
+            return zygote
+        self.prestart(threads)
+        return None
+
+    def prestart(self, threads: int) -> asyncio.Task[Zygote | None] | None:
+        """Start a zygote for `threads` unless one is up or starting, or the last start failed lately."""
         if self._closed:
             return None
         zygote = self._zygotes.get(threads)
         if zygote is not None and zygote.alive:
-            return zygote
+            return None
         if zygote is not None:
-            log.warning("zygote %d (%d threads) is gone; starting another", zygote.pid, threads)
             del self._zygotes[threads]
-            await zygote.close()
+            zygote.kill()
+        if (task := self._starting.get(threads)) is not None:
+            return task
         failed_at = self._failed_at.get(threads)
         if failed_at is not None and time.monotonic() - failed_at < RETRY_AFTER_SECONDS:
             return None
-        task = self._starting.get(threads)
-        if task is None:
-            task = self._starting[threads] = asyncio.create_task(self._start(threads))
-        # Shielded: one query giving up must not stop the start the others wait for.
-        return await asyncio.shield(task)
+        task = self._starting[threads] = asyncio.create_task(self._start(threads))
+        return task
+
+    async def wait_ready(self, threads: int) -> Zygote | None:
+        """Start the zygote for `threads` and wait until it is up (or failed)."""
+        task = self.prestart(threads)
+        if task is not None:
+            await asyncio.shield(task)
+        return self.get(threads)
+
+    async def _watch(self, zygote: Zygote) -> None:
+        """Replace the zygote as soon as it exits."""
+        code = await zygote.wait()
+        if self._closed or self._zygotes.get(zygote.threads) is not zygote:
+            return
+        log.error("zygote %d (%d threads) exited (%s); starting another", zygote.pid, zygote.threads, code)
+        self.prestart(zygote.threads)
 
     async def _start(self, threads: int) -> Zygote | None:
         started = time.monotonic()
@@ -91,6 +115,8 @@ class ZygotePool:
             return None
         self._failed_at.pop(threads, None)
         self._zygotes[threads] = zygote
+        self._watchers.add(watcher := asyncio.create_task(self._watch(zygote)))
+        watcher.add_done_callback(self._watchers.discard)
         log.info("zygote %d ready for %d threads in %.2fs", zygote.pid, threads, time.monotonic() - started)
         return zygote
 
@@ -112,3 +138,6 @@ class ZygotePool:
         for zygote in self._zygotes.values():
             await zygote.close()
         self._zygotes.clear()
+        for watcher in list(self._watchers):
+            watcher.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
