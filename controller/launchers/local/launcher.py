@@ -302,10 +302,10 @@ class LocalLauncher:
         entry.worker = worker
         start: Literal["warm", "cold"] = "warm" if entry.zygote is not None else "cold"
         log.info(
-            "query %s: %s worker %d started (attempt %d, %d threads, memory %d bytes by %s, deadline %gs)",
+            "query %s: worker pid %d started %s (attempt %d, %d threads, memory %d bytes by %s, deadline %gs)",
             job.query_id,
-            start,
             worker.pid,
+            start,
             job.attempt,
             threads,
             job.limits.memory_bytes,
