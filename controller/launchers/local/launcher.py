@@ -302,7 +302,8 @@ class LocalLauncher:
         entry.worker = worker
         start: Literal["warm", "cold"] = "warm" if entry.zygote is not None else "cold"
         log.info(
-            "query %s: worker pid %d started %s (attempt %d, %d threads, memory %d bytes by %s, deadline %gs)",
+            "query %s: worker pid %d started %s (attempt %d, %d threads, memory %d bytes by %s, "
+            "deadline %gs)",
             job.query_id,
             worker.pid,
             start,
