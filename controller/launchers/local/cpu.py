@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from controller.launchers.local.cgroups import PARENT_NAME, CgroupUnavailable
 
 __all__ = ["CFS_PERIOD_US", "CpuCgroups", "JobCpu"]
+
+log = logging.getLogger(__name__)
 
 CFS_PERIOD_US = 100_000
 # Group scheduling weighs a cgroup as one task: the `podq` parent at the default 1024 shares would get, all
@@ -109,8 +113,14 @@ class CpuCgroups:
             raise
         return job
 
-    def stale(self, is_stale: object) -> list[JobCpu]:
-        assert callable(is_stale)
+    def remove_stale(self, is_stale: Callable[[str], bool]) -> None:
+        """Remove the job cgroups a controller no longer running left behind."""
+        for cpu in self.stale(is_stale):
+            log.warning("removing cpu cgroup %s left by a previous controller", cpu.paths[0])
+            for problem in cpu.remove():
+                log.error("cpu cgroup not removed: %s", problem)
+
+    def stale(self, is_stale: Callable[[str], bool]) -> list[JobCpu]:
         found = []
         for entry in self.cpu_parent.iterdir():
             if entry.is_dir() and is_stale(entry.name):

@@ -388,10 +388,7 @@ class LocalLauncher:
                 log.warning("removing cgroup %s left by a previous controller", cgroup.path)
                 await self._remove_cgroup(cgroup, cgroup.path.name)
         if self._cpu is not None:
-            for cpu in self._cpu.stale(_is_stale):
-                log.warning("removing cpu cgroup %s left by a previous controller", cpu.paths[0])
-                for problem in cpu.remove():
-                    log.error("cpu cgroup not removed: %s", problem)
+            self._cpu.remove_stale(_is_stale)
 
 
 def _owner_tag(pid: int) -> str:
