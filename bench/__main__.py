@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import api, engine, kube, latency
+from bench import api, engine, kube, latency, warmstart
 from bench import results as downloads_bench
 from bench.data import generate
 from bench.machine import describe
@@ -34,6 +34,8 @@ class Size:
     kube_runs: int
     kube_queued: int
     result_rows: int = 100_000
+    # `SELECT 1` queries for the warm-vs-cold throughput run (cap 4).
+    throughput_queries: int = 200
 
 
 SIZES = {
@@ -45,6 +47,7 @@ SIZES = {
         kube_runs=3,
         kube_queued=16,
         result_rows=10_000,
+        throughput_queries=20,
     ),
     "small": Size(
         fact_rows=(1_000_000,), repeats=3, latency_runs=50, stored=10_000, kube_runs=20, kube_queued=200
@@ -122,6 +125,10 @@ def main() -> None:
         if "latency" in sections:
             print(f"## 2. Local launcher latency ({size.latency_runs} runs each)\n", flush=True)
             print(latency.report(*latency.measure(workdir, size.latency_runs)) + "\n", flush=True)
+            queries = size.throughput_queries
+            print(f"### Warm start: throughput ({queries} queries at cap 4) and memory\n", flush=True)
+            rates, memories = warmstart.measure(workdir, queries, cap=4)
+            print(warmstart.report(rates, memories, queries, cap=4) + "\n", flush=True)
         if "api" in sections:
             print("## 3. API and store\n", flush=True)
             results_api = api.measure(workdir, size.stored, clients=20, runs=200)

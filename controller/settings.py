@@ -135,6 +135,13 @@ class Settings(BaseSettings):
         description="How the local launcher caps memory: a cgroup per query where the hierarchy is "
         "writable (`auto` prefers it), else RLIMIT_AS.",
     )
+    local_warm_start: bool = Field(
+        False,
+        description="Local launcher: fork each query's worker from a zygote that has already imported "
+        "polars and the worker (one per polars thread count), confined as a cold worker; a query starts in "
+        "tens of milliseconds instead of ~0.4 s (`/readyz` shows the zygotes). `false` (for now the default, "
+        "until the whole suite has run green with it): every query starts a new interpreter.",
+    )
     worker_python: str = Field(
         sys.executable,
         description="Python interpreter the local launcher runs `-m worker_image` with; default the "

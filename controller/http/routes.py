@@ -297,9 +297,12 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         checks["store"] = f"failing: {exc}"
     checks["launcher"] = "ok" if await services.launcher.ready() else "not ready"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
-    )
+    body: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
+    # The local launcher's warm start, for information: without a zygote queries start cold, still ready.
+    zygote = getattr(services.launcher, "zygote_status", None)
+    if isinstance(zygote, str):
+        body["zygote"] = zygote
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @health.get("/metrics")

@@ -45,6 +45,7 @@ CHART_OWNED = {
 # Settings a cluster install does not expose: the local launcher's own, the test hooks, a kubeconfig (the
 # controller uses its service account), and tokens as plain env (the chart mounts them as a file instead).
 NOT_IN_CLUSTER = {
+    "local_warm_start",
     "memory_enforcement",
     "worker_python",
     "enable_test_hooks",

@@ -367,6 +367,8 @@ def test_health_readiness_metrics_and_openapi(running_controller: ControllerProc
         metrics = client.get("/metrics").text
         openapi = client.get("/openapi.json").json()
     assert ready.status_code == 200 and ready.json()["checks"] == {"store": "ok", "launcher": "ok"}
+    zygote = ready.json()["zygote"]
+    assert zygote.startswith(("ok (1 threads: pid ", "starting")) or zygote == "off (cold starts)"
     assert "podq_queue_depth" in metrics
     assert 'podq_queries_finished_total{error_type="",operation="query",status="succeeded"}' in metrics
     assert {"/v1/queries", "/v1/queries/{query_id}", "/v1/inspections", "/healthz"} <= set(openapi["paths"])

@@ -103,6 +103,15 @@ def cgroup_of(launcher: LocalLauncher, job: Job) -> tuple[int, int]:
     return int(pid), int(limit.read_text())
 
 
+def open_files(pid: int) -> dict[int, str]:
+    """The process's file descriptors and what they point to (readlink of /proc/<pid>/fd/<n>)."""
+    found = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            found[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+    return found
+
+
 def address_space_cap(pid: int) -> int:
     limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
     return int(next(line for line in limits if line.startswith("Max address space")).split()[3])
@@ -337,7 +346,7 @@ def test_CRASH_2_nothing_of_a_crashed_job_reaches_the_next(
             # The first worker leaves something in its scratch directory, then dies of a real SIGSEGV.
             first = asyncio.create_task(launcher.run(make_job(sleeper)))
             worker = await first_worker()
-            first_tmp = Path(worker.environ()["TMPDIR"])
+            first_tmp = worker.scratch()
             (first_tmp / "half-downloaded.parquet").write_bytes(b"PAR1")
             os.kill(worker.pid, signal.SIGSEGV)
             crashed = await first
@@ -346,7 +355,7 @@ def test_CRASH_2_nothing_of_a_crashed_job_reaches_the_next(
 
             second = asyncio.create_task(launcher.run(make_job(sleeper)))
             worker = await first_worker()
-            second_tmp = Path(worker.environ()["TMPDIR"])
+            second_tmp = worker.scratch()
             assert second_tmp != first_tmp
             assert listing(second_tmp) == []
             assert listing(tmp_path / "scratch") == [second_tmp.parent.name]
@@ -516,10 +525,13 @@ def test_POOL_3_close_kills_running_jobs(
 def test_the_worker_runs_in_its_own_session_with_an_explicit_environment_and_its_memory_cap(
     local_launcher: MakeLauncher,
     memory_enforcement: str,
+    start_mode: str,
     sample_datasets: list[dict[str, str]],
-    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A cold worker's environment is what it was exec'd with; a warm worker's /proc environ is the
+    zygote's (which holds no request and nothing of the controller's), its own environment is checked from
+    inside it (`test_concurrent_workers_cannot_see_each_others_requests`)."""
     monkeypatch.setenv("PODQ_TEST_CONTROLLER_SECRET", "must not reach the worker")
     job = make_job(
         with_debug(query_request(SIMPLE_SQL, sample_datasets), sleep_seconds=60),
@@ -527,11 +539,19 @@ def test_the_worker_runs_in_its_own_session_with_an_explicit_environment_and_its
         cpu_millicores=1500,
     )
 
-    async def scenario() -> tuple[Proc, dict[str, str]]:
+    async def scenario() -> tuple[Proc, dict[str, str], Path | None, Path]:
         async with local_launcher() as launcher:
+            scratch = launcher.work_dir
             task = asyncio.create_task(launcher.run(job))
             worker = await first_worker()
             environ = worker.environ()
+            cwd = worker.cwd()
+            fds = open_files(worker.pid)
+            # Only what it needs: no socket (a warm worker never keeps the zygote's control socket), no
+            # descriptor of the controller's or of another job's.
+            assert not [target for target in fds.values() if target.startswith("socket:")], fds
+            assert fds[0] in ("/dev/null", *[t for t in fds.values() if t.startswith("pipe:")]), fds
+            assert fds[1].startswith("pipe:") and fds[2].startswith("pipe:"), fds
             if launcher.cgroup_parent is not None:
                 assert cgroup_of(launcher, job) == (worker.pid, 300 * MIB)
             else:
@@ -539,13 +559,19 @@ def test_the_worker_runs_in_its_own_session_with_an_explicit_environment_and_its
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            return worker, environ
+            return worker, environ, cwd, scratch
 
-    worker, environ = asyncio.run(scenario())
+    worker, environ, cwd, scratch = asyncio.run(scenario())
 
     assert worker.sid == worker.pid == worker.pgid
-    assert worker.cmdline[1:] == ("-m", "worker_image")
+    assert cwd is not None and cwd.is_relative_to(scratch)
     assert "PODQ_TEST_CONTROLLER_SECRET" not in environ
+    if start_mode == "warm":
+        assert worker.cmdline[1:3] == ("-m", "worker_image.zygote")
+        assert {"PODQ_REQUEST", "PODQ_ENABLE_TEST_HOOKS", "HOME", "TMPDIR"}.isdisjoint(environ)
+        assert environ["POLARS_MAX_THREADS"] == "2"
+        return
+    assert worker.cmdline[1:] == ("-m", "worker_image")
     expected_names = {
         *DEFAULT_INHERITED_ENV,
         "PYTHONPATH",
@@ -553,7 +579,7 @@ def test_the_worker_runs_in_its_own_session_with_an_explicit_environment_and_its
         "HOME",
         "TMPDIR",
         "POLARS_MAX_THREADS",
-        "PODQ_REQUEST",
+        "PODQ_REQUEST_FD",
         "PODQ_TERMINATION_MESSAGE_PATH",
         "PODQ_ENABLE_TEST_HOOKS",
         "PODQ_MEMORY_LIMIT_BYTES",
@@ -565,8 +591,8 @@ def test_the_worker_runs_in_its_own_session_with_an_explicit_environment_and_its
     assert environ["PODQ_ENABLE_TEST_HOOKS"] == "1"
     # The limit the worker watches its own memory against, in either mode.
     assert environ["PODQ_MEMORY_LIMIT_BYTES"] == str(300 * MIB)
-    assert json.loads(environ["PODQ_REQUEST"]) == job.request
-    scratch = tmp_path / "scratch"
+    # The request comes on stdin: no other process can read it from /proc/<pid>/environ.
+    assert environ["PODQ_REQUEST_FD"] == "0"
     assert Path(environ["TMPDIR"]).is_relative_to(scratch)
     assert Path(environ["PODQ_TERMINATION_MESSAGE_PATH"]).is_relative_to(scratch)
 

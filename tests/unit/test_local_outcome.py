@@ -35,6 +35,7 @@ RLIMIT = MemoryEvidence("rlimit", LIMIT)
 def worker_end(**changes: Any) -> WorkerEnd:
     base = WorkerEnd(
         pid=4242,
+        start="cold",
         returncode=0,
         killed_for=None,
         timeout_seconds=2.0,
@@ -324,7 +325,17 @@ def test_placement_names_the_process_and_how_it_ended(end: WorkerEnd, exit_field
         "pid": 4242,
         **exit_fields,
         "memory_enforcement": end.memory.enforcement,
+        "start": "cold",
     }
+
+
+def test_a_warm_worker_whose_zygote_died_is_a_retryable_crash() -> None:
+    outcome = classify(worker_end(killed_for="zygote_lost", returncode=KILLED, envelope_line=None))
+
+    assert outcome.error is not None
+    assert outcome.error["error_type"] == "crash"
+    assert outcome.error["retryable"] is True
+    assert "zygote" in outcome.error["message"]
 
 
 def test_memory_error_is_not_retryable_and_crash_is() -> None:
