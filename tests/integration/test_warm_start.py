@@ -132,10 +132,12 @@ def test_a_busy_query_at_500m_uses_at_most_half_a_core(
                 pytest.skip("no writable cpu cgroup here: the CPU limit is not enforced")
             task = asyncio.create_task(launcher.run(job))
             await wait_until_async(live_workers, "the worker to start")
-            # Past start-up and the download: polars is busy in collect().
-            await asyncio.sleep(1.5)
+            # Past start-up and the download: the job has used a second of CPU, so polars is in collect().
+            await wait_until_async(
+                lambda: _cpuacct_usage(launcher, job.query_id) >= 1e9, "a second of the job's CPU", within=60
+            )
             started, used_before = time.monotonic(), _cpuacct_usage(launcher, job.query_id)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # sleep-ok: the window the CPU use is measured over
             used = _cpuacct_usage(launcher, job.query_id) - used_before
             cores = used / 1e9 / (time.monotonic() - started)
             task.cancel()
