@@ -132,8 +132,17 @@ def run_timed(local_launcher: MakeLauncher, job: Job, tmp_path: Path) -> tuple[O
 
 
 async def first_worker() -> Proc:
-    workers = await wait_until_async(live_workers, "a worker process to start")
-    return workers[0]
+    """The first worker, once it is in its job directory: a warm child is visible from its fork on, before
+    it has moved into its job (its working directory is still the zygote's)."""
+
+    def in_its_job() -> Proc | None:
+        for worker in live_workers():
+            cwd = worker.cwd()
+            if cwd is not None and cwd.parent.name == "scratch":
+                return worker
+        return None
+
+    return await wait_until_async(in_its_job, "a worker process in its job directory")
 
 
 # ---------------------------------------------------------------- TIMEOUT
