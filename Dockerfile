@@ -40,7 +40,7 @@ COPY --from=build /opt/podq/site /opt/podq/site
 COPY controller/ /opt/podq/controller/
 # The client commands of `podq` (controller/cli.py builds its parser from podq/cli.py).
 COPY podq/ /opt/podq/podq/
-COPY worker_image/__init__.py worker_image/netpolicy.py worker_image/protocol.py /opt/podq/worker_image/
+COPY worker_image/__init__.py worker_image/confine.py worker_image/netpolicy.py worker_image/protocol.py /opt/podq/worker_image/
 # A base that ships pip (the python:* images) loses it here, together with ensurepip's copy of it.
 # unchecked-hash bytecode is used as is: the files of an image never change under it.
 RUN rm -rf /usr/local/bin/pip* /usr/local/lib/python3*/site-packages/pip \

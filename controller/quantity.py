@@ -28,6 +28,14 @@ def _split(text: str) -> tuple[Decimal, str]:
         raise QuantityError(f"{text!r} is not a Kubernetes quantity") from exc
 
 
+def _whole_and_positive(value: Decimal, text: str, fractional: str, not_positive: str) -> int:
+    if value != value.to_integral_value():
+        raise QuantityError(f"{text!r}: {fractional}")
+    if value <= 0:
+        raise QuantityError(f"{text!r}: {not_positive}")
+    return int(value)
+
+
 def parse_cpu_millicores(text: str) -> int:
     """'500m' -> 500, '2' -> 2000. Sub-millicore precision is refused, as Kubernetes does."""
     number, suffix = _split(text)
@@ -37,11 +45,7 @@ def parse_cpu_millicores(text: str) -> int:
         value = number * 1000
     else:
         raise QuantityError(f"{text!r}: cpu takes a plain number of cores or millicores like '500m'")
-    if value != value.to_integral_value():
-        raise QuantityError(f"{text!r}: cpu is precise to 1m at most")
-    if value <= 0:
-        raise QuantityError(f"{text!r}: cpu must be positive")
-    return int(value)
+    return _whole_and_positive(value, text, "cpu is precise to 1m at most", "cpu must be positive")
 
 
 def parse_memory_bytes(text: str) -> int:
@@ -57,8 +61,6 @@ def parse_memory_bytes(text: str) -> int:
         value = number
     else:
         raise QuantityError(f"{text!r}: unknown memory suffix {suffix!r} (use Ki, Mi, Gi, k, M, G...)")
-    if value != value.to_integral_value():
-        raise QuantityError(f"{text!r}: memory must be a whole number of bytes")
-    if value <= 0:
-        raise QuantityError(f"{text!r}: memory must be positive")
-    return int(value)
+    return _whole_and_positive(
+        value, text, "memory must be a whole number of bytes", "memory must be positive"
+    )

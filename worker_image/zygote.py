@@ -29,10 +29,8 @@ runs one zygote per thread count (``POLARS_MAX_THREADS`` in the zygote's environ
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
-import resource
 import select
 import signal
 import socket
@@ -41,9 +39,9 @@ import tempfile
 import traceback
 from typing import Any
 
+from worker_image.confine import confine
 from worker_image.protocol import EXIT_INTERNAL_ERROR, REQUEST_FD_ENV
 
-_PR_SET_PDEATHSIG = 1
 _MAX_MESSAGE = 1 << 20
 _REQUEST_FD = 3
 
@@ -136,21 +134,12 @@ def _child(command: dict[str, Any], fds: list[int], control_fd: int, wake: tuple
     try:
         zygote = os.getppid()
         os.setsid()
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-            os._exit(EXIT_INTERNAL_ERROR)
-        if os.getppid() != zygote:
-            os._exit(EXIT_INTERNAL_ERROR)
-        for procs in command["cgroup_procs"]:
-            fd = os.open(procs, os.O_WRONLY)
-            try:
-                os.write(fd, str(os.getpid()).encode())
-            finally:
-                os.close(fd)
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if command.get("rlimit_as") is not None:
-            limit = int(command["rlimit_as"])
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        rlimit_as = command.get("rlimit_as")
+        confine(
+            zygote,
+            [os.fsencode(p) for p in command["cgroup_procs"]],
+            None if rlimit_as is None else int(rlimit_as),
+        )
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGCHLD, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)

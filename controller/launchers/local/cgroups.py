@@ -16,10 +16,10 @@ import errno
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 __all__ = [
     "CgroupUnavailable",
@@ -39,6 +39,26 @@ _REMOVE_POLL_SECONDS = 0.01
 
 class CgroupUnavailable(Exception):
     """No memory cgroup hierarchy podq can create job cgroups in."""
+
+
+class Probed(Protocol):
+    def _probe(self) -> None: ...
+
+
+P = TypeVar("P", bound=Probed)
+
+
+def first_usable(candidates: Iterable[tuple[str, P]]) -> P:
+    """The first candidate whose probe succeeds; else `CgroupUnavailable` naming each one and its error."""
+    problems = []
+    for where, tree in candidates:
+        try:
+            tree._probe()
+        except OSError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        return tree
+    raise CgroupUnavailable("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -173,16 +193,7 @@ class JobCgroups:
             version = hierarchy.version
             own = hierarchy.mount / hierarchy.own.lstrip("/")
             candidates = list(dict.fromkeys([own / PARENT_NAME, hierarchy.mount / PARENT_NAME]))
-        problems = []
-        for parent in candidates:
-            tree = cls(parent, version)
-            try:
-                tree._probe()
-            except OSError as exc:
-                problems.append(f"{parent}: {exc}")
-                continue
-            return tree
-        raise CgroupUnavailable("; ".join(problems))
+        return first_usable((str(parent), cls(parent, version)) for parent in candidates)
 
     def create(self, name: str, limit_bytes: int) -> JobCgroup:
         cgroup = JobCgroup(self.parent / name, self.version)

@@ -16,14 +16,13 @@ to deadlock, which the launcher can only report as a ``timeout`` at the deadline
 
 from __future__ import annotations
 
-import ctypes
 import os
-import resource
-import signal
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 
 import worker_image
+from worker_image.confine import confine
 from worker_image.protocol import MEMORY_LIMIT_ENV, REQUEST_ENV, TERMINATION_MESSAGE_ENV, TEST_HOOKS_ENV
 
 __all__ = [
@@ -49,8 +48,6 @@ MAX_ENV_STRING_BYTES = 128 * 1024
 
 # The directory holding the `worker_image` package the controller runs, so the worker is the same code.
 _PACKAGE_ROOT = Path(worker_image.__file__).resolve().parent.parent
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def request_env_bytes(request_json: str) -> int:
@@ -102,29 +99,7 @@ def child_setup(*, cgroup_procs: Sequence[Path], address_space_bytes: int | None
     ``cgroup.procs`` files of the job's cgroups, memory first."""
     parent = os.getpid()
     all_procs = [os.fsencode(path) for path in cgroup_procs]
-    sigkill = int(signal.SIGKILL)
-
-    def setup() -> None:
-        # Between fork and exec: system calls only, no logging, no imports, no locks.
-        # The death signal fires when the forking *thread* ends; asyncio forks from the event loop's
-        # thread, which lives as long as the controller.
-        if _libc.prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-        if os.getppid() != parent:
-            # The controller died before the death signal was armed.
-            os._exit(1)
-        for procs in all_procs:
-            # Joined before exec, so every byte the worker allocates is charged to its own cgroup.
-            fd = os.open(procs, os.O_WRONLY)
-            try:
-                os.write(fd, str(os.getpid()).encode())
-            finally:
-                os.close(fd)
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if address_space_bytes is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (address_space_bytes, address_space_bytes))
-
-    return setup
+    return partial(confine, parent, all_procs, address_space_bytes)
 
 
 def zygote_env(*, threads: int, rlimit: bool, inherited: Iterable[str]) -> dict[str, str]:

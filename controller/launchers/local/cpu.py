@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.launchers.local.cgroups import PARENT_NAME, CgroupUnavailable
+from controller.launchers.local.cgroups import PARENT_NAME, CgroupUnavailable, first_usable
 
 __all__ = ["CFS_PERIOD_US", "CpuCgroups", "JobCpu"]
 
@@ -82,20 +82,16 @@ class CpuCgroups:
                     mounts[controller] = Path(fields[4])
         if "cpu" not in mounts or "cpuacct" not in mounts:
             raise CgroupUnavailable("no cgroup v1 cpu and cpuacct controllers mounted")
-        problems = []
+        candidates = []
         for where in ("own", "root"):
-            parents = []
-            for controller in ("cpu", "cpuacct"):
-                relative = own.get(controller, "/").lstrip("/") if where == "own" else ""
-                parents.append(mounts[controller] / relative / PARENT_NAME)
-            tree = cls(parents[0], parents[1])
-            try:
-                tree._probe()
-            except OSError as exc:
-                problems.append(f"{parents[0]}: {exc}")
-                continue
-            return tree
-        raise CgroupUnavailable("; ".join(problems))
+            parents = [
+                mounts[controller]
+                / (own.get(controller, "/").lstrip("/") if where == "own" else "")
+                / PARENT_NAME
+                for controller in ("cpu", "cpuacct")
+            ]
+            candidates.append((str(parents[0]), cls(parents[0], parents[1])))
+        return first_usable(candidates)
 
     def create(self, name: str, millicores: int) -> JobCpu:
         cpu = self.cpu_parent / name
