@@ -9,7 +9,7 @@ for the next controller to adopt.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self
 
@@ -89,9 +89,11 @@ class Launcher(Protocol):
     def refusal(self, limits: Limits) -> str | None:
         """Why a job with these limits could never run here (a 422 at submission), or None."""
 
-    async def reconcile(self, active: Collection[str]) -> None:
-        """At start, after recovery: `active` are the queries queued or running in the store. Work left by an
-        earlier controller for any other query is cleaned up; work of an active query waits for `run`."""
+    async def reconcile(self, active: Callable[[], Collection[str]]) -> None:
+        """At start, after recovery: `active()` reads the queries queued or running in the store. Work left
+        by an earlier controller for any other query is cleaned up; work of an active query waits for `run`.
+        A launcher calls `active()` only once it knows all the work there is, so that work another replica
+        started meanwhile is in both and not taken for an orphan."""
 
     async def release(self, query_id: str) -> None:
         """The job's outcome is stored: free what it still holds (a finished pod is deleted, now or after

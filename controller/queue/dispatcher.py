@@ -130,7 +130,7 @@ class Dispatcher:
 
     async def start(self) -> None:
         self._took_over(self._store.recover(self._max_attempts, self._exhausted), "recovered after restart")
-        await self._launcher.reconcile(self._store.active_ids())
+        await self._launcher.reconcile(self._store.active_ids)
         loop = asyncio.get_running_loop()
 
         def from_store(channel: str, query_id: str) -> None:  # on the store's thread

@@ -75,8 +75,8 @@ class GatedLauncher:
     def refusal(self, limits: Limits) -> str | None:
         return None
 
-    async def reconcile(self, active: Collection[str]) -> None:
-        self.reconciled = list(active)
+    async def reconcile(self, active: Callable[[], Collection[str]]) -> None:
+        self.reconciled = list(active())
 
     async def release(self, query_id: str) -> None:
         row = self.store.get(query_id) if self.store else None

@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 from controller.launchers.aio import shielded
@@ -376,9 +376,11 @@ class KubernetesLauncher:
         await asyncio.sleep(delay)
         await self._delete(name, query_id, "TTL expired")
 
-    async def reconcile(self, active: Collection[str]) -> None:
+    async def reconcile(self, active: Callable[[], Collection[str]]) -> None:
         await self._pods.synced.wait()
-        keep = set(active)
+        # Read after the pods are listed: a pod another replica created meanwhile belongs to a query that
+        # was claimed before it, so it is active here too (read before, it looked like an orphan).
+        keep = set(active())
         adoptable = []
         for pod in self._pods.pods():
             query_id = query_id_of(pod)

@@ -27,7 +27,7 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -210,7 +210,7 @@ class LocalLauncher:
     def refusal(self, limits: Limits) -> str | None:
         return None
 
-    async def reconcile(self, active: Collection[str]) -> None:
+    async def reconcile(self, active: Callable[[], Collection[str]]) -> None:
         """Nothing to do: a worker process never outlives the controller that started it."""
 
     async def release(self, query_id: str) -> None:
