@@ -144,8 +144,8 @@ class Dispatcher:
         self.notify()
 
     def _took_over(self, recovery: Recovery, what: str) -> None:
-        # The kubernetes launcher's pods of a dead replica are requeued here like local processes; adopting
-        # them by label instead (Launcher.reconcile on the taken-over ids) is the seam for that launcher.
+        # A requeued query's next run creates its pod under the same name: on Kubernetes the dead replica's
+        # pod is still there, so it is adopted (followed to its end), not started again.
         if recovery.requeued or recovery.finished:
             log.warning(
                 "%s: %d requeued %s, %d failed %s, %d cancelled %s",
