@@ -544,3 +544,17 @@ def test_cluster_scoped_objects_have_no_namespace(helm: Helm) -> None:
         assert ("namespace" in manifest["metadata"]) == (manifest["kind"] not in CLUSTER_SCOPED), manifest[
             "kind"
         ]
+
+
+@pytest.mark.parametrize(
+    ("delay", "pre_stop"), [(None, {"sleep": {"seconds": 5}}), (12, {"sleep": {"seconds": 12}})]
+)
+def test_a_stopping_controller_serves_on_until_the_service_forgets_it(
+    helm: Helm, delay: int | None, pre_stop: dict[str, Any]
+) -> None:
+    values = {} if delay is None else {"shutdownDelaySeconds": delay}
+    assert controller_container(helm.render(values))["lifecycle"] == {"preStop": pre_stop}
+
+
+def test_no_shutdown_delay_means_no_pre_stop_hook(helm: Helm) -> None:
+    assert "lifecycle" not in controller_container(helm.render({"shutdownDelaySeconds": 0}))

@@ -79,10 +79,17 @@ class PostgresServer:
     def init(self) -> None:
         self._run("initdb", "-D", str(self.data), "-U", "podq", "--auth=trust", "-E", "UTF8", "--no-sync")
 
-    def start(self, *, durable: bool = False) -> None:
+    def start(self, *, durable: bool = False, also_listen_on: str | None = None) -> None:
+        """`also_listen_on`: an address of this machine that pods reach it at (the e2e tier), where any
+        client is let in without a password, as on loopback."""
         # fsync off: the tests restart the server cleanly or not at all, never lose the host under it.
         # Benchmarks ask for a durable server: a commit is on disk before it is acknowledged.
-        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c max_connections=300"
+        addresses = "127.0.0.1"
+        if also_listen_on is not None:
+            addresses += f",{also_listen_on}"
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write("host all all 0.0.0.0/0 trust\n")
+        options = f"-p {self.port} -k {self.data} -c listen_addresses={addresses} -c max_connections=300"
         if not durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
@@ -92,8 +99,8 @@ class PostgresServer:
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://podq@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", host: str = "127.0.0.1") -> str:
+        return f"postgresql://podq@{host}:{self.port}/{database}"
 
     def take_database(self) -> str:
         """An empty database of its own (no tables, no schema version) for a test."""
