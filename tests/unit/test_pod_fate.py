@@ -28,6 +28,7 @@ from controller.launchers.kubernetes.pod_fate import (
     parse_time,
     placement,
 )
+from tests.support.outcomes import RESULT, assert_outcome, assert_typed_error
 from worker_image.protocol import (
     ENVELOPE_MARKER,
     EXIT_USER_ERROR,
@@ -43,7 +44,6 @@ pytestmark = pytest.mark.unit
 PODS = Path(__file__).parent / "pods"
 UNSCHEDULABLE_AFTER = 120.0
 IMAGE_PULL_GRACE = 60.0
-RESULT = {"columns": [{"name": "n", "type": "Int64"}], "rows": [[1]], "total_rows": 1, "truncated": False}
 SQL_ERROR = error_info(ErrorType.SQL, "column nope not found", {"column": "nope"})
 OK = encode_envelope({"ok": True, "result": RESULT})
 FAILED = encode_envelope({"ok": False, "error": SQL_ERROR})
@@ -222,22 +222,10 @@ def test_pod(case: Case) -> None:
     assert isinstance(verdict, case.verdict)
     if isinstance(verdict, Waiting):
         assert verdict.reason == case.expected
-        return
-    if isinstance(verdict, Failed):
-        error = verdict.error
+    elif isinstance(verdict, Failed):
+        assert_typed_error(verdict.error, case.expected, case.details)
     else:
-        outcome = decide(pod, case.log)
-        if case.expected == "result":
-            assert outcome.error is None
-            assert outcome.result == RESULT
-            return
-        assert outcome.result is None
-        assert outcome.error is not None
-        error = outcome.error
-    assert error["error_type"] == case.expected
-    assert error["message"]
-    assert case.details.items() <= error["details"].items()
-    json.dumps(error)
+        assert_outcome(decide(pod, case.log), case.expected, case.details)
 
 
 def test_every_captured_pod_is_in_the_table() -> None:
