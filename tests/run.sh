@@ -95,19 +95,71 @@ step "install into $venv"
 # bench: DuckDB, so the benchmark's smoke test covers its engine section too.
 "$venv/bin/python" -m pip install --quiet -e '.[dev,bench]'
 
+# apt-get install PACKAGE... (as root): the package lists refreshed when a day old, and no service the
+# packages bring started (policy-rc.d). Fails as apt-get does.
+apt_install() {
+  [[ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null)" ]] || apt-get update -qq
+  local policy=/usr/sbin/policy-rc.d own_policy=false rc=0
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=true
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null || rc=$?
+  ! $own_policy || rm -f "$policy"
+  return $rc
+}
+
+# The path of the first COMMAND on PATH; fails when there is none.
+on_path() {
+  local command
+  for command; do command -v "$command" && return 0; done
+  return 1
+}
+
+# VAR, unless it is set already: the first COMMAND on PATH; when there is none and this is root with apt-get,
+# after Debian's PACKAGE is installed for it (else empty).
+#   tool_from_debian VAR PACKAGE COMMAND...
+tool_from_debian() {
+  local var=$1 package=$2 found=""
+  shift 2
+  [[ -z ${!var:-} ]] || return 0
+  found="$(on_path "$@")" || true
+  if [[ -z $found && $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+    step "$1 (apt-get install $package)"
+    apt_install "$package" || echo "apt-get install $package failed" >&2
+    found="$(on_path "$@")" || true
+  fi
+  printf -v "$var" '%s' "$found"
+}
+
+# A tier that needs a tool (its marker TIER: chart, promtool, browser), whose path is in the variable VAR, maybe
+# empty: with it, VAR is exported and its version (the first line `tool VERSION_ARGS...` prints) said; without
+# it, the tier is deselected, loudly, or under PODQ_E2E=required the run fails.
+#   tier_tool TIER VAR 'why none, under required' 'why none, in the banner' VERSION_ARGS...
+tier_tool() {
+  local tier=$1 var=$2 required=$3 missing=$4
+  shift 4
+  local path=${!var} version=""
+  if [[ -n $path ]]; then
+    export "${var?}"
+    version="$("$path" "$@" 2>/dev/null | head -1)" || true
+    [[ -n $version ]] || version="$("$path" "$@" 2>&1 | head -1)" || true
+    echo "$tier tests: $var=$path ($version)"
+  elif [[ $e2e == required ]]; then
+    echo "PODQ_E2E=required, but $required" >&2
+    exit 1
+  else
+    banner "!! THE ${tier^^} TESTS DID NOT RUN: $missing"
+    deselected+=("$tier")
+  fi
+}
+
 # The store's tests run on SQLite and on a real PostgreSQL server that tests/support/postgres.py starts
 # (initdb into a directory of its own, as an unprivileged user). Debian's package provides the binaries;
 # its own cluster service is kept from starting.
 postgres_binaries() { command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
 if ! postgres_binaries && [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
   step "postgresql (apt-get install postgresql, for the store's PostgreSQL tests)"
-  [[ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null)" ]] || apt-get update -qq
-  own_policy=false
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && own_policy=true
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >/dev/null
-  ! $own_policy || rm -f /usr/sbin/policy-rc.d
+  apt_install postgresql
 fi
 if postgres_binaries; then
   export PODQ_POSTGRES=required
@@ -131,66 +183,20 @@ if [[ -z ${PODQ_HELM:-} ]] && command -v go >/dev/null; then
   PODQ_HELM="$(PODQ_BUILD_JOBS=${PODQ_BUILD_JOBS:-2} tests/tools/build-helm.sh)"
 fi
 PODQ_HELM="${PODQ_HELM:-$(command -v helm || true)}"
-if [[ -n $PODQ_HELM ]]; then
-  export PODQ_HELM
-  echo "chart tests: PODQ_HELM=$PODQ_HELM ($("$PODQ_HELM" version --short))"
-elif [[ $e2e == required ]]; then
-  echo "PODQ_E2E=required, but there is no helm: neither Go to build it nor helm on PATH" >&2
-  exit 1
-else
-  banner "!! THE CHART TESTS DID NOT RUN: no helm, and no Go to build it (tests/tools/build-helm.sh)."
-  deselected+=(chart)
-fi
+tier_tool chart PODQ_HELM "there is no helm: neither Go to build it nor helm on PATH" \
+  "no helm, and no Go to build it (tests/tools/build-helm.sh)." version --short
 
 # promtool (Prometheus' linter, for /metrics and the chart's alerts: marker `promtool`) comes with Debian's
 # prometheus package; installed here as root when missing, without starting its daemon.
-install_promtool() {
-  [[ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null)" ]] || apt-get update -qq
-  local policy=/usr/sbin/policy-rc.d own_policy=false rc=0
-  if [[ ! -e $policy ]]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=true
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null || rc=$?
-  ! $own_policy || rm -f "$policy"
-  return $rc
-}
-PODQ_PROMTOOL="${PODQ_PROMTOOL:-$(command -v promtool || true)}"
-if [[ -z $PODQ_PROMTOOL && $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
-  step "promtool (apt-get install prometheus)"
-  install_promtool || echo "apt-get install prometheus failed" >&2
-  PODQ_PROMTOOL="$(command -v promtool || true)"
-fi
-if [[ -n $PODQ_PROMTOOL ]]; then
-  export PODQ_PROMTOOL
-  echo "promtool tests: PODQ_PROMTOOL=$PODQ_PROMTOOL ($("$PODQ_PROMTOOL" --version 2>&1 | head -1))"
-elif [[ $e2e == required ]]; then
-  echo "PODQ_E2E=required, but there is no promtool: apt-get install prometheus (as root) or set PODQ_PROMTOOL" >&2
-  exit 1
-else
-  banner "!! THE PROMTOOL TESTS DID NOT RUN: no promtool, and no root with apt-get to install Debian's prometheus."
-  deselected+=(promtool)
-fi
+tool_from_debian PODQ_PROMTOOL prometheus promtool
+tier_tool promtool PODQ_PROMTOOL "there is no promtool: apt-get install prometheus (as root) or set PODQ_PROMTOOL" \
+  "no promtool, and no root with apt-get to install Debian's prometheus." --version
 
 # Headless Chromium (marker `browser`: the test that opens /docs as a browser does) is Debian's chromium
 # package; installed here as root when missing.
-PODQ_CHROMIUM="${PODQ_CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}"
-if [[ -z $PODQ_CHROMIUM && $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
-  step "chromium (apt-get install chromium)"
-  [[ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null)" ]] || apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null \
-    || echo "apt-get install chromium failed" >&2
-  PODQ_CHROMIUM="$(command -v chromium || true)"
-fi
-if [[ -n $PODQ_CHROMIUM ]]; then
-  export PODQ_CHROMIUM
-  echo "browser tests: PODQ_CHROMIUM=$PODQ_CHROMIUM ($("$PODQ_CHROMIUM" --version 2>/dev/null | head -1))"
-elif [[ $e2e == required ]]; then
-  echo "PODQ_E2E=required, but there is no Chromium: apt-get install chromium (as root) or set PODQ_CHROMIUM" >&2
-  exit 1
-else
-  banner "!! THE BROWSER TESTS DID NOT RUN: no Chromium, and no root with apt-get to install Debian's chromium."
-  deselected+=(browser)
-fi
+tool_from_debian PODQ_CHROMIUM chromium chromium chromium-browser
+tier_tool browser PODQ_CHROMIUM "there is no Chromium: apt-get install chromium (as root) or set PODQ_CHROMIUM" \
+  "no Chromium, and no root with apt-get to install Debian's chromium." --version
 
 if [[ $e2e_cluster == harness ]]; then
   # A cold build of Kubernetes takes ~13 min on one core: use both (the build runs at nice 19).

@@ -27,14 +27,7 @@ COMMAND_TIMEOUT_SECONDS = 420
 
 def _helm(helm: Helm, *args: str) -> subprocess.CompletedProcess[str]:
     # Helm.run's two minutes are for rendering; an install that waits for its pod needs longer.
-    return subprocess.run(
-        [helm.path, *args],
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT_SECONDS,
-        check=False,
-        env={**os.environ, "HELM_CONFIG_HOME": "/nonexistent", "HELM_CACHE_HOME": "/nonexistent"},
-    )
+    return helm.call(*args, timeout=COMMAND_TIMEOUT_SECONDS)
 
 
 def test_helm_test_submits_select_1_through_the_service(helm: Helm, e2e_env: E2EEnv) -> None:

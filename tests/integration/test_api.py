@@ -219,6 +219,16 @@ def test_graceful_stop_requeues_running_queries(start_controller: StartControlle
     assert record["attempts"] == 1, "a graceful stop does not use up an attempt"
 
 
+def one_dataset(url: str, table_name: str = "a") -> dict[str, Any]:
+    """`SELECT 1` with one dataset."""
+    return {"sql": "SELECT 1", "datasets": [{"url": url, "table_name": table_name}]}
+
+
+def limited(**limits: Any) -> dict[str, Any]:
+    """`SELECT 1` with these limits."""
+    return {"sql": "SELECT 1", "limits": limits}
+
+
 BAD_REQUESTS: list[tuple[str, dict[str, Any] | bytes, int, str]] = [
     ("malformed JSON", b'{"sql": "SELECT 1",', 400, "not valid JSON"),
     ("missing sql", {"datasets": []}, 422, "sql: Field required"),
@@ -239,52 +249,37 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any] | bytes, int, str]] = [
     ),
     (
         "table_name not an identifier",
-        {"sql": "SELECT 1", "datasets": [{"url": "http://h/a.parquet", "table_name": "a; DROP"}]},
+        one_dataset("http://h/a.parquet", "a; DROP"),
         422,
         "datasets.0.table_name",
     ),
-    (
-        "file:// URL",
-        {"sql": "SELECT 1", "datasets": [{"url": "file:///etc/passwd", "table_name": "a"}]},
-        422,
-        "only http and https",
-    ),
-    ("cpu above the maximum", {"sql": "SELECT 1", "limits": {"cpu": "64"}}, 422, "limits.cpu"),
-    ("memory above the maximum", {"sql": "SELECT 1", "limits": {"memory": "1Ti"}}, 422, "limits.memory"),
-    (
-        "timeout above the maximum",
-        {"sql": "SELECT 1", "limits": {"timeout_seconds": 10**6}},
-        422,
-        "limits.timeout_seconds",
-    ),
-    ("zero timeout", {"sql": "SELECT 1", "limits": {"timeout_seconds": 0}}, 422, "limits.timeout_seconds"),
-    (
-        "negative timeout",
-        {"sql": "SELECT 1", "limits": {"timeout_seconds": -1}},
-        422,
-        "limits.timeout_seconds",
-    ),
+    ("file:// URL", one_dataset("file:///etc/passwd"), 422, "only http and https"),
+    ("cpu above the maximum", limited(cpu="64"), 422, "limits.cpu"),
+    ("memory above the maximum", limited(memory="1Ti"), 422, "limits.memory"),
+    ("timeout above the maximum", limited(timeout_seconds=10**6), 422, "limits.timeout_seconds"),
+    ("zero timeout", limited(timeout_seconds=0), 422, "limits.timeout_seconds"),
+    ("negative timeout", limited(timeout_seconds=-1), 422, "limits.timeout_seconds"),
     (
         "metadata address spelled as one number",
-        {"sql": "SELECT 1", "datasets": [{"url": "http://2852039166/latest", "table_name": "a"}]},
+        one_dataset("http://2852039166/latest"),
         422,
         "datasets[0].url: refused to fetch from 2852039166 (169.254.169.254): link-local (cloud metadata)",
     ),
     (
         "IPv4-mapped metadata address",
-        {"sql": "SELECT 1", "datasets": [{"url": "http://[::ffff:169.254.169.254]/", "table_name": "a"}]},
+        one_dataset("http://[::ffff:169.254.169.254]/"),
         422,
         "datasets[0].url: refused to fetch from ::ffff:169.254.169.254",
     ),
     (
         "private address",
-        {"sql": "SELECT 1", "datasets": [{"url": "http://10.0.0.1/x.parquet", "table_name": "a"}]},
+        one_dataset("http://10.0.0.1/x.parquet"),
         422,
         "datasets[0].url: refused to fetch from 10.0.0.1: private",
     ),
     (
         "credentials in the URL",
-        {"sql": "SELECT 1", "datasets": [{"url": "http://u:p@example.test/x.parquet", "table_name": "a"}]},
+        one_dataset("http://u:p@example.test/x.parquet"),
         422,
         "datasets[0].url: dataset URLs must not carry a user name or password",
     ),

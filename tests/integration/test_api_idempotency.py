@@ -4,9 +4,9 @@ second run, whether the retries are sequential, concurrent, or straddle a kill -
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -14,6 +14,7 @@ import pytest
 
 from controller.testing.fileserver import FileServer
 from controller.testing.process import ControllerProcess, wait_finished
+from tests.support.api import posted_together
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -21,19 +22,39 @@ pytestmark = pytest.mark.integration
 StartController = Callable[..., ControllerProcess]
 
 
-def probed_query(file_server: FileServer) -> tuple[dict[str, Any], str]:
+@dataclass(frozen=True)
+class Probed:
     """A query whose dataset URL is unique, so the file server counts how often a worker ran it."""
+
+    body: dict[str, Any]
+    server: FileServer
+    probe: str
+
+    def fetches(self) -> int:
+        return sum(self.probe in path for path in self.server.requests)
+
+
+@pytest.fixture
+def probed(http_file_server: FileServer) -> Probed:
     probe = uuid.uuid4().hex
-    url = f"{file_server.url}/simple.parquet?probe={probe}"
-    return {"sql": "SELECT count(*) AS n FROM t", "datasets": [{"url": url, "table_name": "t"}]}, probe
-
-
-def fetches(file_server: FileServer, probe: str) -> int:
-    return sum(probe in path for path in file_server.requests)
+    url = f"{http_file_server.url}/simple.parquet?probe={probe}"
+    body = {"sql": "SELECT count(*) AS n FROM t", "datasets": [{"url": url, "table_name": "t"}]}
+    return Probed(body, http_file_server, probe)
 
 
 def keyed(key: str, **more: str) -> dict[str, str]:
     return {"Idempotency-Key": key, **more}
+
+
+def post_keyed(client: httpx.Client, body: dict[str, Any], key: str, **more: str) -> httpx.Response:
+    """POST the query with this Idempotency-Key (and `more` headers)."""
+    return client.post("/v1/queries", json=body, headers=keyed(key, **more))
+
+
+@pytest.fixture
+def controller(start_controller: StartController) -> ControllerProcess:
+    """A controller of the test's own: these tests count every query it holds."""
+    return start_controller()
 
 
 def listed(client: httpx.Client) -> list[dict[str, Any]]:
@@ -42,15 +63,13 @@ def listed(client: httpx.Client) -> list[dict[str, Any]]:
 
 
 def test_IDEM_1_a_retry_gets_the_same_query_and_the_worker_runs_once(
-    start_controller: StartController, http_file_server: FileServer
+    controller: ControllerProcess, probed: Probed
 ) -> None:
-    controller = start_controller()
-    body, probe = probed_query(http_file_server)
     with controller.client() as client:
-        first = client.post("/v1/queries", json=body, headers=keyed("retry-1"))
-        retry = client.post("/v1/queries", json=body, headers=keyed("retry-1"))
+        first = post_keyed(client, probed.body, "retry-1")
+        retry = post_keyed(client, probed.body, "retry-1")
         record = wait_finished(client, first.headers["location"])
-        late_retry = client.post("/v1/queries", json=body, headers=keyed("retry-1"))
+        late_retry = post_keyed(client, probed.body, "retry-1")
         unkeyed = client.post("/v1/queries", json={"sql": "SELECT 1 AS x"})
         queries = listed(client)
     assert first.status_code == retry.status_code == late_retry.status_code == 202
@@ -60,34 +79,19 @@ def test_IDEM_1_a_retry_gets_the_same_query_and_the_worker_runs_once(
     assert retry.headers["idempotent-replayed"] == late_retry.headers["idempotent-replayed"] == "true"
     assert late_retry.json()["status"] == "succeeded", "a replay shows the query as it is now"
     assert record["result"]["rows"] == [[10]] and record["attempts"] == 1
-    assert fetches(http_file_server, probe) == 1
+    assert probed.fetches() == 1
     assert "idempotent-replayed" not in unkeyed.headers
     assert [q["id"] for q in queries] == [unkeyed.json()["id"], first.json()["id"]]
 
 
 def test_IDEM_2_concurrent_retries_create_exactly_one_query(
-    start_controller: StartController, http_file_server: FileServer
+    controller: ControllerProcess, probed: Probed
 ) -> None:
     """Sixteen clients, each with its own connection, released together with one key and one body."""
-    controller = start_controller()
-    body, probe = probed_query(http_file_server)
     clients = 16
-    barrier = threading.Barrier(clients)
-    responses: list[httpx.Response] = []
-    lock = threading.Lock()
-
-    def post() -> None:
-        with controller.client() as client:
-            barrier.wait()
-            response = client.post("/v1/queries", json=body, headers=keyed("storm"))
-        with lock:
-            responses.append(response)
-
-    threads = [threading.Thread(target=post) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    responses = posted_together(
+        controller, clients, lambda client: [post_keyed(client, probed.body, "storm")]
+    )
     assert [r.status_code for r in responses] == [202] * clients, [r.text for r in responses]
     ids = {r.json()["id"] for r in responses}
     assert len(ids) == 1
@@ -97,19 +101,18 @@ def test_IDEM_2_concurrent_retries_create_exactly_one_query(
         queries = listed(client)
     assert [q["id"] for q in queries] == list(ids)
     assert record["status"] == "succeeded" and record["attempts"] == 1
-    assert fetches(http_file_server, probe) == 1, "the worker ran once"
+    assert probed.fetches() == 1, "the worker ran once"
 
 
 def test_IDEM_3_another_body_with_a_used_key_is_422_and_runs_nothing(
-    start_controller: StartController, http_file_server: FileServer
+    controller: ControllerProcess, probed: Probed
 ) -> None:
-    controller = start_controller()
-    body, _ = probed_query(http_file_server)
+    body = probed.body
     with controller.client() as client:
-        first = client.post("/v1/queries", json=body, headers=keyed("k"))
+        first = post_keyed(client, body, "k")
         before = listed(client)
-        other_sql = client.post("/v1/queries", json={**body, "sql": "SELECT 1 AS n"}, headers=keyed("k"))
-        other_rows = client.post("/v1/queries", json={**body, "max_rows": 3}, headers=keyed("k"))
+        other_sql = post_keyed(client, {**body, "sql": "SELECT 1 AS n"}, "k")
+        other_rows = post_keyed(client, {**body, "max_rows": 3}, "k")
         other_endpoint = client.post(
             "/v1/inspections", json={"url": body["datasets"][0]["url"]}, headers=keyed("k")
         )
@@ -131,36 +134,36 @@ def test_IDEM_3_another_body_with_a_used_key_is_422_and_runs_nothing(
 
 
 def test_IDEM_4_a_key_survives_a_kill_9_and_restart(
-    start_controller: StartController, http_file_server: FileServer, tmp_path: Any
+    start_controller: StartController, probed: Probed, tmp_path: Any
 ) -> None:
     data_dir = tmp_path / "idem-data"
-    body, probe = probed_query(http_file_server)
+    body = probed.body
     first = start_controller(data_dir=data_dir)
     with first.client() as client:
-        accepted = client.post("/v1/queries", json=body, headers=keyed("durable"))
+        accepted = post_keyed(client, body, "durable")
         wait_finished(client, accepted.headers["location"])
     first.kill()
 
     second = start_controller(data_dir=data_dir)
     with second.client() as client:
-        retry = client.post("/v1/queries", json=body, headers=keyed("durable"))
-        other = client.post("/v1/queries", json={"sql": "SELECT 1 AS n"}, headers=keyed("durable"))
+        retry = post_keyed(client, body, "durable")
+        other = post_keyed(client, {"sql": "SELECT 1 AS n"}, "durable")
         queries = listed(client)
     assert accepted.status_code == retry.status_code == 202
     assert retry.json()["id"] == accepted.json()["id"]
     assert retry.headers["idempotent-replayed"] == "true"
     assert other.status_code == 422
-    assert len(queries) == 1 and fetches(http_file_server, probe) == 1
+    assert len(queries) == 1 and probed.fetches() == 1
 
 
 def test_IDEM_5_an_expired_key_is_free_again(start_controller: StartController) -> None:
     controller = start_controller(idempotency_key_ttl_seconds="0.5")
     body = {"sql": "SELECT 1 AS x"}
     with controller.client() as client:
-        first = client.post("/v1/queries", json=body, headers=keyed("short-lived"))
+        first = post_keyed(client, body, "short-lived")
 
         def resubmitted_as_new() -> httpx.Response | None:
-            response = client.post("/v1/queries", json=body, headers=keyed("short-lived"))
+            response = post_keyed(client, body, "short-lived")
             assert response.status_code == 202, response.text
             return None if "idempotent-replayed" in response.headers else response
 
@@ -174,11 +177,8 @@ def test_IDEM_6_keys_are_scoped_per_token(start_controller: StartController) -> 
     controller = start_controller(api_tokens='["alice-token", "bob-token"]')
     body = {"sql": "SELECT 1 AS x"}
     with controller.client() as client:
-        alice = [
-            client.post("/v1/queries", json=body, headers=keyed("shared", Authorization="Bearer alice-token"))
-            for _ in range(2)
-        ]
-        bob = client.post("/v1/queries", json=body, headers=keyed("shared", Authorization="Bearer bob-token"))
+        alice = [post_keyed(client, body, "shared", Authorization="Bearer alice-token") for _ in range(2)]
+        bob = post_keyed(client, body, "shared", Authorization="Bearer bob-token")
     assert alice[0].json()["id"] == alice[1].json()["id"]
     assert bob.status_code == 202 and bob.json()["id"] != alice[0].json()["id"]
     assert "idempotent-replayed" not in bob.headers

@@ -5,7 +5,6 @@ exactly once to success, and the controller's memory stays bounded (its peak RSS
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from controller.testing.process import ControllerProcess
+from tests.support.api import posted_together
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -65,26 +65,14 @@ def test_LOAD_1_a_thousand_submissions_are_accepted_or_refused_and_every_accepte
 ) -> None:
     controller = start_controller(max_concurrent=MAX_CONCURRENT, max_queued=MAX_QUEUED)
     assert controller.process is not None
-    barrier = threading.Barrier(CLIENTS)
-    responses: list[httpx.Response] = []
-    lock = threading.Lock()
 
-    def client_run() -> None:
-        with controller.client() as client:
-            barrier.wait()
-            mine = [
-                client.post("/v1/queries", json={"sql": "SELECT 1 AS x"})
-                for _ in range(SUBMISSIONS // CLIENTS)
-            ]
-        with lock:
-            responses.extend(mine)
+    def submit_share(client: httpx.Client) -> list[httpx.Response]:
+        return [
+            client.post("/v1/queries", json={"sql": "SELECT 1 AS x"}) for _ in range(SUBMISSIONS // CLIENTS)
+        ]
 
     started = time.monotonic()
-    threads = [threading.Thread(target=client_run) for _ in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    responses = posted_together(controller, CLIENTS, submit_share)
     submitted = time.monotonic()
 
     assert len(responses) == SUBMISSIONS

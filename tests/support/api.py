@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import polars as pl
 
-from controller.testing.process import wait_finished
+from controller.testing.process import ControllerProcess, wait_finished
 
 
 def submit(client: httpx.Client, body: dict[str, Any], **headers: str) -> str:
@@ -23,6 +25,30 @@ def submit(client: httpx.Client, body: dict[str, Any], **headers: str) -> str:
 def run(client: httpx.Client, body: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
     """Submit and wait for the terminal record."""
     return wait_finished(client, submit(client, body), timeout=timeout)
+
+
+def posted_together(
+    controller: ControllerProcess, clients: int, post: Callable[[httpx.Client], list[httpx.Response]]
+) -> list[httpx.Response]:
+    """`clients` threads, each with a connection of its own, released together by a barrier to `post`
+    through it: every response they got."""
+    barrier = threading.Barrier(clients)
+    responses: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def client_run() -> None:
+        with controller.client() as client:
+            barrier.wait()
+            mine = post(client)
+        with lock:
+            responses.extend(mine)
+
+    threads = [threading.Thread(target=client_run) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return responses
 
 
 # A filter over the fixture's simple.parquet, and what polars itself says the rows are.

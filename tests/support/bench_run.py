@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
+
+from tests.support.tools import run_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_TIMEOUT = 600
@@ -14,17 +15,13 @@ BENCH_TIMEOUT = 600
 
 def run_bench(*args: str, env: dict[str, str] | None = None) -> str:
     """`python -m bench --size smoke ARGS`'s Markdown; fails the test with its stderr when it fails."""
-    done = subprocess.run(
+    return run_ok(
         [sys.executable, "-m", "bench", "--size", "smoke", *args],
+        timeout=BENCH_TIMEOUT,
+        what=f"python -m bench {' '.join(args)}",
         cwd=ROOT,
         env=env if env is not None else dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=BENCH_TIMEOUT,
-        check=False,
     )
-    assert done.returncode == 0, f"python -m bench {' '.join(args)} exited {done.returncode}:\n{done.stderr}"
-    return done.stdout
 
 
 def tables(markdown: str) -> list[list[list[str]]]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 
 import pytest
+
+from tests.support.tools import executable_or_fail, mark_users, run_ok
 
 CHROMIUM_TIMEOUT_SECONDS = 120
 # Virtual time the page's scripts get before the DOM is dumped: Swagger UI fetches /openapi.json and
@@ -30,7 +31,7 @@ class Chromium:
     def dump_dom(self, url: str) -> str:
         """The page's DOM after its scripts ran, as ``chromium --headless --dump-dom`` prints it."""
         with tempfile.TemporaryDirectory(prefix="podq-chromium-") as profile:
-            done = subprocess.run(
+            return run_ok(
                 [
                     self.path,
                     "--headless",
@@ -44,21 +45,16 @@ class Chromium:
                     "--dump-dom",
                     url,
                 ],
-                capture_output=True,
-                text=True,
                 timeout=CHROMIUM_TIMEOUT_SECONDS,
-                check=False,
+                what="chromium",
+                stderr_tail=2000,
             )
-        assert done.returncode == 0, f"chromium exited {done.returncode}: {done.stderr[-2000:]}"
-        return done.stdout
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that uses `chromium` is marked ``browser``, before ``-m`` selects."""
-    for item in items:
-        if "chromium" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.browser)
+    mark_users(items, "chromium", pytest.mark.browser)
 
 
 def _find() -> str | None:
@@ -73,11 +69,8 @@ def _find() -> str | None:
 
 @pytest.fixture(scope="session")
 def chromium() -> Chromium:
-    path = _find()
-    if not path or not os.access(path, os.X_OK):
-        pytest.fail(
-            "these tests need Chromium: apt-get install chromium (tests/run.sh does) or set PODQ_CHROMIUM; "
-            "without it deselect them with -m 'not browser'",
-            pytrace=False,
-        )
-    return Chromium(path)
+    missing = (
+        "these tests need Chromium: apt-get install chromium (tests/run.sh does) or set PODQ_CHROMIUM; "
+        "without it deselect them with -m 'not browser'"
+    )
+    return Chromium(executable_or_fail(_find(), missing))

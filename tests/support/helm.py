@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.tools import executable_or_fail, mark_users, run_tool
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "helm" / "podq"
 # The chart's scenario values (chart-testing's convention: ci/*-values.yaml, each linted and rendered).
@@ -62,18 +64,21 @@ class HelmFailed(Exception):
 class Helm:
     path: str
 
-    def run(self, *args: str, stdin: str | None = None) -> str:
-        """helm's stdout; `HelmFailed` with its stderr when it exits non-zero."""
-        done = subprocess.run(
+    def call(
+        self, *args: str, stdin: str | None = None, timeout: float = HELM_TIMEOUT_SECONDS
+    ) -> subprocess.CompletedProcess[str]:
+        """helm run to its end; its exit code is the caller's to judge."""
+        return run_tool(
             [self.path, *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=HELM_TIMEOUT_SECONDS,
-            check=False,
+            timeout=timeout,
+            stdin=stdin,
             # Keep helm off the developer's own helm configuration, repositories and cache.
             env={**os.environ, "HELM_CONFIG_HOME": "/nonexistent", "HELM_CACHE_HOME": "/nonexistent"},
         )
+
+    def run(self, *args: str, stdin: str | None = None) -> str:
+        """helm's stdout; `HelmFailed` with its stderr when it exits non-zero."""
+        done = self.call(*args, stdin=stdin)
         if done.returncode != 0:
             raise HelmFailed(done.stderr.strip())
         return done.stdout
@@ -127,9 +132,7 @@ class Helm:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that uses `helm` is marked ``chart``, wherever it lives, before ``-m`` selects."""
-    for item in items:
-        if "helm" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.chart)
+    mark_users(items, "helm", pytest.mark.chart)
 
 
 @pytest.fixture(scope="session")
@@ -137,17 +140,12 @@ def helm() -> Helm:
     """The helm binary: ``PODQ_HELM``, else ``helm`` on PATH; the test fails when there is none."""
     configured = os.environ.get("PODQ_HELM")
     if configured:
-        if not os.access(configured, os.X_OK):
-            pytest.fail(f"PODQ_HELM={configured} is not an executable file", pytrace=False)
-        return Helm(configured)
-    found = shutil.which("helm")
-    if found is None:
-        pytest.fail(
-            "the chart tests need helm: set PODQ_HELM (bash tests/tools/build-helm.sh builds it) or put "
-            "helm on PATH; without it deselect them with -m 'not chart'",
-            pytrace=False,
-        )
-    return Helm(found)
+        return Helm(executable_or_fail(configured, f"PODQ_HELM={configured} is not an executable file"))
+    missing = (
+        "the chart tests need helm: set PODQ_HELM (bash tests/tools/build-helm.sh builds it) or put "
+        "helm on PATH; without it deselect them with -m 'not chart'"
+    )
+    return Helm(executable_or_fail(shutil.which("helm"), missing))
 
 
 def find(manifests: Sequence[Manifest], kind: str, name: str | None = None) -> list[Manifest]:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.tools import executable_or_fail, mark_users, run_tool
+
 PROMTOOL_TIMEOUT_SECONDS = 120
 
 
@@ -26,32 +28,20 @@ class Promtool:
     def run(
         self, *args: str, stdin: str | None = None, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [self.path, *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=PROMTOOL_TIMEOUT_SECONDS,
-            check=False,
-            cwd=cwd,
-        )
+        return run_tool([self.path, *args], timeout=PROMTOOL_TIMEOUT_SECONDS, stdin=stdin, cwd=cwd)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that uses `promtool` is marked ``promtool``, before ``-m`` selects."""
-    for item in items:
-        if "promtool" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.promtool)
+    mark_users(items, "promtool", pytest.mark.promtool)
 
 
 @pytest.fixture(scope="session")
 def promtool() -> Promtool:
     configured = os.environ.get("PODQ_PROMTOOL") or shutil.which("promtool")
-    if not configured or not os.access(configured, os.X_OK):
-        pytest.fail(
-            "these tests need promtool: apt-get install prometheus (tests/run.sh does) or set PODQ_PROMTOOL; "
-            "without it deselect them with -m 'not promtool'",
-            pytrace=False,
-        )
-    return Promtool(configured)
+    missing = (
+        "these tests need promtool: apt-get install prometheus (tests/run.sh does) or set PODQ_PROMTOOL; "
+        "without it deselect them with -m 'not promtool'"
+    )
+    return Promtool(executable_or_fail(configured, missing))

@@ -109,6 +109,15 @@ async def dispatching(cap: int, db: Database) -> AsyncIterator[tuple[Dispatcher,
         store.close()
 
 
+@asynccontextmanager
+async def running_a(db: Database) -> AsyncIterator[tuple[Dispatcher, GatedLauncher, Store]]:
+    """`dispatching` with a cap of one, once query "a" is running in the launcher."""
+    async with dispatching(1, db) as (dispatcher, launcher, store):
+        submit(store, dispatcher, "a")
+        await launcher.wait_for(lambda: launcher.active == {"a"})
+        yield dispatcher, launcher, store
+
+
 def run_with_db(new_database: NewDatabase, scenario: Callable[[Database], Coroutine[Any, Any, None]]) -> None:
     """Run an async scenario against a fresh database."""
     database = new_database()
@@ -245,9 +254,7 @@ def test_wait_finished_returns_on_the_terminal_state(new_database: NewDatabase) 
 
 def test_a_job_is_released_only_once_its_outcome_is_stored(new_database: NewDatabase) -> None:
     async def scenario(db: Database) -> None:
-        async with dispatching(1, db) as (dispatcher, launcher, store):
-            submit(store, dispatcher, "a")
-            await launcher.wait_for(lambda: launcher.active == {"a"})
+        async with running_a(db) as (_, launcher, _):
             assert launcher.released == []
             launcher.open_gate("a")
             await launcher.wait_for(lambda: launcher.released != [])
@@ -258,9 +265,7 @@ def test_a_job_is_released_only_once_its_outcome_is_stored(new_database: NewData
 
 def test_stop_detaches_the_launcher_before_it_cancels_running_jobs(new_database: NewDatabase) -> None:
     async def scenario(db: Database) -> None:
-        async with dispatching(1, db) as (dispatcher, launcher, store):
-            submit(store, dispatcher, "a")
-            await launcher.wait_for(lambda: launcher.active == {"a"})
+        async with running_a(db) as (_, launcher, _):
             assert not launcher.detached
         assert launcher.cancelled == ["a (detached)"]
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 from typing import Any, NamedTuple
 
 import pytest
 
 from controller.launchers.local.outcome import MemoryEvidence, WorkerEnd, classify
+from tests.support.outcomes import RESULT, assert_outcome
 from worker_image.protocol import (
     EXIT_INTERNAL_ERROR,
     EXIT_USER_ERROR,
@@ -22,7 +22,6 @@ from worker_image.protocol import (
 pytestmark = pytest.mark.unit
 
 LIMIT = 256 * 2**20
-RESULT = {"columns": [{"name": "n", "type": "Int64"}], "rows": [[1]], "total_rows": 1, "truncated": False}
 SQL_ERROR = error_info(ErrorType.SQL, "column 'nope' not found", {"column": "nope"})
 OK = encode_envelope({"ok": True, "result": RESULT})
 FAILED = encode_envelope({"ok": False, "error": SQL_ERROR})
@@ -268,16 +267,7 @@ CASES = [
 def test_classify(case: Case) -> None:
     outcome = classify(case.end)
 
-    if case.expected == "result":
-        assert outcome.error is None
-        assert outcome.result == RESULT
-        return
-    assert outcome.result is None
-    assert outcome.error is not None
-    assert outcome.error["error_type"] == case.expected
-    assert outcome.error["message"]
-    assert case.details.items() <= outcome.error["details"].items()
-    json.dumps(outcome.error)
+    assert_outcome(outcome, case.expected, case.details)
 
 
 WATCHED = error_info(

@@ -28,6 +28,7 @@ from controller.launchers.kubernetes.pod_fate import (
     parse_time,
     placement,
 )
+from tests.support.outcomes import RESULT, assert_outcome, assert_typed_error
 from worker_image.protocol import (
     ENVELOPE_MARKER,
     EXIT_USER_ERROR,
@@ -43,7 +44,6 @@ pytestmark = pytest.mark.unit
 PODS = Path(__file__).parent / "pods"
 UNSCHEDULABLE_AFTER = 120.0
 IMAGE_PULL_GRACE = 60.0
-RESULT = {"columns": [{"name": "n", "type": "Int64"}], "rows": [[1]], "total_rows": 1, "truncated": False}
 SQL_ERROR = error_info(ErrorType.SQL, "column nope not found", {"column": "nope"})
 OK = encode_envelope({"ok": True, "result": RESULT})
 FAILED = encode_envelope({"ok": False, "error": SQL_ERROR})
@@ -63,6 +63,34 @@ def watch(pod: dict[str, Any] | None, *, after: float = 1.0) -> Waiting | Ended 
     """`observe` as the launcher calls it, `after` seconds past the pod's creation."""
     now = created(pod) + after if pod is not None else 0.0
     return observe(pod, now=now, unschedulable_after=UNSCHEDULABLE_AFTER, image_pull_grace=IMAGE_PULL_GRACE)
+
+
+def oomkilled_details(container: str, limit_mib: int) -> dict[str, Any]:
+    """An out-of-memory error's details: the container the kernel killed (exit 137, SIGKILL), its limit."""
+    return {
+        "container": container,
+        "limit": f"{limit_mib}Mi",
+        "limit_bytes": limit_mib * 2**20,
+        "reason": "OOMKilled",
+        "exit_code": 137,
+        "signal": "SIGKILL",
+    }
+
+
+def oomkilled_placement(pod: str, phase: str) -> dict[str, Any]:
+    """The placement of a captured pod whose worker the kernel killed for memory."""
+    return {
+        "kind": "kubernetes",
+        "namespace": "podq-h-classify-1",
+        "pod": pod,
+        "node": "podq-e2e",
+        "phase": phase,
+        "container_reason": "OOMKilled",
+        "exit_code": 137,
+        "signal": "SIGKILL",
+        "started_at": "2026-11-21T21:20:18Z",
+        "finished_at": "2026-11-21T21:20:20Z",
+    }
 
 
 def worker(pod: dict[str, Any]) -> dict[str, Any]:
@@ -222,22 +250,10 @@ def test_pod(case: Case) -> None:
     assert isinstance(verdict, case.verdict)
     if isinstance(verdict, Waiting):
         assert verdict.reason == case.expected
-        return
-    if isinstance(verdict, Failed):
-        error = verdict.error
+    elif isinstance(verdict, Failed):
+        assert_typed_error(verdict.error, case.expected, case.details)
     else:
-        outcome = decide(pod, case.log)
-        if case.expected == "result":
-            assert outcome.error is None
-            assert outcome.result == RESULT
-            return
-        assert outcome.result is None
-        assert outcome.error is not None
-        error = outcome.error
-    assert error["error_type"] == case.expected
-    assert error["message"]
-    assert case.details.items() <= error["details"].items()
-    json.dumps(error)
+        assert_outcome(decide(pod, case.log), case.expected, case.details)
 
 
 def test_every_captured_pod_is_in_the_table() -> None:
@@ -456,18 +472,7 @@ def test_a_cut_envelope_is_never_a_result(before: str, cut: int, after: str) -> 
 
 
 def test_placement_names_the_pod_and_how_it_ended() -> None:
-    assert placement(load("oomkilled")) == {
-        "kind": "kubernetes",
-        "namespace": "podq-h-classify-1",
-        "pod": "podq-oomkilled",
-        "node": "podq-e2e",
-        "phase": "Failed",
-        "container_reason": "OOMKilled",
-        "exit_code": 137,
-        "signal": "SIGKILL",
-        "started_at": "2026-11-21T21:20:18Z",
-        "finished_at": "2026-11-21T21:20:20Z",
-    }
+    assert placement(load("oomkilled")) == oomkilled_placement("podq-oomkilled", "Failed")
 
 
 def test_placement_of_a_pod_ended_by_its_deadline_keeps_the_pods_reason() -> None:
@@ -670,29 +675,13 @@ def test_a_worker_oomkilled_behind_a_sidecar_ran_out_of_memory() -> None:
 
     assert verdict == Ended("OOMKilled")
     assert outcome.error is not None
-    assert outcome.error["details"] == {
-        "container": "worker",
-        "limit": "32Mi",
-        "limit_bytes": 32 * 2**20,
-        "reason": "OOMKilled",
-        "exit_code": 137,
-        "signal": "SIGKILL",
-    }
+    assert outcome.error["details"] == oomkilled_details("worker", 32)
 
 
 def test_placement_behind_a_sidecar_is_the_workers() -> None:
-    assert placement(load("oomkilled-behind-sidecar")) == {
-        "kind": "kubernetes",
-        "namespace": "podq-h-classify-1",
-        "pod": "podq-oomkilled-behind-sidecar",
-        "node": "podq-e2e",
-        "phase": "Running",
-        "container_reason": "OOMKilled",
-        "exit_code": 137,
-        "signal": "SIGKILL",
-        "started_at": "2026-11-21T21:20:18Z",
-        "finished_at": "2026-11-21T21:20:20Z",
-    }
+    assert placement(load("oomkilled-behind-sidecar")) == oomkilled_placement(
+        "podq-oomkilled-behind-sidecar", "Running"
+    )
 
 
 def test_a_worker_that_succeeded_behind_a_sidecar_is_its_result() -> None:
@@ -712,14 +701,7 @@ def test_an_oomkilled_injected_init_container_is_named_with_its_own_limit() -> N
     assert outcome.error is not None
     assert outcome.error["error_type"] == "memory"
     assert outcome.error["message"] == "the istio-init container ran out of memory (limit 64Mi)"
-    assert outcome.error["details"] == {
-        "container": "istio-init",
-        "limit": "64Mi",
-        "limit_bytes": 64 * 2**20,
-        "reason": "OOMKilled",
-        "exit_code": 137,
-        "signal": "SIGKILL",
-    }
+    assert outcome.error["details"] == oomkilled_details("istio-init", 64)
 
 
 def test_an_init_container_that_pulls_its_image_too_long_fails_the_pod_as_an_image_error() -> None:

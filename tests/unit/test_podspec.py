@@ -106,6 +106,11 @@ def pod(job: Job = JOB, template: PodTemplate = BARE) -> dict[str, Any]:
     return build_pod(job, template, submitted_at=SUBMITTED)
 
 
+def pod_with_limits(**changes: Any) -> dict[str, Any]:
+    """The pod of JOB with these of its limits changed."""
+    return pod(dataclasses.replace(JOB, limits=dataclasses.replace(JOB.limits, **changes)))
+
+
 def container(built: dict[str, Any]) -> dict[str, Any]:
     containers: list[dict[str, Any]] = built["spec"]["containers"]
     assert len(containers) == 1
@@ -274,8 +279,7 @@ def test_an_inspection_pod_hashes_the_url() -> None:
     ids=["sub-second is one second", "whole seconds stay", "a fraction rounds up", "half", "ten minutes"],
 )
 def test_deadline_is_a_whole_second_at_least_the_timeout(timeout_seconds: float, deadline: int) -> None:
-    job = dataclasses.replace(JOB, limits=dataclasses.replace(JOB.limits, timeout_seconds=timeout_seconds))
-    assert pod(job)["spec"]["activeDeadlineSeconds"] == deadline
+    assert pod_with_limits(timeout_seconds=timeout_seconds)["spec"]["activeDeadlineSeconds"] == deadline
 
 
 @pytest.mark.parametrize(
@@ -284,8 +288,7 @@ def test_deadline_is_a_whole_second_at_least_the_timeout(timeout_seconds: float,
     ids=["1m", "half a core", "one core", "just over one core", "four cores"],
 )
 def test_polars_threads_are_the_cpu_limit_in_whole_cores(cpu_millicores: int, threads: int) -> None:
-    job = dataclasses.replace(JOB, limits=dataclasses.replace(JOB.limits, cpu_millicores=cpu_millicores))
-    assert env(pod(job))["POLARS_MAX_THREADS"] == str(threads)
+    assert env(pod_with_limits(cpu_millicores=cpu_millicores))["POLARS_MAX_THREADS"] == str(threads)
 
 
 @pytest.mark.parametrize(
