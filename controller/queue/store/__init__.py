@@ -18,9 +18,9 @@ from controller.queue.store.base import (
     ReplicaLost,
     Row,
     SchemaTooNew,
-    Store,
     StoreUnavailable,
 )
+from controller.queue.store.sql import Store
 from controller.queue.store.sqlite import SqliteStore
 from controller.settings import Settings
 

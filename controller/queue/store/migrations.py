@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from controller.queue.store.base import SchemaTooNew
 
-# Version 1 is the schema of every podq before versioning, written with IF NOT EXISTS so that a file from
-# then (with or without the idempotency keys) is adopted as it stands.
-SQLITE = [
-    """
-    CREATE TABLE IF NOT EXISTS queries (
-        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+# Version 1 of the tables both backends have, in each backend's types: `seq`, `time` (seconds since the
+# epoch as the controllers' clocks give them), `exists` (SQLite's IF NOT EXISTS) and the `running` columns
+# of a shared database (which replica runs a query, and whether another asked it to cancel).
+_QUEUES_V1 = """
+    CREATE TABLE {exists}queries (
+        seq          {seq},
         id           TEXT NOT NULL UNIQUE,
         operation    TEXT NOT NULL,
         request      TEXT NOT NULL,
@@ -23,59 +23,44 @@ SQLITE = [
         status       TEXT NOT NULL,
         result       TEXT,
         error        TEXT,
-        placement    TEXT NOT NULL DEFAULT '{}',
+        placement    TEXT NOT NULL DEFAULT '{{}}',
         attempts     INTEGER NOT NULL DEFAULT 0,
-        submitted_at REAL NOT NULL,
-        started_at   REAL,
-        finished_at  REAL
+        submitted_at {time} NOT NULL,
+        started_at   {time},
+        finished_at  {time}{running}
     );
-    CREATE INDEX IF NOT EXISTS queries_by_status ON queries (status, seq);
-    CREATE INDEX IF NOT EXISTS queries_by_operation ON queries (operation, seq);
-    CREATE TABLE IF NOT EXISTS idempotency_keys (
+    CREATE INDEX {exists}queries_by_status ON queries (status, seq);
+    CREATE INDEX {exists}queries_by_operation ON queries (operation, seq);
+    CREATE TABLE {exists}idempotency_keys (
         client      TEXT NOT NULL,
         key         TEXT NOT NULL,
         fingerprint TEXT NOT NULL,
         query_id    TEXT NOT NULL,
-        created_at  REAL NOT NULL,
+        created_at  {time} NOT NULL,
         PRIMARY KEY (client, key)
     );
-    CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_at);
-    """,
+    CREATE INDEX {exists}idempotency_keys_by_age ON idempotency_keys (created_at);
+"""
+
+# Version 1 is the schema of every podq before versioning, written with IF NOT EXISTS so that a file from
+# then (with or without the idempotency keys) is adopted as it stands.
+SQLITE = [
+    _QUEUES_V1.format(
+        exists="IF NOT EXISTS ", seq="INTEGER PRIMARY KEY AUTOINCREMENT", time="REAL", running=""
+    ),
 ]
 
-# Times are seconds since the epoch as the controllers' clocks give them (as in SQLite), except a replica's
-# heartbeat, which is the database server's clock: staleness is judged on one clock whatever the replicas'.
+# A replica's heartbeat is the database server's clock: staleness is judged on one clock whatever the
+# replicas'.
 POSTGRES = [
-    """
-    CREATE TABLE queries (
-        seq              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        id               TEXT NOT NULL UNIQUE,
-        operation        TEXT NOT NULL,
-        request          TEXT NOT NULL,
-        limits           TEXT NOT NULL,
-        status           TEXT NOT NULL,
-        result           TEXT,
-        error            TEXT,
-        placement        TEXT NOT NULL DEFAULT '{}',
-        attempts         INTEGER NOT NULL DEFAULT 0,
-        submitted_at     DOUBLE PRECISION NOT NULL,
-        started_at       DOUBLE PRECISION,
-        finished_at      DOUBLE PRECISION,
-        owner            TEXT,
-        cancel_requested BOOLEAN NOT NULL DEFAULT false
-    );
-    CREATE INDEX queries_by_status ON queries (status, seq);
-    CREATE INDEX queries_by_operation ON queries (operation, seq);
+    _QUEUES_V1.format(
+        exists="",
+        seq="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        time="DOUBLE PRECISION",
+        running=",\n        owner TEXT,\n        cancel_requested BOOLEAN NOT NULL DEFAULT false",
+    )
+    + """
     CREATE INDEX queries_running_by_owner ON queries (owner) WHERE status = 'running';
-    CREATE TABLE idempotency_keys (
-        client      TEXT NOT NULL,
-        key         TEXT NOT NULL,
-        fingerprint TEXT NOT NULL,
-        query_id    TEXT NOT NULL,
-        created_at  DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (client, key)
-    );
-    CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
     CREATE TABLE replicas (
         id           TEXT PRIMARY KEY,
         started_at   TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
