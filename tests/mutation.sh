@@ -25,7 +25,8 @@ modules=(
   "podspec|controller/launchers/kubernetes/podspec.py|tests/unit/test_podspec.py"
   "sqlguard|worker_image/sqlguard.py|tests/unit/test_sqlguard.py"
   "local_outcome|controller/launchers/local/outcome.py|tests/unit/test_local_outcome.py"
-  "store|controller/queue/store/sqlite.py|tests/unit/test_store.py tests/unit/test_store_queue_limit.py tests/unit/test_store_records.py"
+  "store|controller/queue/store/sql.py|tests/unit/test_store.py tests/unit/test_store_queue_limit.py tests/unit/test_store_records.py"
+  "store_sqlite|controller/queue/store/sqlite.py|tests/unit/test_store.py tests/unit/test_store_queue_limit.py tests/unit/test_store_records.py"
 )
 
 [ -x "$venv/bin/python" ] || { echo "no virtualenv at $venv: run bash tests/run.sh first" >&2; exit 2; }
