@@ -45,7 +45,7 @@ def kube_config() -> KubeConfig:
 @pytest.fixture
 def kube_client(kube_config: KubeConfig) -> Callable[..., KubeClient]:
     """`kube_client(**overrides)`: a new client on the e2e cluster. Open it with ``async with`` inside the
-    test's event loop: an httpx client cannot outlive the loop it first ran on."""
+    test's event loop: its watches feed that loop."""
 
     def make(**overrides: Any) -> KubeClient:
         options: dict[str, Any] = {"qps": 50, "burst": 100, "request_timeout": 30, **overrides}

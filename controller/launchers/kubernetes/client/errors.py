@@ -1,4 +1,7 @@
-"""The errors of the Kubernetes API client, and the one place an HTTP status becomes one of them.
+"""podq's errors for the Kubernetes API, and the one place an HTTP status becomes one of them.
+
+`api.kube_error` wraps what the official client raises (`ApiException`, urllib3's errors) into these, as
+kopf wraps them: nothing of the package's types reaches the launcher.
 
     KubeError                 status, reason, message (status None: no HTTP answer)
     ├── Unauthorized          401
@@ -10,7 +13,7 @@
     ├── Invalid               422
     ├── TooManyRequests       429 (retry_after from the Status details or the Retry-After header)
     ├── ServerError           5xx, including 504 server timeouts and 503 while the server starts
-    └── Unreachable           no answer: connect errors, timeouts, dropped connections (httpx.TransportError)
+    └── Unreachable           no answer: connect errors, timeouts, dropped connections (urllib3, sockets)
 
 `is_transient` is the one retry predicate: a transient error may succeed when the same request is sent
 again later; anything else needs a different request (Gone: relist) or a person.
