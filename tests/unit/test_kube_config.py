@@ -99,7 +99,7 @@ def test_an_exec_plugin_gives_the_token(tmp_path: Path) -> None:
 
 
 def test_a_kubeconfig_list_is_merged_and_the_context_may_come_from_the_second(tmp_path: Path) -> None:
-    first = kubeconfig(tmp_path / "a", user={"token": "a"}, current="main", names=("ca", "ua", "main"))
+    first = kubeconfig(tmp_path / "a", user={"token": "a"}, current=None, names=("ca", "ua", "main"))
     second = kubeconfig(
         tmp_path / "b",
         user={"token": "b"},
@@ -109,7 +109,7 @@ def test_a_kubeconfig_list_is_merged_and_the_context_may_come_from_the_second(tm
         names=("cb", "ub", "second"),
     )
     listed = {"KUBECONFIG": f"{tmp_path / 'absent'}{os.pathsep}{first}{os.pathsep}{second}"}
-    current = load_config(None, None, environ=listed)  # the last current-context set wins, as in kubectl
+    current = load_config(None, None, environ=listed)  # the only current-context is the second file's
     assert (current.namespace, current.configuration.api_key["BearerToken"]) == ("from-b", "Bearer b")
     named = load_config(None, "main", environ=listed)
     assert (named.namespace, named.configuration.api_key["BearerToken"]) == ("work", "Bearer a")

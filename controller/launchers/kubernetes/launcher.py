@@ -132,8 +132,9 @@ class KubernetesLauncher:
         await self._node_rooms.refresh()
         self._spawn(self._node_rooms.refresh_forever(), "podq-node-rooms")
         log.info(
-            "kubernetes launcher: API server %s, namespace %s, instance %s, image %s",
+            "kubernetes launcher: API server %s from %s, namespace %s, instance %s, image %s",
             config.server,
+            config.source,
             self._namespace,
             options.pod.instance,
             options.pod.image,

@@ -1,9 +1,11 @@
 """Where the Kubernetes API server is and how to authenticate to it, loaded by `kubernetes.config`.
 
 `load_config` looks, in order, at an explicit kubeconfig path; `$KUBECONFIG` (a ``:``-separated list,
-merged as kubectl merges it: the first file naming a cluster, user or context wins, the last
-``current-context`` set wins); the in-cluster service account (``KUBERNETES_SERVICE_HOST``); then
-``~/.kube/config``. Everything the official client accepts in a kubeconfig works: a CA or
+merged: the first file naming a cluster, user or context wins, as in kubectl, and missing files are
+skipped; where several files set ``current-context`` the official client takes the last, kubectl the
+first); the in-cluster service account (``KUBERNETES_SERVICE_HOST``); then ``~/.kube/config``.
+
+Everything the official client accepts in a kubeconfig works: a CA or
 ``insecure-skip-tls-verify``, client certificates, tokens and token files, exec credential plugins (EKS
 ``aws eks get-token``, GKE ``gke-gcloud-auth-plugin``, AKS ``kubelogin``; re-run when their credential
 expires), auth providers, ``proxy-url`` and ``tls-server-name``. In a cluster the service-account token
