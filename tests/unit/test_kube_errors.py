@@ -162,3 +162,50 @@ def test_decode_watch_line_raises(raw: str, error: type[KubeError], reason: str)
     with pytest.raises(KubeError) as raised:
         decode_watch_line(raw)
     assert type(raised.value) is error and raised.value.reason == reason
+
+
+class Raised(NamedTuple):
+    status: int
+    body: bytes | None
+    headers: dict[str, str]
+    error: type[KubeError]
+    reason: str
+
+
+def _api_exception(case: Raised) -> Exception:
+    """What the official client raises for an HTTP error status (reached through the adapter module)."""
+    from controller.launchers.kubernetes.client import api
+
+    body = None if case.body is None else case.body.decode()
+    exception: Exception = api.k8s.ApiException(status=case.status, reason="X", body=body)
+    return exception
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Raised(409, b'{"reason": "AlreadyExists", "message": "exists"}', {}, AlreadyExists, "AlreadyExists"),
+        Raised(410, b'{"reason": "Expired", "message": "too old"}', {}, Gone, "Expired"),
+        Raised(403, b'{"reason": "Forbidden"}', {}, Forbidden, "Forbidden"),
+        Raised(502, b"<html>bad gateway</html>", {}, ServerError, "InternalError"),
+        Raised(404, None, {}, NotFound, "HTTP404"),
+    ],
+    ids=["409-already-exists", "410-gone", "403", "502-html", "404-no-body"],
+)  # fmt: skip
+def test_kube_error_wraps_the_official_clients_api_exception(case: Raised) -> None:
+    from controller.launchers.kubernetes.client.api import kube_error
+
+    error = kube_error(_api_exception(case), "GET /x")
+    assert (type(error), error.status, error.reason) == (case.error, case.status, case.reason)
+
+
+def test_kube_error_makes_transport_failures_unreachable_and_lets_bugs_through() -> None:
+    import urllib3
+
+    from controller.launchers.kubernetes.client.api import kube_error
+
+    dropped = kube_error(urllib3.exceptions.ProtocolError("Connection aborted."), "WATCH /pods")
+    assert type(dropped) is Unreachable and is_transient(dropped) and "WATCH /pods" in str(dropped)
+    assert type(kube_error(ConnectionResetError(), "GET /x")) is Unreachable
+    with pytest.raises(ZeroDivisionError):
+        kube_error(ZeroDivisionError(), "GET /x")
