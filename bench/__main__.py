@@ -2,6 +2,8 @@
 
 smoke keeps the code alive (seconds, for CI); small is the 1M-row fact table, 50 latency runs, 10,000
 stored queries, and on Kubernetes 20 latency runs and 200 queued queries; full adds the 10M-row fact table.
+The results section (one 100,000-row result downloaded as JSON, CSV, Arrow and Parquet) is the same at
+every size but smoke, which downloads 10,000 rows.
 The kube section runs when asked for (`--only kube`), or by default when both `KUBECONFIG` and a worker
 image (`--worker-image`, `$PODQ_E2E_WORKER_IMAGE`) are set: a kubeconfig alone may point at a cluster
 nobody meant to benchmark.
@@ -15,11 +17,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import api, engine, kube, latency
+from bench import api, engine, kube, latency, warmstart
+from bench import results as downloads_bench
 from bench.data import generate
 from bench.machine import describe
 
-SECTIONS = ("engine", "latency", "api", "kube")
+SECTIONS = ("engine", "latency", "api", "kube", "results")
 
 
 @dataclass(frozen=True)
@@ -30,10 +33,22 @@ class Size:
     stored: int
     kube_runs: int
     kube_queued: int
+    result_rows: int = 100_000
+    # `SELECT 1` queries for the warm-vs-cold throughput run (cap 4).
+    throughput_queries: int = 200
 
 
 SIZES = {
-    "smoke": Size(fact_rows=(20_000,), repeats=1, latency_runs=5, stored=200, kube_runs=3, kube_queued=16),
+    "smoke": Size(
+        fact_rows=(20_000,),
+        repeats=1,
+        latency_runs=5,
+        stored=200,
+        kube_runs=3,
+        kube_queued=16,
+        result_rows=10_000,
+        throughput_queries=20,
+    ),
     "small": Size(
         fact_rows=(1_000_000,), repeats=3, latency_runs=50, stored=10_000, kube_runs=20, kube_queued=200
     ),
@@ -110,6 +125,10 @@ def main() -> None:
         if "latency" in sections:
             print(f"## 2. Local launcher latency ({size.latency_runs} runs each)\n", flush=True)
             print(latency.report(*latency.measure(workdir, size.latency_runs)) + "\n", flush=True)
+            queries = size.throughput_queries
+            print(f"### Warm start: throughput ({queries} queries at cap 4) and memory\n", flush=True)
+            rates, memories = warmstart.measure(workdir, queries, cap=4)
+            print(warmstart.report(rates, memories, queries, cap=4) + "\n", flush=True)
         if "api" in sections:
             print("## 3. API and store\n", flush=True)
             results_api = api.measure(workdir, size.stored, clients=20, runs=200)
@@ -120,6 +139,10 @@ def main() -> None:
             print(kube.report(*results_kube, target) + "\n", flush=True)
         elif not args.only:
             print(f"## 4. Kubernetes mode: not run (needs KUBECONFIG and {kube.IMAGE_ENV})\n", flush=True)
+        if "results" in sections:
+            print("## 5. Result downloads (median of 5 after a warm-up)\n", flush=True)
+            downloads = downloads_bench.measure(workdir, size.result_rows)
+            print(downloads_bench.report(downloads, size.result_rows) + "\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -90,19 +90,24 @@ def _latency(name: str, client: httpx.Client, paths: list[str]) -> Series:
     return Series(name, samples)
 
 
-def measure(workdir: Path, stored: int, clients: int, runs: int) -> ApiResults:
-    # A store of this run's own: one left in a reused --workdir would add its queries to `stored`.
-    workdir = Path(tempfile.mkdtemp(prefix="api-", dir=workdir))
+def stand_in_settings(workdir: Path, *, max_queued: int) -> dict[str, str]:
+    """A controller whose one worker at a time only sleeps: what is measured is the API and the store."""
     stand_in = workdir / "sleeping-worker"
     stand_in.write_text(STAND_IN)
     stand_in.chmod(0o755)
-    settings = {
+    return {
         "PODQ_WORKER_PYTHON": str(stand_in),
         "PODQ_MAX_CONCURRENT": "1",
-        "PODQ_MAX_QUEUED": str(stored * 2),
+        "PODQ_MAX_QUEUED": str(max_queued),
         "PODQ_DEFAULT_TIMEOUT_SECONDS": "600",
         "PODQ_LOG_LEVEL": "WARNING",
     }
+
+
+def measure(workdir: Path, stored: int, clients: int, runs: int) -> ApiResults:
+    # A store of this run's own: one left in a reused --workdir would add its queries to `stored`.
+    workdir = Path(tempfile.mkdtemp(prefix="api-", dir=workdir))
+    settings = stand_in_settings(workdir, max_queued=stored * 2)
     controller = ControllerProcess(workdir / "api-data", settings, workdir / "api.log")
     controller.start()
     assert controller.process is not None

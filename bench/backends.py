@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.api import STAND_IN, _rate, _submit
+from bench.api import _rate, _submit, stand_in_settings
 from bench.stats import table
 from controller.testing.process import ControllerProcess
 
@@ -22,15 +22,8 @@ from controller.testing.process import ControllerProcess
 def _controllers(
     workdir: Path, replicas: int, database_url: str | None, stored: int
 ) -> list[ControllerProcess]:
-    stand_in = workdir / "sleeping-worker"
-    stand_in.write_text(STAND_IN)
-    stand_in.chmod(0o755)
     settings = {
-        "PODQ_WORKER_PYTHON": str(stand_in),
-        "PODQ_MAX_CONCURRENT": "1",
-        "PODQ_MAX_QUEUED": str(stored * 4),
-        "PODQ_DEFAULT_TIMEOUT_SECONDS": "600",
-        "PODQ_LOG_LEVEL": "WARNING",
+        **stand_in_settings(workdir, max_queued=stored * 4),
         **({"PODQ_DATABASE_URL": database_url} if database_url else {}),
     }
     return [

@@ -1,6 +1,7 @@
 """Section 2, local launcher latency: submit -> result of `SELECT 1` over HTTP against its floors.
 
-Compared side by side: the real `podq serve` (local launcher, submit then long-poll the record), the
+Compared side by side: the real `podq serve` (local launcher, submit then long-poll the record) with warm
+start (workers forked from a zygote, the default) and with cold starts (`PODQ_LOCAL_WARM_START=false`), the
 worker as a bare subprocess (no controller), the same query called in-process (no new process), and a
 fresh `python -c "import polars"` (the floor of any new worker process). The controller's own timestamps
 (submitted/started/finished) split the HTTP round trip into queueing, the worker run and the rest, and
@@ -140,31 +141,47 @@ def measure(workdir: Path, runs: int) -> tuple[list[Series], dict[str, float], l
     worker = _repeat("python -m worker_image (bare subprocess)", _bare_worker(env), runs)
     with tempfile.TemporaryDirectory(dir=workdir) as scratch:
         in_process = _repeat("run_query in-process", _in_process(Path(scratch)), runs)
+    served: dict[str, Series] = {}
+    parts: dict[str, float] = {}
+    for mode in ("warm", "cold"):
+        served[mode], records = _served(workdir, runs, warm=mode == "warm")
+        parts[f"{mode}: queued (submitted -> started)"] = median(
+            [r["started_at"] - r["submitted_at"] for r in records]
+        )
+        parts[f"{mode}: worker run (started -> finished)"] = median(
+            [r["finished_at"] - r["started_at"] for r in records]
+        )
+        parts[f"{mode}: HTTP and polling (rest)"] = served[mode].p50 - sum(
+            value for name, value in parts.items() if name.startswith(f"{mode}:")
+        )
+    series = [served["warm"], served["cold"], worker, floor, bare_python, in_process]
+    return series, parts, _import_costs(env)
+
+
+def _served(workdir: Path, runs: int, *, warm: bool) -> tuple[Series, list[dict[str, Any]]]:
     # A store of this run's own, even in a reused --workdir.
     run_dir = Path(tempfile.mkdtemp(prefix="latency-", dir=workdir))
-    controller = ControllerProcess(
-        run_dir / "data", {"PODQ_LOG_LEVEL": "WARNING"}, run_dir / "controller.log"
-    )
+    settings = {"PODQ_LOG_LEVEL": "WARNING", "PODQ_LOCAL_WARM_START": str(warm).lower()}
+    controller = ControllerProcess(run_dir / "data", settings, run_dir / "controller.log")
     controller.start()
     try:
         with controller.client() as client:
             podq = _Podq(client)
-            served = _repeat("podq serve: submit -> result (HTTP)", podq, runs)
+            mode = "warm start" if warm else "cold start"
+            served = _repeat(f"podq serve, {mode}: submit -> result (HTTP)", podq, runs)
     finally:
         controller.stop()
-    records = podq.records[1:]
-    parts = {
-        "queued (submitted -> started)": median([r["started_at"] - r["submitted_at"] for r in records]),
-        "worker run (started -> finished)": median([r["finished_at"] - r["started_at"] for r in records]),
-    }
-    parts["HTTP and polling (rest)"] = served.p50 - sum(parts.values())
-    return [served, worker, floor, bare_python, in_process], parts, _import_costs(env)
+    return served, podq.records[1:]
 
 
 def report(series: list[Series], parts: dict[str, float], imports: list[tuple[str, float]]) -> str:
-    floor = series[2]
-    rows = [[s.name, str(len(s.samples)), ms(s.p50), ms(s.p95), ratio(s.p50 / floor.p50)] for s in series]
-    out = [table(["path (SELECT 1)", "runs", "p50 ms", "p95 ms", "p50 / floor"], rows)]
+    floor, bare = series[3], series[4]
+    rows = [
+        [s.name, str(len(s.samples)), ms(s.p50), ms(s.p95), ratio(s.p50 / floor.p50), ratio(s.p50 / bare.p50)]
+        for s in series
+    ]
+    header = ["path (SELECT 1)", "runs", "p50 ms", "p95 ms", "p50 / import polars", "p50 / python -c pass"]
+    out = [table(header, rows)]
     out.append("")
     out.append(table(["where podq's p50 goes", "ms"], [[name, ms(value)] for name, value in parts.items()]))
     out.append("")

@@ -98,9 +98,10 @@ class Settings(BaseSettings):
         8_388_608,
         ge=65_536,
         le=33_554_432,
-        description="Largest result a query returns, in bytes of JSON; rows beyond it are cut and the result "
-        'says `"truncated_by": "bytes"`. Below kubelet\'s default 10 MiB log rotation, which could cut a '
-        "result read from a pod log; at most 32 MiB (the launchers read at most 64 MiB of output).",
+        description="Largest result a query returns, in bytes: its JSON rows, Arrow stream and Parquet file "
+        'together; rows beyond it are cut and the result says `"truncated_by": "bytes"`. Below kubelet\'s '
+        "default 10 MiB log rotation, which could cut a result read from a pod log; at most 32 MiB (the "
+        "launchers read at most 64 MiB of output).",
     )
     max_sql_bytes: int = Field(65_536, ge=1, description="Largest SQL text accepted (UTF-8 bytes).")
     max_body_bytes: int = Field(262_144, ge=1024, description="Largest request body accepted.")
@@ -133,6 +134,13 @@ class Settings(BaseSettings):
         "auto",
         description="How the local launcher caps memory: a cgroup per query where the hierarchy is "
         "writable (`auto` prefers it), else RLIMIT_AS.",
+    )
+    local_warm_start: bool = Field(
+        False,
+        description="Local launcher: fork each query's worker from a zygote that has already imported "
+        "polars and the worker (one per polars thread count), confined as a cold worker; a query starts in "
+        "tens of milliseconds instead of ~0.4 s (`/readyz` shows the zygotes). `false` (for now the default, "
+        "until the whole suite has run green with it): every query starts a new interpreter.",
     )
     worker_python: str = Field(
         sys.executable,

@@ -23,7 +23,7 @@ from podq.client import (
     Record,
     Unreachable,
 )
-from podq.render import format_inspection, format_records, format_table, result_csv, result_json
+from podq.render import format_inspection, format_records, format_table
 
 EXIT_OK = 0
 EXIT_QUERY_FAILED = 1
@@ -39,6 +39,7 @@ examples:
   podq get "$id" --output json
   podq list --status failed --limit 10
   podq result "$id" --format csv -o answer.csv
+  podq result "$id" --format parquet -o answer.parquet   # typed: decimals, time zones, lists
   podq inspect https://data.example.com/sales.parquet
   podq cancel "$id"
 
@@ -151,16 +152,25 @@ def _result(podq: Client, args: argparse.Namespace) -> int:
     record = podq.wait(args.id)
     if record.status != "succeeded" or not isinstance(record.result, QueryResult):
         return _failed(record)
-    text = result_csv(record.result) if args.format == "csv" else result_json(record)
-    if args.file is None:
-        sys.stdout.write(text)
+    file = podq.result(args.id, format=args.format)
+    content = file.content
+    if args.format == "json":
+        # The API's compact JSON, indented for a reader; the same values.
+        content = (json.dumps(json.loads(content), ensure_ascii=False, indent=2) + "\n").encode()
+    if args.file is not None:
+        Path(args.file).write_bytes(content)
+        print(f"wrote {file.returned_rows} rows to {args.file}", file=sys.stderr)
+    elif args.format in ("arrow", "parquet") and sys.stdout.isatty():
+        print(f"podq: {args.format} is binary: write it to a file with -o FILE", file=sys.stderr)
+        return EXIT_REFUSED
     else:
-        Path(args.file).write_text(text, encoding="utf-8", newline="")
-        print(f"wrote {len(record.result.rows)} rows to {args.file}", file=sys.stderr)
-    if record.result.truncated:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(content)
+        sys.stdout.buffer.flush()
+    if file.truncated:
         print(
-            f"podq: the result was cut by max_{record.result.truncated_by or 'rows'}: "
-            f"{len(record.result.rows)} of {record.result.total_rows} rows",
+            f"podq: the result was cut by max_{file.truncated_by or 'rows'}: "
+            f"{file.returned_rows} of {file.total_rows} rows",
             file=sys.stderr,
         )
     return EXIT_OK
@@ -265,13 +275,15 @@ def add_commands(commands: Any) -> None:
     inspect.add_argument("dataset_url", metavar="URL")
     _limit_options(inspect)
 
-    result = command("result", _result, "wait for a query and write its result as CSV or JSON")
+    result = command(
+        "result", _result, "wait for a query and write its result as CSV, JSON, Arrow or Parquet"
+    )
     result.add_argument("id")
     result.add_argument(
         "--format",
-        choices=["csv", "json"],
+        choices=["csv", "json", "arrow", "parquet"],
         default="csv",
-        help="csv (default) or json (columns with types, rows); rendered from the JSON rows the API "
-        "returns today, so Arrow and Parquet await typed result downloads",
+        help="csv (default), json (columns with types, rows), arrow (an Arrow IPC stream) or parquet; "
+        "Arrow and Parquet keep every column's type and need -o FILE on a terminal",
     )
     result.add_argument("-o", "--file", metavar="FILE", help="write to FILE instead of stdout")

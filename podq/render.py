@@ -6,8 +6,6 @@ fit are left out, with a note under the table saying what is missing and how to 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import shutil
 import time
@@ -122,29 +120,3 @@ def format_records(records: Sequence[Record], width: int | None = None) -> str:
     rows = [[*r[:4], _cut(r[4], room)] for r in rows]
     text, _ = table(["id", "status", "error", "submitted", "sql"], rows, width=max(width, sum(fixed) + 40))
     return f"{text}\n({len(records)} queries)"
-
-
-def result_csv(result: QueryResult) -> str:
-    """Header row, then the rows: null is empty, booleans and nested values are JSON."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([c.name for c in result.columns])
-    for row in result.rows:
-        writer.writerow(
-            [
-                ""
-                if v is None
-                else v
-                if isinstance(v, str)
-                else json.dumps(v, ensure_ascii=False)
-                if isinstance(v, bool | list | dict)
-                else str(v)
-                for v in row
-            ]
-        )
-    return out.getvalue()
-
-
-def result_json(record: Record) -> str:
-    """The result as the API gives it: columns with their types, rows, total_rows and the truncation."""
-    return json.dumps(record.raw["result"], ensure_ascii=False, indent=2) + "\n"

@@ -11,7 +11,8 @@
 # The chart tests (marker `chart`) need helm: tests/tools/build-helm.sh builds the pinned version from the
 # Go module proxy (cached), else the helm on PATH is used, else they are deselected, loudly (with
 # PODQ_E2E=required the run fails instead). The promtool tests (marker `promtool`) likewise: PODQ_PROMTOOL or
-# promtool on PATH, else Debian's prometheus package installed as root, else deselected (or failed).
+# promtool on PATH, else Debian's prometheus package installed as root, else deselected (or failed). The
+# browser test (marker `browser`) likewise: PODQ_CHROMIUM or chromium on PATH, else Debian's chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -168,6 +169,27 @@ elif [[ $e2e == required ]]; then
 else
   banner "!! THE PROMTOOL TESTS DID NOT RUN: no promtool, and no root with apt-get to install Debian's prometheus."
   deselected+=(promtool)
+fi
+
+# Headless Chromium (marker `browser`: the test that opens /docs as a browser does) is Debian's chromium
+# package; installed here as root when missing.
+PODQ_CHROMIUM="${PODQ_CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}"
+if [[ -z $PODQ_CHROMIUM && $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+  step "chromium (apt-get install chromium)"
+  [[ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null)" ]] || apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null \
+    || echo "apt-get install chromium failed" >&2
+  PODQ_CHROMIUM="$(command -v chromium || true)"
+fi
+if [[ -n $PODQ_CHROMIUM ]]; then
+  export PODQ_CHROMIUM
+  echo "browser tests: PODQ_CHROMIUM=$PODQ_CHROMIUM ($("$PODQ_CHROMIUM" --version 2>/dev/null | head -1))"
+elif [[ $e2e == required ]]; then
+  echo "PODQ_E2E=required, but there is no Chromium: apt-get install chromium (as root) or set PODQ_CHROMIUM" >&2
+  exit 1
+else
+  banner "!! THE BROWSER TESTS DID NOT RUN: no Chromium, and no root with apt-get to install Debian's chromium."
+  deselected+=(browser)
 fi
 
 if [[ $e2e_cluster == harness ]]; then

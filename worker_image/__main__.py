@@ -34,7 +34,6 @@ from worker_image.protocol import (
     DEFAULT_TERMINATION_MESSAGE_PATH,
     EXIT_INTERNAL_ERROR,
     EXIT_USER_ERROR,
-    REQUEST_ENV,
     TERMINATION_MESSAGE_ENV,
     ErrorInfo,
     ErrorType,
@@ -44,7 +43,7 @@ from worker_image.protocol import (
     encode_envelope,
     error_info,
 )
-from worker_image.request import load_request
+from worker_image.request import load_request, read_request
 from worker_image.testhooks import apply_test_hooks
 
 
@@ -98,7 +97,7 @@ def _operate() -> int:
 
 
 def _execute() -> dict[str, Any]:
-    request = load_request(os.environ.get(REQUEST_ENV))
+    request = load_request(read_request(os.environ))
     # Held, not used: a test hook's allocation stays resident while the operation runs.
     ballast = apply_test_hooks(request.get("debug"), os.environ)
     with tempfile.TemporaryDirectory(prefix="podq-") as directory:

@@ -28,10 +28,20 @@ anything else               its polars string form
 
 `rows_within` converts a few rows at a time and stops before the rows' JSON would pass a byte budget,
 so a frame of huge cells is never converted whole.
+
+The typed forms of a result are an Arrow IPC stream (`arrow_stream`) and a Parquet file
+(`parquet_file`), both written by polars: every polars type as Arrow has it (decimal128, timestamp with
+its zone, duration, large_list, struct...), at polars' oldest compatibility level (``large_string``, not
+``string_view``: any Arrow reader since 1.0 reads it), zstd-compressed. The worker writes both, because
+it has the engine: the controller only stores and serves bytes, and its image holds neither polars nor
+pyarrow. `typed_within` cuts the rows so that the JSON rows and the base64 of both fit in one byte
+budget together: all three travel in the envelope.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 from collections.abc import Mapping
@@ -72,6 +82,65 @@ def rows_within(frame: pl.DataFrame, max_bytes: int, batch_rows: int = 256) -> l
                 return rows
             rows.append(row)
     return rows
+
+
+def typed_within(
+    frame: pl.DataFrame, max_bytes: int, batch_rows: int = 256
+) -> tuple[list[list[Any]], dict[str, str]]:
+    """The longest prefix of the frame's rows whose JSON array plus the base64 of its Arrow stream and of
+    its Parquet file fit in `max_bytes`: the rows (as `to_rows`) and ``{"arrow": ..., "parquet": ...}``
+    (base64 text). `ValueError` when not even the empty forms (the schema alone) fit."""
+    rows: list[list[Any]] = []
+    # sizes[n]: bytes of the JSON array of the first n rows.
+    sizes = [len(b"[]")]
+    for batch in frame.iter_slices(batch_rows):
+        for row in to_rows(batch):
+            size = sizes[-1] + len(json_bytes(row)) + (1 if rows else 0)
+            if size > max_bytes:
+                break
+            rows.append(row)
+            sizes.append(size)
+        else:
+            continue
+        break
+
+    def typed(count: int) -> dict[str, str] | None:
+        head = frame.head(count)
+        forms = {"arrow": _base64(arrow_stream(head)), "parquet": _base64(parquet_file(head))}
+        return forms if sizes[count] + sum(map(len, forms.values())) <= max_bytes else None
+
+    # The typed forms grow with the rows they hold; the longest prefix that fits is found by bisection.
+    if (whole := typed(len(rows))) is not None:
+        return rows, whole
+    if (fitting := typed(0)) is None:
+        raise ValueError("the result's schema alone is larger than the byte budget")
+    low, high = 0, len(rows)  # typed(low) fits, typed(high) does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        if (forms := typed(middle)) is not None:
+            low, fitting = middle, forms
+        else:
+            high = middle
+    return rows[:low], fitting
+
+
+def arrow_stream(frame: pl.DataFrame) -> bytes:
+    """The frame as an Arrow IPC stream, as the module docstring says."""
+    buffer = io.BytesIO()
+    frame.write_ipc_stream(buffer, compression="zstd", compat_level=pl.CompatLevel.oldest())
+    return buffer.getvalue()
+
+
+def parquet_file(frame: pl.DataFrame) -> bytes:
+    """The frame as one Parquet file (polars' writer, which keeps the Arrow schema in the file's metadata:
+    durations, time zones and categoricals read back as such)."""
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def json_bytes(value: Any) -> bytes:

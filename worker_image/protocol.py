@@ -1,6 +1,8 @@
 """The worker protocol: what goes into a worker and what comes out, identical for pods and subprocesses.
 
-Input is one JSON request (see `WorkerRequest`), passed in the ``PODQ_REQUEST`` environment variable.
+Input is one JSON request (see `WorkerRequest`), passed in the ``PODQ_REQUEST`` environment variable, or
+read to its end from the file descriptor named in ``PODQ_REQUEST_FD`` (`REQUEST_FD_ENV`; the local
+launcher's pipe, so that no request is ever in a process's /proc environ for another to read).
 ``PODQ_MEMORY_LIMIT_BYTES`` (`MEMORY_LIMIT_ENV`), when set, is the worker's memory limit in bytes (the
 local launcher's cap; a pod's ``limits.memory`` through the downward API): the worker stops the operation
 once its anonymous resident memory comes within a headroom of it (see `worker_image.memwatch`) and
@@ -51,6 +53,7 @@ __all__ = [
     "EXIT_USER_ERROR",
     "MEMORY_LIMIT_ENV",
     "REQUEST_ENV",
+    "REQUEST_FD_ENV",
     "TERMINATION_MESSAGE_ENV",
     "TERMINATION_MESSAGE_LIMIT",
     "TEST_HOOKS_ENV",
@@ -66,6 +69,7 @@ __all__ = [
 
 ENVELOPE_MARKER = "PODQ-RESULT-V1"
 REQUEST_ENV = "PODQ_REQUEST"
+REQUEST_FD_ENV = "PODQ_REQUEST_FD"
 TERMINATION_MESSAGE_ENV = "PODQ_TERMINATION_MESSAGE_PATH"
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 # Kubernetes keeps at most 4096 bytes of a termination message.

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Mapping
 from typing import Any, TypeGuard, cast
 
 from worker_image.netpolicy import parse_networks
-from worker_image.protocol import REQUEST_ENV, ErrorType, WorkerError, WorkerRequest
+from worker_image.protocol import REQUEST_ENV, REQUEST_FD_ENV, ErrorType, WorkerError, WorkerRequest
 
 DEFAULT_MAX_ROWS = 1000
 # Below kubelet's default containerLogMaxSize (10 MiB): a pod log rotated mid-envelope loses the result.
@@ -16,9 +18,23 @@ DEFAULT_MAX_RESULT_BYTES = 8 * 2**20
 _FETCH_FLOATS = ("connect_timeout_seconds", "read_timeout_seconds", "total_timeout_seconds")
 
 
+def read_request(environ: Mapping[str, str]) -> str | None:
+    """The raw request: `REQUEST_ENV`, else everything on the descriptor `REQUEST_FD_ENV` names."""
+    if REQUEST_ENV in environ:
+        return environ[REQUEST_ENV]
+    fd = environ.get(REQUEST_FD_ENV, "")
+    if not fd.isascii() or not fd.isdigit():
+        return None
+    try:
+        with os.fdopen(int(fd), "rb") as pipe:
+            return pipe.read().decode(errors="replace")
+    except OSError as exc:
+        raise _invalid(f"the request could not be read from descriptor {fd}: {exc}") from exc
+
+
 def load_request(raw: str | None) -> WorkerRequest:
     if raw is None:
-        raise _invalid(f"no request: the environment variable {REQUEST_ENV} is not set")
+        raise _invalid(f"no request: neither {REQUEST_ENV} nor {REQUEST_FD_ENV} is set")
     try:
         request = json.loads(raw)
     except ValueError as exc:

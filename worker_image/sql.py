@@ -12,9 +12,13 @@ on both would share the plan, but it caches the scan whole: a plain `SELECT *` t
 A query without datasets imports neither the fetch (httpx) nor the parquet check (pyarrow): they are a
 large share of the worker's start-up.
 
-The rows returned are cut twice: at `max_rows`, and at `max_result_bytes` of result JSON (a few huge
-cells can make a handful of rows larger than any log or response should carry). `truncated` says rows
-were cut, `truncated_by` which cap cut them: "rows" or "bytes" (null when nothing was cut).
+The rows returned are cut twice: at `max_rows`, and at `max_result_bytes` of result (a few huge cells
+can make a handful of rows larger than any log or response should carry). `truncated` says rows were
+cut, `truncated_by` which cap cut them: "rows" or "bytes" (null when nothing was cut). The result holds
+the rows three times: as JSON (`rows`, what the record shows) and typed, as the base64 of an Arrow IPC
+stream (`arrow`) and of a Parquet file (`parquet`; see worker_image/encode.py), which the controller
+serves as they are; the byte cap counts the whole result, all three forms included, so the envelope
+stays within it.
 
 A dataset polars finds malformed while reading (a page it cannot decode, a string that is not UTF-8)
 is a `validation` error, like one refused by worker_image/parquet.py; other polars errors are `sql`.
@@ -30,7 +34,7 @@ from typing import Any
 
 import polars as pl
 
-from worker_image.encode import describe_columns, json_bytes, rows_within
+from worker_image.encode import describe_columns, json_bytes, typed_within
 from worker_image.protocol import DatasetRef, ErrorType, FetchOptions, WorkerError
 from worker_image.sqlguard import check_query, table_key
 
@@ -81,17 +85,22 @@ def _result(head: pl.DataFrame, total_rows: int, max_result_bytes: int) -> dict[
         "total_rows": total_rows,
         "truncated": True,
         "truncated_by": "bytes",
+        "arrow": "",
+        "parquet": "",
     }
-    # Everything but the rows, at its largest; the rows get what is left.
+    # Everything but the rows and the typed forms, at its largest; those get what is left.
     budget = max_result_bytes - len(json_bytes(result)) + len(b"[]")
-    if budget < len(b"[]"):
+    try:
+        if budget < len(b"[]"):
+            raise ValueError("no room for the rows")
+        rows, typed = typed_within(head, budget)
+    except ValueError:
         raise WorkerError(
             ErrorType.VALIDATION,
-            f"the result's column list alone is larger than max_result_bytes ({max_result_bytes} bytes): "
-            "select fewer columns",
+            "the result's column list and typed schema alone are larger than max_result_bytes "
+            f"({max_result_bytes} bytes): select fewer columns",
             max_result_bytes=max_result_bytes,
-        )
-    rows = rows_within(head, budget)
+        ) from None
     if len(rows) < head.height:
         result["truncated_by"] = "bytes"
     elif total_rows > head.height:
@@ -99,6 +108,7 @@ def _result(head: pl.DataFrame, total_rows: int, max_result_bytes: int) -> dict[
     else:
         result["truncated_by"] = None
     result["rows"] = rows
+    result.update(typed)
     result["truncated"] = result["truncated_by"] is not None
     return result
 

@@ -101,6 +101,9 @@ def _parse_one(sql: str) -> exp.Expr:
         raise WorkerError(ErrorType.SQL, f"SQL syntax error: {exc}") from None
     except RecursionError:
         raise WorkerError(ErrorType.SQL, "SQL syntax error: the query is nested too deeply") from None
+    except ValueError as exc:
+        # sqlglot's parser raises it for some malformed input (e.g. "Cannot convert empty name into var").
+        raise WorkerError(ErrorType.SQL, f"SQL syntax error: {exc}") from None
     if not statements:
         raise _refuse("the SQL holds no statement")
     if len(statements) > 1:

@@ -3,7 +3,9 @@
 Honoured only when ``PODQ_ENABLE_TEST_HOOKS=1`` is in the worker's environment; otherwise a request
 carrying one is a `validation` error. Applied before the operation, in this order: ``stdout_noise``
 (printed to stdout), ``allocate_mb`` (allocated and touched, held until the worker exits),
-``sleep_seconds``, then ``crash`` ("exit": `os._exit(1)`, "segv": a real SIGSEGV, "abort": SIGABRT).
+``sleep_seconds``, ``snoop`` (a list of strings: the query fails as ``validation`` if any of them is in
+this process's environment or in any other process's /proc environ or command line; for isolation tests),
+then ``crash`` ("exit": `os._exit(1)`, "segv": a real SIGSEGV, "abort": SIGABRT).
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from worker_image.protocol import TEST_HOOKS_ENV, ErrorType, WorkerError
+from worker_image.protocol import REQUEST_ENV, TEST_HOOKS_ENV, ErrorType, WorkerError
 
 _CRASHES = ("exit", "segv", "abort")
-_KNOWN = frozenset({"crash", "sleep_seconds", "allocate_mb", "stdout_noise"})
+_KNOWN = frozenset({"crash", "sleep_seconds", "allocate_mb", "stdout_noise", "snoop"})
 _MIB = 1 << 20
 
 
@@ -36,6 +38,8 @@ def apply_test_hooks(debug: Mapping[str, Any] | None, environ: Mapping[str, str]
     ballast = _allocate(debug["allocate_mb"]) if "allocate_mb" in debug else None
     if "sleep_seconds" in debug:
         time.sleep(debug["sleep_seconds"])  # sleep-ok: the hook's whole purpose (deadline and cancel tests)
+    if "snoop" in debug:
+        _snoop(debug["snoop"], environ)
     if "crash" in debug:
         _crash(debug["crash"])
     return ballast
@@ -55,6 +59,9 @@ def _check(debug: Mapping[str, Any]) -> None:
         raise _invalid("debug.allocate_mb must be an integer >= 1")
     if "stdout_noise" in debug and not isinstance(debug["stdout_noise"], str):
         raise _invalid("debug.stdout_noise must be a string")
+    snoop = debug.get("snoop", [])
+    if not isinstance(snoop, list) or not all(isinstance(item, str) and item for item in snoop):
+        raise _invalid("debug.snoop must be a list of non-empty strings")
 
 
 def _allocate(megabytes: int) -> bytearray:
@@ -62,6 +69,25 @@ def _allocate(megabytes: int) -> bytearray:
     # A fresh allocation is untouched zero pages; write one byte per page so it is really resident.
     ballast[:: mmap.PAGESIZE] = b"\x01" * len(range(0, len(ballast), mmap.PAGESIZE))
     return ballast
+
+
+def _snoop(secrets: list[str], environ: Mapping[str, str]) -> None:
+    """Fails if this process can see any of `secrets` anywhere but in its own request."""
+    places = {f"own environment {name}": value for name, value in environ.items() if name != REQUEST_ENV}
+    own = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == own:
+            continue
+        for item in ("environ", "cmdline"):
+            try:
+                with open(f"/proc/{entry}/{item}", "rb") as handle:
+                    places[f"/proc/{entry}/{item}"] = handle.read().decode(errors="replace")
+            except OSError:
+                continue
+    for where, text in places.items():
+        for secret in secrets:
+            if secret in text:
+                raise _invalid(f"snoop: {secret!r} is visible in {where}")
 
 
 def _crash(kind: str) -> None:

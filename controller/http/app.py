@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from controller.http import routes
 from controller.http.auth import Authenticator, document
 from controller.http.deps import Services
+from controller.http.docs import install_docs
 from controller.http.errors import install_error_handlers
 from controller.http.middleware import BearerAuth, BodySizeLimit
 from controller.launchers import make_launcher
@@ -66,7 +67,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         version="0.1.0",
         description="Runs SQL over parquet datasets, one isolated worker per query.",
         lifespan=lifespan,
+        # Served by install_docs, from local assets rather than a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs(app)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     authenticator = Authenticator.from_settings(settings)

@@ -18,12 +18,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from controller.http.docs import ASSET_PATHS, PAGE_PATHS
 from controller.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # Always open: probes and the API's own description. /metrics is added unless PODQ_METRICS_REQUIRE_AUTH.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+# The documentation pages come with their assets (controller/http/docs.py), served by podq itself.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"}) | PAGE_PATHS | ASSET_PATHS
 METRICS_PATH = "/metrics"
 
 

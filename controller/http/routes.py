@@ -7,7 +7,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -15,6 +15,7 @@ from controller.http.deps import IdempotencyKeyHeader, Services, ServicesDep, Wa
 from controller.http.errors import error_response
 from controller.http.idempotency import fingerprint, parse_key
 from controller.http.middleware import client_scope
+from controller.http.results import FORMATS, TYPED, NotAcceptable, has_typed, negotiate, render
 from controller.models import ErrorOut, InspectionIn, QueryIn, RecordOut, RecordPage, Status
 from controller.queue.admission import Admitted, Rejected, admit_inspection, admit_query
 from controller.queue.backpressure import RECENT_RUNS, retry_after_seconds
@@ -28,6 +29,36 @@ SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The queue is full (`PODQ_MAX_QUEUED`); nothing was stored. Submit again after "
         "`Retry-After` seconds.",
         "headers": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}},
+    },
+}
+
+_TRUNCATION_HEADERS: dict[str, Any] = {
+    "Podq-Total-Rows": {"description": "Rows the query returned in all.", "schema": {"type": "integer"}},
+    "Podq-Returned-Rows": {"description": "Rows in this body.", "schema": {"type": "integer"}},
+    "Podq-Truncated": {"description": "`true` when rows were cut.", "schema": {"type": "boolean"}},
+    "Podq-Truncated-By": {
+        "description": "Which cap cut them: `rows` (`max_rows`) or `bytes` (`PODQ_MAX_RESULT_BYTES`); "
+        "absent when none did.",
+        "schema": {"type": "string", "enum": ["rows", "bytes"]},
+    },
+}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The result, in the format asked for; the headers say what the caps cut.",
+        "headers": _TRUNCATION_HEADERS,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/QueryResult"}},
+            "text/csv": {"schema": {"type": "string"}},
+            FORMATS["arrow"]: _BINARY,
+            FORMATS["parquet"]: _BINARY,
+        },
+    },
+    404: {"model": ErrorOut, "description": "No such query."},
+    406: {"model": ErrorOut, "description": "The format asked for (`format` or `Accept`) is not served."},
+    409: {
+        "model": ErrorOut,
+        "description": "The query has no result: queued, running, failed or cancelled (`details.status`).",
     },
 }
 
@@ -173,6 +204,47 @@ async def get_query(query_id: str, services: ServicesDep, wait: WaitParam = 0) -
     return await _get(services, query_id, "query", wait)
 
 
+@queries.get("/{query_id}/result", response_class=Response, responses=RESULT_RESPONSES)
+async def get_result(
+    query_id: str,
+    services: ServicesDep,
+    format: Annotated[
+        str | None,
+        Query(description="`json`, `csv`, `arrow` (Arrow IPC stream) or `parquet`; overrides `Accept`."),
+    ] = None,
+    accept: Annotated[str | None, Header()] = None,
+) -> Response:
+    """A succeeded query's result as JSON (the default), CSV, an Arrow IPC stream or Parquet, chosen by
+    `format` or `Accept`. Arrow and Parquet keep every column's type (decimals, time zones, durations,
+    lists, structs); all formats hold the same rows, cut by the same caps, which the headers state."""
+    row = services.store.get(query_id)
+    if row is None or row.operation != "query":
+        return _not_found(query_id)
+    try:
+        name = negotiate(format, accept)
+    except NotAcceptable as exc:
+        return error_response(
+            406, ErrorType.VALIDATION, str(exc), {"formats": {k: v.split(";")[0] for k, v in FORMATS.items()}}
+        )
+    if row.status != "succeeded" or row.result is None:
+        return error_response(
+            409,
+            ErrorType.VALIDATION,
+            f"query {query_id} has no result: it is {row.status}",
+            {"id": query_id, "status": row.status},
+        )
+    if name in TYPED and not has_typed(row.result):
+        return error_response(
+            409,
+            ErrorType.VALIDATION,
+            f"query {query_id}'s result was stored without its typed form (by an older podq): "
+            "only json and csv are available",
+            {"id": query_id, "status": row.status, "formats": ["json", "csv"]},
+        )
+    rendered = render(query_id, row.result, name)
+    return Response(rendered.body, media_type=rendered.media_type, headers=rendered.headers)
+
+
 @queries.delete("/{query_id}", response_model=RecordOut)
 async def cancel_query(query_id: str, services: ServicesDep) -> RecordOut | JSONResponse:
     """Cancel: a queued query never starts; a running one is stopped. 409 if it had already finished."""
@@ -225,9 +297,12 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         checks["store"] = f"failing: {exc}"
     checks["launcher"] = "ok" if await services.launcher.ready() else "not ready"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
-    )
+    body: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
+    # The local launcher's warm start, for information: without a zygote queries start cold, still ready.
+    zygote = getattr(services.launcher, "zygote_status", None)
+    if isinstance(zygote, str):
+        body["zygote"] = zygote
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @health.get("/metrics")

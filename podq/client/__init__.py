@@ -51,6 +51,7 @@ from podq.client.records import (
     QueryResult,
     Readiness,
     Record,
+    ResultFile,
 )
 from podq.client.sync import DEFAULT_URL, Client
 
@@ -84,6 +85,7 @@ __all__ = [
     "QueueFull",
     "Readiness",
     "Record",
+    "ResultFile",
     "SQLError",
     "ServerError",
     "Unauthorized",

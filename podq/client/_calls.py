@@ -6,12 +6,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast
 
 import httpx
 
 from podq.client.errors import api_error
-from podq.client.records import Dataset, Page, Readiness, Record
+from podq.client.records import Dataset, Page, Readiness, Record, ResultFile
 
 # The controller holds a long poll for at most this long (controller/http/deps.py, MAX_WAIT_SECONDS).
 MAX_SERVER_WAIT = 300.0
@@ -21,6 +21,8 @@ POLL_SECONDS = 60.0
 POLL_SLACK_SECONDS = 30.0
 
 Datasets = Mapping[str, str] | Sequence[Dataset]
+ResultFormat = Literal["json", "csv", "arrow", "parquet"]
+RESULT_FORMATS: tuple[ResultFormat, ...] = ("json", "csv", "arrow", "parquet")
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,26 @@ def get(operation: str, record_id: str, wait: float | None) -> Call:
     return Call(
         "GET", _path(operation, record_id), _record, params={"wait": wait}, timeout=wait + POLL_SLACK_SECONDS
     )
+
+
+def result(query_id: str, format: ResultFormat) -> Call:
+    if format not in RESULT_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(RESULT_FORMATS)}, not {format!r}")
+
+    def decode(response: httpx.Response) -> ResultFile:
+        headers = response.headers
+        truncated_by = headers.get("podq-truncated-by")
+        return ResultFile(
+            format=format,
+            media_type=headers.get("content-type", ""),
+            content=response.content,
+            total_rows=int(headers["podq-total-rows"]),
+            returned_rows=int(headers["podq-returned-rows"]),
+            truncated=headers.get("podq-truncated") == "true",
+            truncated_by=cast(Literal["rows", "bytes"] | None, truncated_by),
+        )
+
+    return Call("GET", f"{_path('query', query_id)}/result", decode, params={"format": format}, ok=(200,))
 
 
 def list_queries(status: str | None, limit: int | None, cursor: str | None) -> Call:

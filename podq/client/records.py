@@ -54,6 +54,24 @@ class QueryResult:
 
 
 @dataclass(frozen=True)
+class ResultFile:
+    """A succeeded query's result as downloaded (`GET /v1/queries/{id}/result`): `content` in `format`,
+    and what the caps cut (from the response's headers; Arrow and Parquet bodies cannot say it).
+
+    Read an Arrow stream with ``polars.read_ipc_stream(f.content)`` or ``pyarrow.ipc.open_stream``, a
+    Parquet file with ``polars.read_parquet(io.BytesIO(f.content))``; this package needs neither.
+    """
+
+    format: Literal["json", "csv", "arrow", "parquet"]
+    media_type: str
+    content: bytes
+    total_rows: int
+    returned_rows: int
+    truncated: bool
+    truncated_by: Literal["rows", "bytes"] | None
+
+
+@dataclass(frozen=True)
 class InspectionResult:
     valid: bool
     columns: list[Column]

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 
 from podq.client import _calls
-from podq.client._calls import Call, Datasets
+from podq.client._calls import Call, Datasets, ResultFormat
 from podq.client.errors import Unreachable, WaitTimeout, query_failed
-from podq.client.records import Page, Readiness, Record
+from podq.client.records import Page, Readiness, Record, ResultFile
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -129,6 +129,12 @@ class Client:
         """Long-poll until the query is finished; `WaitTimeout` after `timeout` seconds (None: no limit).
         With `raise_on_failure`, a failed or cancelled query raises its `QueryFailed` subclass."""
         return self._wait("query", query_id, timeout, raise_on_failure)
+
+    def result(self, query_id: str, *, format: ResultFormat = "arrow") -> ResultFile:
+        """A succeeded query's result as a file: ``arrow`` (an Arrow IPC stream, the default), ``parquet``,
+        ``csv`` or ``json``; Arrow and Parquet keep every column's type. `Conflict` unless it succeeded."""
+        file: ResultFile = self._call(_calls.result(query_id, format))
+        return file
 
     def cancel(self, query_id: str) -> Record:
         """Cancel; `Conflict` if it had already succeeded or failed. Cancelling twice is fine."""

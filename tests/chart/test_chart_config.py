@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from controller.settings import Settings
-from tests.support.helm import ALL_TOGGLES, CHART_DIR, NAMESPACE, RELEASE, Helm, controller_env
+from tests.support.helm import ALL_TOGGLES, CHART_DIR, NAMESPACE, POSTGRESQL, RELEASE, Helm, controller_env
 
 pytestmark = pytest.mark.chart
 
@@ -39,10 +39,13 @@ CHART_OWNED = {
     "worker_owned_by_service_account",
     "api_tokens_file",
     "metrics_require_auth",
+    # database.url (a Secret of the chart's) or database.existingSecret, as a secretKeyRef.
+    "database_url",
 }
 # Settings a cluster install does not expose: the local launcher's own, the test hooks, a kubeconfig (the
 # controller uses its service account), and tokens as plain env (the chart mounts them as a file instead).
 NOT_IN_CLUSTER = {
+    "local_warm_start",
     "memory_enforcement",
     "worker_python",
     "enable_test_hooks",
@@ -197,6 +200,24 @@ def test_defaults_leave_optional_worker_settings_unset(helm: Helm, monkeypatch: 
     assert settings.api_tokens_file is None
     assert settings.metrics_require_auth is False
     assert settings.worker_owned_by_service_account is True
+    assert settings.database_url is None
+
+
+@pytest.mark.parametrize(
+    "files", [[POSTGRESQL], [ALL_TOGGLES, POSTGRESQL]], ids=["postgresql", "all-toggles"]
+)
+def test_postgresql_settings_reach_the_controller(
+    helm: Helm, monkeypatch: pytest.MonkeyPatch, files: list[Path]
+) -> None:
+    """database.url arrives as PODQ_DATABASE_URL (through the chart's Secret), the tuning as config."""
+    env = controller_env(helm.render(files=files))
+    env.pop("PODQ_API_TOKENS_FILE", None)
+    settings = settings_from(env, monkeypatch)
+    values = yaml.safe_load(POSTGRESQL.read_text())
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value() == values["database"]["url"]
+    for key, value in values["config"].items():
+        assert getattr(settings, snake(key)) == value, key
 
 
 @pytest.mark.parametrize(

@@ -50,3 +50,13 @@ def test_service_port_and_names(helm: Helm) -> None:
 
 def test_warns_without_persistence(helm: Helm) -> None:
     assert "persistence.enabled is false" in helm.notes({"persistence": {"enabled": False}})
+
+
+def test_postgresql(helm: Helm) -> None:
+    notes = helm.notes({"replicaCount": 2, "database": {"existingSecret": "pg", "existingSecretKey": "dsn"}})
+    assert "The store is PostgreSQL (PODQ_DATABASE_URL from Secret pg, key\ndsn): 2 controller(s)" in notes
+    assert "/readyz runs SELECT 1" in notes
+    assert "persistence.enabled is false" not in notes
+    url_notes = helm.notes({"database": {"url": "postgresql://u:pw-secret@db/podq"}})
+    assert "Secret podq-database" in url_notes
+    assert "pw-secret" not in url_notes

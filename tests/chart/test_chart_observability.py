@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from controller.queue.metrics import Metrics
-from controller.queue.store import Store
+from controller.queue.store import SqliteStore
 from tests.support.helm import NAMESPACE, RELEASE, Helm, find, one
 from tests.support.promtool import Promtool
 
@@ -25,7 +25,7 @@ METRIC = re.compile(r"\b(podq_[a-z_]+)")
 
 def exported_metrics(tmp_path: Path) -> set[str]:
     """Every series name the controller's /metrics can hold (histogram and counter suffixes included)."""
-    store = Store(tmp_path / "podq.db")
+    store = SqliteStore(tmp_path / "podq.db")
     try:
         text = Metrics(store).render().decode()
     finally:

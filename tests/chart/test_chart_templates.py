@@ -12,6 +12,7 @@ from tests.support.helm import (
     ALL_TOGGLES,
     CHART_DIR,
     NAMESPACE,
+    POSTGRESQL,
     RELEASE,
     Helm,
     HelmFailed,
@@ -33,6 +34,7 @@ DEFAULT_KINDS = [
     "Deployment",
     "NetworkPolicy",
     "PersistentVolumeClaim",
+    "Pod",  # the `helm test` hook (templates/tests/test-query.yaml)
     "Role",
     "RoleBinding",
     "Service",
@@ -63,13 +65,29 @@ def kinds(manifests: list[Manifest]) -> list[str]:
             [*DEFAULT_KINDS, "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Secret", "ServiceMonitor"],
             id="all-toggles",
         ),
+        pytest.param(
+            [POSTGRESQL],
+            [*(k for k in DEFAULT_KINDS if k != "PersistentVolumeClaim"), "PodDisruptionBudget", "Secret"],
+            id="postgresql",
+        ),
+        pytest.param(
+            [ALL_TOGGLES, POSTGRESQL],
+            [
+                *(k for k in DEFAULT_KINDS if k != "PersistentVolumeClaim"),
+                *("ClusterRole", "ClusterRoleBinding", "ConfigMap", "Secret", "ServiceMonitor"),
+                *("PodDisruptionBudget", "Secret"),
+            ],
+            id="all-toggles-postgresql",
+        ),
     ],
 )
 def test_rendered_objects(helm: Helm, files: list[Any], expected: list[str]) -> None:
     assert kinds(helm.render(files=files)) == sorted(expected)
 
 
-@pytest.mark.parametrize("files", [[], [ALL_TOGGLES]], ids=["defaults", "all-toggles"])
+@pytest.mark.parametrize(
+    "files", [[], [ALL_TOGGLES], [ALL_TOGGLES, POSTGRESQL]], ids=["defaults", "all-toggles", "postgresql"]
+)
 def test_standard_labels(helm: Helm, files: list[Any]) -> None:
     for manifest in helm.render(files=files):
         labels = manifest["metadata"]["labels"]
@@ -271,6 +289,133 @@ def test_one_controller_replaced_not_rolled(helm: Helm) -> None:
     spec = one(helm.render(), "Deployment")["spec"]
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "Recreate"}
+
+
+PG_URL = "postgresql://podq:pw-only-in-the-secret@db.example:5432/podq"
+ANTI_AFFINITY = {
+    "podAntiAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "weight": 100,
+                "podAffinityTerm": {
+                    "topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": {
+                        "matchLabels": {
+                            "app.kubernetes.io/name": "podq",
+                            "app.kubernetes.io/instance": RELEASE,
+                            "app.kubernetes.io/component": "controller",
+                        }
+                    },
+                },
+            }
+        ]
+    }
+}
+
+
+def test_several_controllers_on_postgresql(helm: Helm) -> None:
+    manifests = helm.render(files=[POSTGRESQL])
+    deployment = one(manifests, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 3
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    budget = one(manifests, "PodDisruptionBudget")
+    assert budget["apiVersion"] == "policy/v1"
+    assert budget["spec"] == {"minAvailable": 1, "selector": spec["selector"]}
+    assert controller_pod_spec(manifests)["affinity"] == ANTI_AFFINITY
+    [term] = controller_pod_spec(manifests)["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"]["labelSelector"] == spec["selector"]
+
+
+def test_postgresql_needs_no_claim(helm: Helm) -> None:
+    """With PostgreSQL the data directory is scratch only: an emptyDir, whatever persistence says (a
+    ReadWriteOnce claim would pin the rolling pods to one node)."""
+    manifests = helm.render({"database": {"url": PG_URL}, "persistence": {"enabled": True, "size": "3Gi"}})
+    assert not find(manifests, "PersistentVolumeClaim")
+    assert volumes(manifests)["data"] == {"emptyDir": {}}
+    assert mounts(manifests)["/var/lib/podq"] == {"name": "data"}
+
+
+def test_one_controller_on_postgresql_still_rolls(helm: Helm) -> None:
+    manifests = helm.render({"database": {"url": PG_URL}})
+    spec = one(manifests, "Deployment")["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert not find(manifests, "PodDisruptionBudget")
+    assert "affinity" not in controller_pod_spec(manifests)
+
+
+def test_own_affinity_replaces_the_spreading(helm: Helm) -> None:
+    toggles = yaml.safe_load(ALL_TOGGLES.read_text())
+    manifests = helm.render(files=[ALL_TOGGLES, POSTGRESQL])
+    assert controller_pod_spec(manifests)["affinity"] == toggles["affinity"]
+
+
+def test_database_url_only_in_the_secret(helm: Helm) -> None:
+    manifests = helm.render({"database": {"url": PG_URL}})
+    secret = one(manifests, "Secret")
+    assert secret["metadata"]["name"] == "podq-database"
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {"url": PG_URL}
+    [entry] = [e for e in controller_container(manifests)["env"] if e["name"] == "PODQ_DATABASE_URL"]
+    assert entry == {
+        "name": "PODQ_DATABASE_URL",
+        "valueFrom": {"secretKeyRef": {"name": "podq-database", "key": "url"}},
+    }
+    assert controller_env(manifests)["PODQ_DATABASE_URL"] == PG_URL
+    text = helm.template({"database": {"url": PG_URL}})
+    assert "pw-only-in-the-secret" not in text
+    encoded = base64.b64encode(PG_URL.encode()).decode()
+    assert text.count(encoded) == 1
+    for manifest in manifests:
+        if manifest["kind"] != "Secret":
+            assert encoded not in yaml.safe_dump(manifest), manifest["kind"]
+
+
+def test_database_url_from_an_existing_secret(helm: Helm) -> None:
+    values = {"replicaCount": 2, "database": {"existingSecret": "pg", "existingSecretKey": "dsn"}}
+    manifests = helm.render(values)
+    assert not find(manifests, "Secret")
+    assert controller_container(manifests)["env"] == [
+        {"name": "PODQ_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "pg", "key": "dsn"}}}
+    ]
+    assert one(manifests, "Deployment")["spec"]["replicas"] == 2
+    annotations = one(manifests, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/database" not in annotations
+
+
+def test_no_database_by_default(helm: Helm) -> None:
+    manifests = helm.render()
+    assert "env" not in controller_container(manifests)
+    assert "PODQ_DATABASE_URL" not in controller_env(manifests)
+    assert not find(manifests, "PodDisruptionBudget")
+    assert "affinity" not in controller_pod_spec(manifests)
+
+
+def test_database_from_two_places_is_refused(helm: Helm) -> None:
+    with pytest.raises(HelmFailed, match=r"set database\.url or database\.existingSecret, not both"):
+        helm.render({"database": {"url": PG_URL, "existingSecret": "pg"}})
+
+
+def test_several_controllers_without_postgresql_refused_by_the_template(helm: Helm) -> None:
+    """The template refuses too, for an install that skips the values schema."""
+    args = ["template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE, "--skip-schema-validation"]
+    with pytest.raises(HelmFailed, match=r"replicaCount is 2: more than one controller needs PostgreSQL"):
+        helm.run(*args, "--set", "replicaCount=2")
+    assert helm.run(*args, "--set", "replicaCount=2", "--set", "database.existingSecret=pg")
+
+
+def test_database_url_change_restarts_the_controllers(helm: Helm) -> None:
+    def checksum(url: str) -> str:
+        deployment = one(helm.render({"database": {"url": url}}), "Deployment")
+        value: str = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/database"]
+        return value
+
+    assert checksum(PG_URL) != checksum(PG_URL + "?sslmode=require")
 
 
 def test_probes(helm: Helm) -> None:

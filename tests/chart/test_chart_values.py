@@ -118,6 +118,12 @@ REFUSED = [
     pytest.param({"auth": {"tokens": ["two words"]}}, "tokens", id="token-with-space"),
     pytest.param({"service": {"port": 0}}, "port", id="service-port"),
     pytest.param({"replicas": 2}, "replicas", id="replicas-is-no-value"),
+    pytest.param({"replicaCount": 2}, "replicaCount", id="several-controllers-on-sqlite"),
+    pytest.param({"replicaCount": 0}, "replicaCount", id="no-controller"),
+    pytest.param({"database": {"url": "mysql://db/podq"}}, "url", id="database-not-postgresql"),
+    pytest.param({"database": {"existingSecretKey": ""}}, "existingSecretKey", id="database-empty-key"),
+    pytest.param({"config": {"heartbeatSeconds": 0}}, "heartbeatSeconds", id="heartbeat-zero"),
+    pytest.param({"config": {"databasePoolSize": 0}}, "databasePoolSize", id="pool-empty"),
 ]
 
 
@@ -136,6 +142,9 @@ ACCEPTED = [
     pytest.param({"config": {"kubeQps": 0.5}}, id="fractional-qps"),
     pytest.param({"persistence": {"storageClass": "-"}}, id="no-storage-class"),
     pytest.param({"worker": {"namespace": "podq-workers"}}, id="worker-namespace"),
+    pytest.param({"replicaCount": 3, "database": {"url": "postgresql://db/podq"}}, id="replicas-with-url"),
+    pytest.param({"replicaCount": 2, "database": {"existingSecret": "pg"}}, id="replicas-with-secret"),
+    pytest.param({"database": {"url": "postgres://db/podq"}}, id="postgres-scheme"),
 ]
 
 

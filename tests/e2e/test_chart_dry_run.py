@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from tests.support.e2e import kubectl
-from tests.support.helm import ALL_TOGGLES, Helm, Manifest, controller_pod_spec, one
+from tests.support.helm import ALL_TOGGLES, POSTGRESQL, Helm, Manifest, controller_pod_spec, one
 from tests.support.rbac import Account, can_i
 from tests.support.waiting import wait_until
 
@@ -169,8 +169,14 @@ def service_monitor_group() -> Iterator[str]:
         kubectl("delete", "crd", name, "--ignore-not-found", "--wait=false")
 
 
-def render(helm: Helm, namespaces: Namespaces, *, all_toggles: bool, **values: Any) -> list[Manifest]:
+def render(
+    helm: Helm, namespaces: Namespaces, *, all_toggles: bool, postgresql: bool = False, **values: Any
+) -> list[Manifest]:
+    """The chart for the release namespace: `postgresql` adds helm/podq/ci/postgresql-values.yaml (several
+    controllers: the database Secret, RollingUpdate, the PodDisruptionBudget, anti-affinity)."""
     files = [ALL_TOGGLES] if all_toggles else []
+    if postgresql:
+        files.append(POSTGRESQL)
     if all_toggles:
         values.setdefault("worker", {"namespace": namespaces.worker})
     return helm.render(values, files=files, release=RELEASE, namespace=namespaces.release)
@@ -192,11 +198,21 @@ def kubectl_name(manifest: Manifest) -> str:
     return f"{kind}/{manifest['metadata']['name']}"
 
 
-@pytest.mark.parametrize("all_toggles", [False, True], ids=["defaults", "all-toggles"])
+SCENARIOS = [
+    pytest.param(False, False, id="defaults"),
+    pytest.param(True, False, id="all-toggles"),
+    pytest.param(False, True, id="postgresql"),
+    pytest.param(True, True, id="all-toggles-postgresql"),
+]
+
+
+@pytest.mark.parametrize(("all_toggles", "postgresql"), SCENARIOS)
 def test_api_server_accepts_every_object(
-    helm: Helm, namespaces: Namespaces, service_monitor_group: str, all_toggles: bool
+    helm: Helm, namespaces: Namespaces, service_monitor_group: str, all_toggles: bool, postgresql: bool
 ) -> None:
-    manifests = on_stand_in(render(helm, namespaces, all_toggles=all_toggles), service_monitor_group)
+    manifests = on_stand_in(
+        render(helm, namespaces, all_toggles=all_toggles, postgresql=postgresql), service_monitor_group
+    )
     applied = apply(manifests, dry_run=True)
     assert sorted(applied.names) == sorted(kubectl_name(m) for m in manifests)
     assert "Warning" not in applied.stderr, applied.stderr
@@ -204,6 +220,12 @@ def test_api_server_accepts_every_object(
     if all_toggles:
         assert ("Role", namespaces.worker) in placed and ("NetworkPolicy", namespaces.worker) in placed
         assert ("ServiceMonitor", namespaces.release) in placed
+    if postgresql:
+        assert ("PodDisruptionBudget", namespaces.release) in placed and (
+            "Secret",
+            namespaces.release,
+        ) in placed
+        assert one(manifests, "Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
 
 
 def labelled_objects(manifests: list[Manifest], *kinds: str) -> list[Manifest]:
@@ -320,13 +342,13 @@ def test_read_nodes_grants_list_nodes_only(
             kubectl("delete", kubectl_name(manifest), "--ignore-not-found", "--wait=false")
 
 
-@pytest.mark.parametrize("all_toggles", [False, True], ids=["defaults", "all-toggles"])
+@pytest.mark.parametrize(("all_toggles", "postgresql"), SCENARIOS)
 def test_controller_pod_is_admitted_under_restricted(
-    helm: Helm, namespaces: Namespaces, controller_account: Account, all_toggles: bool
+    helm: Helm, namespaces: Namespaces, controller_account: Account, all_toggles: bool, postgresql: bool
 ) -> None:
     """A Deployment is not checked by Pod Security enforcement, its pods are: the controller's pod template
     as a pod, dry run in the restricted release namespace (where its ServiceAccount now exists)."""
-    manifests = render(helm, namespaces, all_toggles=all_toggles)
+    manifests = render(helm, namespaces, all_toggles=all_toggles, postgresql=postgresql)
     deployment = one(manifests, "Deployment")
     spec = dict(controller_pod_spec(manifests))
     spec["serviceAccountName"] = controller_account.name

@@ -23,10 +23,11 @@ from typing import Any
 import httpx
 import pytest
 
+from controller.launchers.kubernetes.pod_fate import parse_time
 from controller.testing.fileserver import FileServer
 from controller.testing.process import wait_finished, wait_status
+from tests.support.api import assert_each_failed_as_its_kind, simple_query, simple_rows, sleeper, submit
 from tests.support.api import run as run_to_end
-from tests.support.api import simple_query, simple_rows, sleeper, submit
 from tests.support.e2e import (
     KUBECTL_POLL_SECONDS,
     KubeControllers,
@@ -62,6 +63,13 @@ def cpu_bound(server: FileServer, **limits: Any) -> dict[str, Any]:
 # Between the end the kubelet or a user decides and the record saying so: a worker that exits on SIGTERM
 # at once, the watch event, the log read. A worker ignoring SIGTERM would take the 2 s grace period more.
 STOP_SECONDS = 3.0
+
+
+def pod_started(record: dict[str, Any]) -> float:
+    """When the query's pod started on its node (its container's start, else the pod's): the kubelet counts
+    `activeDeadlineSeconds` from the pod's start, not from the controller's `started_at`, which also holds
+    scheduling and the sandbox (seconds on a busy node). Kubernetes keeps whole seconds."""
+    return parse_time(record["placement"]["started_at"])
 
 
 def count_query(server: FileServer) -> dict[str, Any]:
@@ -170,9 +178,9 @@ def test_TIMEOUT_1_2_the_deadline_is_the_kubelets_and_the_next_query_succeeds(
     # The kubelet's verdict, read from the pod's status, not a timer of podq's.
     assert timed_out["placement"]["reason"] == "DeadlineExceeded", timed_out["placement"]
     evidence(capsys, "TIMEOUT-1", timed_out)
-    assert timed_out["finished_at"] - timed_out["started_at"] <= 5 + STOP_SECONDS, timed_out
+    assert timed_out["finished_at"] - pod_started(timed_out) <= 5 + STOP_SECONDS, timed_out
     assert_simple_count(next_one)
-    assert next_one["started_at"] - timed_out["started_at"] <= 5 + STOP_SECONDS, (timed_out, next_one)
+    assert next_one["started_at"] - pod_started(timed_out) <= 5 + STOP_SECONDS, (timed_out, next_one)
 
 
 def test_TIMEOUT_1_a_sleeping_worker_is_stopped_at_its_deadline_too(
@@ -183,7 +191,7 @@ def test_TIMEOUT_1_a_sleeping_worker_is_stopped_at_its_deadline_too(
     with start().client() as client:
         timed_out = run(client, sleeper(timeout_seconds=3))
     assert timed_out["error"]["error_type"] == "timeout", timed_out
-    assert timed_out["finished_at"] - timed_out["started_at"] <= 3 + STOP_SECONDS, timed_out
+    assert timed_out["finished_at"] - pod_started(timed_out) <= 3 + STOP_SECONDS, timed_out
 
 
 def test_cancelling_a_cpu_bound_query_ends_it_and_frees_its_slot_at_once(
@@ -302,12 +310,7 @@ def test_ERR_1_every_error_type_reaches_the_user_in_one_shape(
     with start(max_concurrent=3).client() as client:
         locations = {kind: submit(client, body) for kind, body in cases.items()}
         records = {kind: wait_finished(client, loc, timeout=POD_TIMEOUT) for kind, loc in locations.items()}
-    for kind, record in records.items():
-        assert record["status"] == "failed", record
-        error = record["error"]
-        assert set(error) == {"error_type", "message", "details", "retryable"}, error
-        assert error["error_type"] == kind, error
-        assert error["message"], error
+    assert_each_failed_as_its_kind(records)
     assert "nonexistent" in records["sql"]["error"]["message"]
 
 

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from controller.testing.process import ControllerProcess, wait_finished, wait_status
-from tests.support.api import run, simple_query, simple_rows, sleeper, submit
+from tests.support.api import (
+    assert_each_failed_as_its_kind,
+    run,
+    simple_query,
+    simple_rows,
+    sleeper,
+    submit,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -87,12 +94,7 @@ def test_ERR_1_every_error_reaches_the_user_in_one_shape(
     with controller.client() as client:
         locations = {kind: submit(client, body) for kind, body in cases.items()}
         records = {kind: wait_finished(client, location) for kind, location in locations.items()}
-    for kind, record in records.items():
-        assert record["status"] == "failed", record
-        error = record["error"]
-        assert set(error) == {"error_type", "message", "details", "retryable"}, error
-        assert error["error_type"] == kind, error
-        assert error["message"], error
+    assert_each_failed_as_its_kind(records)
 
 
 def test_ERR_2_a_failed_query_leaves_the_service_working(
@@ -365,6 +367,8 @@ def test_health_readiness_metrics_and_openapi(running_controller: ControllerProc
         metrics = client.get("/metrics").text
         openapi = client.get("/openapi.json").json()
     assert ready.status_code == 200 and ready.json()["checks"] == {"store": "ok", "launcher": "ok"}
+    zygote = ready.json()["zygote"]
+    assert zygote.startswith(("ok (1 threads: pid ", "starting")) or zygote == "off (cold starts)"
     assert "podq_queue_depth" in metrics
     assert 'podq_queries_finished_total{error_type="",operation="query",status="succeeded"}' in metrics
     assert {"/v1/queries", "/v1/queries/{query_id}", "/v1/inspections", "/healthz"} <= set(openapi["paths"])

@@ -178,7 +178,8 @@ def test_AUTH_6_without_tokens_auth_is_off(running_controller: ControllerProcess
 def test_AUTH_7_a_missing_token_file_stops_the_controller_from_starting(
     start_controller: StartController, tmp_path: Path
 ) -> None:
-    with pytest.raises(RuntimeError, match="api_tokens_file"):
+    refusal = "refusing to start: PODQ_API_TOKENS_FILE: Path does not point to a file"
+    with pytest.raises(RuntimeError, match=refusal):
         start_controller(api_tokens_file=tmp_path / "absent")
 
 

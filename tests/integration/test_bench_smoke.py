@@ -21,5 +21,10 @@ def test_local_sections_run(tmp_path_factory: pytest.TempPathFactory) -> None:
     workdir = tmp_path_factory.mktemp("bench")
     markdown = run_bench("--workdir", str(workdir), env=env)
     assert "## 4. Kubernetes mode: not run" in markdown
-    for heading in ("1. Worker engine", "2. Local launcher latency", "3. API and store"):
+    for heading in (
+        "1. Worker engine",
+        "2. Local launcher latency",
+        "3. API and store",
+        "5. Result downloads",
+    ):
         assert_tables_filled(section(markdown, heading))

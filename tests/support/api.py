@@ -44,3 +44,13 @@ def sleeper(seconds: float = 60, **limits: Any) -> dict[str, Any]:
     if limits:
         body["limits"] = limits
     return body
+
+
+def assert_each_failed_as_its_kind(records: dict[str, dict[str, Any]]) -> None:
+    """Each record, keyed by the error type it should end with, failed with that type in the API's shape."""
+    for kind, record in records.items():
+        assert record["status"] == "failed", record
+        error = record["error"]
+        assert set(error) == {"error_type", "message", "details", "retryable"}, error
+        assert error["error_type"] == kind, error
+        assert error["message"], error

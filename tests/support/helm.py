@@ -10,6 +10,7 @@ go to helm as YAML on its standard input, exactly as a values file would. `Helm.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -24,7 +25,13 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "helm" / "podq"
-ALL_TOGGLES = REPO_ROOT / "tests" / "chart" / "values-all-toggles.yaml"
+# The chart's scenario values (chart-testing's convention: ci/*-values.yaml, each linted and rendered).
+CI_VALUES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
+ALL_TOGGLES = CHART_DIR / "ci" / "all-toggles-values.yaml"
+ALERTS = CHART_DIR / "ci" / "alerts-values.yaml"
+# Several controllers on a PostgreSQL (on top of the defaults or of ALL_TOGGLES): the Secret, the rolling
+# update, the PodDisruptionBudget and the anti-affinity, no claim.
+POSTGRESQL = CHART_DIR / "ci" / "postgresql-values.yaml"
 RELEASE = "podq"
 NAMESPACE = "podq-chart-test"
 HELM_TIMEOUT_SECONDS = 120
@@ -166,8 +173,16 @@ def controller_container(manifests: Sequence[Manifest]) -> dict[str, Any]:
     return containers[0]
 
 
+def secret_value(manifests: Sequence[Manifest], name: str, key: str) -> str:
+    """The decoded value of `key` in the rendered Secret `name` (an assertion error when not rendered)."""
+    data: dict[str, str] = one(manifests, "Secret", name)["data"]
+    assert key in data, f"Secret {name} has no key {key}"
+    return base64.b64decode(data[key]).decode()
+
+
 def controller_env(manifests: Sequence[Manifest]) -> dict[str, str]:
-    """The controller's environment: its ConfigMap (the only envFrom) and then its own env entries."""
+    """The controller's environment: its ConfigMap (the only envFrom) and then its own env entries, a
+    ``secretKeyRef`` read from the Secret the chart renders (a Secret it does not render is an error)."""
     container = controller_container(manifests)
     sources = container.get("envFrom") or []
     names = [s["configMapRef"]["name"] for s in sources]
@@ -176,5 +191,9 @@ def controller_env(manifests: Sequence[Manifest]) -> dict[str, str]:
     env: dict[str, str] = dict(one(manifests, "ConfigMap", names[0])["data"])
     for entry in container.get("env") or []:
         assert entry["name"] not in env, f"{entry['name']} is set twice"
-        env[entry["name"]] = entry["value"]
+        if "valueFrom" in entry:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            env[entry["name"]] = secret_value(manifests, ref["name"], ref["key"])
+        else:
+            env[entry["name"]] = entry["value"]
     return env

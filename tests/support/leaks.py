@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 WORKER_MODULE = "worker_image"
+# A warm worker is forked from the zygote, so it has the zygote's command line (and /proc environ); it is
+# a session leader, the zygote is not.
+ZYGOTE_MODULE = "worker_image.zygote"
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,25 @@ class Proc:
 
     @property
     def is_worker(self) -> bool:
-        return WORKER_MODULE in self.cmdline
+        """A cold worker (``python -m worker_image``) or a warm one (a child of the zygote)."""
+        return WORKER_MODULE in self.cmdline or (ZYGOTE_MODULE in self.cmdline and self.sid == self.pid)
+
+    @property
+    def is_zygote(self) -> bool:
+        return ZYGOTE_MODULE in self.cmdline and self.sid != self.pid
+
+    def cwd(self) -> Path | None:
+        """The process's working directory (a worker's is its job directory), None once it is gone."""
+        try:
+            return Path(os.readlink(f"/proc/{self.pid}/cwd"))
+        except OSError:
+            return None
+
+    def scratch(self) -> Path:
+        """A worker's scratch directory (its TMPDIR): ``tmp`` in its job directory, warm or cold."""
+        cwd = self.cwd()
+        assert cwd is not None, f"process {self.pid} is gone"
+        return cwd / "tmp"
 
     def environ(self) -> dict[str, str]:
         """The process's environment as it was exec'd ({} once it is gone)."""
@@ -78,6 +99,11 @@ def live_descendants(root: int | None = None) -> list[Proc]:
 def live_workers(root: int | None = None) -> list[Proc]:
     """Worker processes (``python -m worker_image``) among the live descendants of `root`."""
     return [proc for proc in live_descendants(root) if proc.is_worker]
+
+
+def live_zygotes(root: int | None = None) -> list[Proc]:
+    """Zygotes (``python -m worker_image.zygote``) among the live descendants of `root`."""
+    return [proc for proc in live_descendants(root) if proc.is_zygote]
 
 
 def session_members(sid: int) -> list[Proc]:

@@ -1,8 +1,7 @@
 import pytest
 
 from controller.cli import format_table
-from podq.client import Column, QueryResult
-from podq.render import cell, result_csv
+from podq.render import cell
 
 pytestmark = pytest.mark.unit
 
@@ -50,14 +49,3 @@ def test_cells_stay_on_one_line_and_nested_values_are_json() -> None:
     assert cell("a\nb\tc") == "a\\nb\\tc"
     assert cell([1, {"k": None}]) == '[1,{"k":null}]'
     assert (cell(True), cell(None), cell(1.5)) == ("true", "NULL", "1.5")
-
-
-def test_csv_leaves_null_empty_and_writes_nested_values_as_json() -> None:
-    result = QueryResult(
-        [Column("s", "String"), Column("l", "List(Int64)"), Column("b", "Boolean")],
-        [["a,b", [1, 2], True], [None, None, None]],
-        2,
-        False,
-        None,
-    )
-    assert result_csv(result) == 's,l,b\n"a,b","[1, 2]",true\n,,\n'

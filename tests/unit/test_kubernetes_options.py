@@ -14,18 +14,20 @@ TOLERATION = {"key": "podq.dev/dedicated", "operator": "Equal", "value": "worker
 
 
 def test_the_pod_template_comes_from_the_settings() -> None:
-    settings = Settings(
-        kube_namespace="podq-workers",
-        kube_instance="analytics",
-        worker_image="registry.example.test/podq-worker:1.2.3",
-        worker_image_pull_policy="Always",
-        worker_service_account="podq-worker",
-        worker_node_selector={"pool": "batch"},
-        worker_tolerations=[TOLERATION],
-        worker_priority_class="podq-low",
-        worker_image_pull_secrets=["regcred"],
-        worker_tmp_size="256Mi",
-        enable_test_hooks=True,
+    settings = Settings.model_validate(
+        {
+            "kube_namespace": "podq-workers",
+            "kube_instance": "analytics",
+            "worker_image": "registry.example.test/podq-worker:1.2.3",
+            "worker_image_pull_policy": "Always",
+            "worker_service_account": "podq-worker",
+            "worker_node_selector": {"pool": "batch"},
+            "worker_tolerations": [TOLERATION],
+            "worker_priority_class": "podq-low",
+            "worker_image_pull_secrets": ["regcred"],
+            "worker_tmp_size": "256Mi",
+            "enable_test_hooks": True,
+        }
     )
     assert KubernetesOptions.from_settings(settings).pod == PodTemplate(
         namespace="podq-workers",

@@ -35,6 +35,7 @@ RLIMIT = MemoryEvidence("rlimit", LIMIT)
 def worker_end(**changes: Any) -> WorkerEnd:
     base = WorkerEnd(
         pid=4242,
+        start="cold",
         returncode=0,
         killed_for=None,
         timeout_seconds=2.0,
@@ -324,7 +325,17 @@ def test_placement_names_the_process_and_how_it_ended(end: WorkerEnd, exit_field
         "pid": 4242,
         **exit_fields,
         "memory_enforcement": end.memory.enforcement,
+        "start": "cold",
     }
+
+
+def test_a_warm_worker_whose_zygote_died_is_a_retryable_crash() -> None:
+    outcome = classify(worker_end(killed_for="zygote_lost", returncode=KILLED, envelope_line=None))
+
+    assert outcome.error is not None
+    assert outcome.error["error_type"] == "crash"
+    assert outcome.error["retryable"] is True
+    assert "zygote" in outcome.error["message"]
 
 
 def test_memory_error_is_not_retryable_and_crash_is() -> None:
@@ -346,3 +357,155 @@ def test_crash_details_keep_only_the_end_of_a_long_stderr() -> None:
     tail = outcome.error["details"]["stderr_tail"]
     assert len(tail) <= 2000
     assert tail.endswith("line 999 " + "x" * 300)
+
+
+# The error as the user reads it ----------------------------------------------------------------------------
+
+
+def test_a_deadline_kill_says_the_deadline_as_the_user_gave_it() -> None:
+    outcome = classify(worker_end(killed_for="deadline", returncode=KILLED, timeout_seconds=2.5))
+
+    assert outcome.error == error_info(
+        ErrorType.TIMEOUT,
+        "the query did not finish within its deadline of 2.5 seconds",
+        {"timeout_seconds": 2.5},
+    )
+
+
+def test_internal_is_retryable_when_the_launcher_stopped_and_not_when_the_result_is_too_large() -> None:
+    # The same query runs again after a restart; an oversized result is as large the next time.
+    shutdown = classify(worker_end(killed_for="shutdown", returncode=KILLED, envelope_line=None))
+    oversized = classify(worker_end(envelope_line=None, envelope_oversized=True))
+
+    assert shutdown.error == error_info(
+        ErrorType.INTERNAL, "the controller stopped while the query was running", retryable=True
+    )
+    assert oversized.error == error_info(
+        ErrorType.INTERNAL, "the worker's result is larger than the local launcher accepts", retryable=False
+    )
+
+
+def test_an_oversized_result_after_a_clean_exit_is_not_read_from_a_stale_line() -> None:
+    # The launcher kept no line, but an older one must not stand in for it either.
+    outcome = classify(worker_end(envelope_oversized=True))
+
+    assert outcome.error is not None and outcome.error["error_type"] == "internal"
+
+
+def test_a_memory_error_gives_the_limit_in_mib_and_the_peak_when_known() -> None:
+    evidence = MemoryEvidence("cgroup", 384 * 2**20, oom_kills=1, peak_bytes=400_000_000)
+
+    outcome = classify(worker_end(returncode=KILLED, envelope_line=None, memory=evidence))
+
+    assert outcome.error == error_info(
+        ErrorType.MEMORY,
+        "the query ran out of memory (limit 384 MiB)",
+        {"limit_bytes": 384 * 2**20, "enforcement": "cgroup", "signal": "SIGKILL", "peak_bytes": 400_000_000},
+    )
+
+
+def test_a_memory_error_under_rlimit_has_no_peak_and_keeps_a_fractional_limit() -> None:
+    evidence = MemoryEvidence("rlimit", 3 * 2**19)
+
+    outcome = classify(
+        worker_end(returncode=1, envelope_line=None, stderr_tail="MemoryError\n", memory=evidence)
+    )
+
+    assert outcome.error == error_info(
+        ErrorType.MEMORY,
+        "the query ran out of memory (limit 1.5 MiB)",
+        {"limit_bytes": 3 * 2**19, "enforcement": "rlimit", "exit_code": 1},
+    )
+
+
+@pytest.mark.parametrize(
+    ("end", "message"),
+    [
+        (
+            worker_end(returncode=1, envelope_line=None),
+            "the worker exited with code 1 without a usable result",
+        ),
+        (
+            worker_end(returncode=-signal.SIGSEGV, envelope_line=None),
+            "the worker was killed by SIGSEGV without a usable result",
+        ),
+        (
+            worker_end(returncode=-signal.SIGKILL),
+            "the worker was killed by SIGKILL without a usable result",
+        ),
+    ],
+)
+def test_a_crash_says_how_the_worker_died(end: WorkerEnd, message: str) -> None:
+    outcome = classify(end)
+
+    assert outcome.error is not None
+    assert outcome.error["message"] == message
+
+
+def test_a_crash_after_a_result_then_a_signal_names_the_signal_in_the_envelope_problem() -> None:
+    outcome = classify(worker_end(returncode=-signal.SIGSEGV))
+
+    assert outcome.error is not None
+    assert outcome.error["details"] == {
+        "signal": "SIGSEGV",
+        "envelope_problem": "the worker wrote a result but was killed by SIGSEGV",
+        "stderr_tail": "",
+    }
+
+
+# Memory evidence, at its bounds ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("evidence", "returncode", "expected"),
+    [
+        # One OOM kill in the job cgroup is enough, whatever the worker's own end.
+        (MemoryEvidence("cgroup", LIMIT, oom_kills=1), 0, "memory"),
+        (MemoryEvidence("cgroup", LIMIT, oom_kills=1), EXIT_USER_ERROR, "memory"),
+        # A SIGKILL podq did not send counts once usage has hit the limit at least once.
+        (MemoryEvidence("cgroup", LIMIT, failcnt=1), KILLED, "memory"),
+        (MemoryEvidence("cgroup", LIMIT, failcnt=0), KILLED, "crash"),
+        # Having hit the limit is no evidence of a kill by itself: the kernel reclaims and the query goes on.
+        (MemoryEvidence("cgroup", LIMIT, failcnt=5), 0, "result"),
+        (MemoryEvidence("cgroup", LIMIT, failcnt=5), -signal.SIGSEGV, "crash"),
+        (MemoryEvidence("cgroup", LIMIT, failcnt=5), -signal.SIGTERM, "crash"),
+    ],
+)
+def test_cgroup_memory_evidence(evidence: MemoryEvidence, returncode: int, expected: str) -> None:
+    outcome = classify(worker_end(returncode=returncode, memory=evidence))
+
+    assert (outcome.error or {"error_type": "result"})["error_type"] == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "memory allocation of 800008 bytes failed",
+        "terminate called after throwing an instance of 'std::bad_alloc'",
+        "MemoryError",
+        "OSError: [Errno 12] Cannot allocate memory",
+    ],
+)
+def test_rlimit_each_allocation_failure_marker_counts(line: str) -> None:
+    outcome = classify(
+        worker_end(
+            returncode=-signal.SIGABRT, envelope_line=None, stderr_tail=f"before\n{line}\n", memory=RLIMIT
+        )
+    )
+
+    assert outcome.error is not None and outcome.error["error_type"] == "memory"
+
+
+@pytest.mark.parametrize("returncode", [0, EXIT_USER_ERROR, EXIT_INTERNAL_ERROR])
+def test_rlimit_an_allocation_failure_the_worker_survived_is_not_a_memory_error(returncode: int) -> None:
+    # The worker caught it and said so itself (or went on): its own envelope stands.
+    envelope = OK if returncode == 0 else encode_envelope({"ok": False, "error": SQL_ERROR})
+
+    outcome = classify(
+        worker_end(returncode=returncode, envelope_line=envelope, stderr_tail="MemoryError\n", memory=RLIMIT)
+    )
+
+    if returncode == 0:
+        assert outcome.error is None and outcome.result == RESULT
+    else:
+        assert outcome.error == SQL_ERROR

@@ -191,6 +191,21 @@ CASES = [
     ),
     Case("node-shutdown-rejected", Ended, "evicted", log=None, details={"reason": "NodeShutdown"}),
     Case("node-shutdown-after-success", Ended, "result", log=OK),
+    Case("scheduling-gated", Waiting, "SchedulingGated"),
+    Case(
+        "oomkilled-behind-sidecar",
+        Ended,
+        "memory",
+        log=NOISE,
+        details={"container": "worker", "limit": "32Mi", "limit_bytes": 32 * 2**20, "exit_code": 137},
+    ),
+    Case(
+        "init-oomkilled",
+        Ended,
+        "memory",
+        log=None,
+        details={"container": "istio-init", "limit": "64Mi", "limit_bytes": 64 * 2**20, "exit_code": 137},
+    ),
 ]
 
 
@@ -235,7 +250,7 @@ def test_a_pod_deleted_under_podq_is_a_retryable_crash() -> None:
     assert isinstance(verdict, Failed)
     assert verdict.error["error_type"] == "crash"
     assert verdict.error["retryable"] is True
-    assert "deleted" in verdict.error["message"]
+    assert verdict.error["message"] == "the worker pod was deleted before podq read its outcome"
 
 
 # Time-based waits, on both sides of the bound ------------------------------------------------------------
@@ -485,3 +500,645 @@ def test_the_log_tail_shows_a_result_envelope_by_its_size_only() -> None:
     assert log_tail("\n".join([*lines, envelope]) + "\n") == "\n".join(
         [*lines[-19:], f"[result envelope, {len(envelope)} bytes]"]
     )
+
+
+# What the user reads -------------------------------------------------------------------------------------
+
+# pod -> (the log decide is given, the error's message, whether a retry may help): the whole message, since
+# it is often all the user sees of a failed query.
+MESSAGES = {
+    "succeeded": ("hello\ndone\n", "the worker exited with code 0 without a usable result", True),
+    "oomkilled": (NOISE, "the query ran out of memory (limit 32Mi)", False),
+    "oomkilled-behind-sidecar": (NOISE, "the query ran out of memory (limit 32Mi)", False),
+    "deadline-exceeded": ("", "the query did not finish within its deadline of 3 seconds", False),
+    "exit1": (NOISE, "the worker exited with code 1 without a usable result", True),
+    "exit3-termmsg": (NOISE, "column nope not found", False),
+    "exit137": (NOISE, "the worker exited with code 137 (SIGKILL) without a usable result", True),
+    "starterror": (
+        None,
+        "the worker container could not start: failed to create containerd task: failed to create shim task: "
+        "OCI runtime create failed: runc create failed: unable to start container process: exec: "
+        '"/usr/bin/python3": stat /usr/bin/python3: no such file or directory: unknown',
+        False,
+    ),
+    "evicted-emptydir": (
+        "",
+        'the worker pod was evicted by the kubelet: Usage of EmptyDir volume "tmp" exceeds the limit "16Mi".',
+        False,
+    ),
+    "evicted-memory": (
+        "",
+        "the worker pod was evicted by the kubelet: The node was low on resource: memory. "
+        "Threshold quantity: 100Mi, available: 91324Ki.",
+        True,
+    ),
+    "evicted-api": (
+        "",
+        "the worker pod was evicted through the eviction API (a node drain, an autoscaler): "
+        "Eviction API: evicting",
+        True,
+    ),
+    "preempted": (
+        "",
+        "the worker pod was preempted by the scheduler for a higher-priority pod: "
+        "default-scheduler: preempting to accommodate a higher priority pod",
+        True,
+    ),
+    "taint-deleted": (
+        "",
+        "the worker pod was deleted by the taint manager (NoExecute taint): "
+        "Taint manager: deleting due to NoExecute taint",
+        True,
+    ),
+    "node-shutdown": (
+        "",
+        "the worker pod was stopped for a node shutdown: "
+        "Pod was terminated in response to imminent node shutdown.",
+        True,
+    ),
+    "node-shutdown-rejected": (
+        None,
+        "the worker pod was refused by a node that is shutting down: "
+        "Pod was rejected: Pod was rejected as the node is shutting down.",
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize(("name", "log", "message", "retryable"), [(k, *v) for k, v in MESSAGES.items()])
+def test_an_ended_pods_error_says_what_happened(
+    name: str, log: str | None, message: str, retryable: bool
+) -> None:
+    error = decide(load(name), log).error
+
+    assert error is not None
+    assert (error["message"], error["retryable"]) == (message, retryable)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (
+            "unschedulable",
+            "no node can run the worker pod: 0/1 nodes are available: 1 Insufficient cpu. "
+            "preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.",
+        ),
+        (
+            "errimageneverpull",
+            "the worker image podq.local/podq-worker:does-not-exist cannot be run: ErrImageNeverPull: "
+            'Container image "podq.local/podq-worker:does-not-exist" '
+            "is not present with pull policy of Never",
+        ),
+        (
+            "createcontainerconfigerror-secret",
+            "the worker image podq.local/busybox:1.35.0-podq1 cannot be run: CreateContainerConfigError: "
+            'secret "podq-missing-secret" not found',
+        ),
+    ],
+)
+def test_a_pod_that_never_ran_says_why(name: str, message: str) -> None:
+    verdict = watch(load(name), after=UNSCHEDULABLE_AFTER)
+
+    assert isinstance(verdict, Failed)
+    assert verdict.error["message"] == message
+
+
+def test_an_image_that_never_arrives_is_not_worth_retrying_and_says_how_long_podq_waited() -> None:
+    verdict = watch(load("errimagepull"), after=IMAGE_PULL_GRACE)
+
+    assert isinstance(verdict, Failed)
+    assert verdict.error["retryable"] is False
+    assert verdict.error["details"] == {
+        "container": "worker",
+        "image": "127.0.0.1:5999/podq/does-not-exist:1",
+        "reason": "ErrImagePull",
+        "message": worker(load("errimagepull"))["state"]["waiting"]["message"],
+        "waited_seconds": IMAGE_PULL_GRACE,
+    }
+
+
+def test_an_image_error_without_a_grace_period_has_no_waited_seconds() -> None:
+    verdict = watch(load("invalidimagename"))
+
+    assert isinstance(verdict, Failed)
+    assert "waited_seconds" not in verdict.error["details"]
+
+
+def test_an_unschedulable_pod_waits_with_the_schedulers_words() -> None:
+    pod = load("unschedulable")
+
+    verdict = watch(pod)
+
+    assert verdict == Waiting(
+        "Unschedulable",
+        pod["status"]["conditions"][0]["message"],
+        created(pod) + UNSCHEDULABLE_AFTER,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("oomkilled", "OOMKilled"),
+        ("succeeded", "Completed"),
+        ("exit1", "Error"),
+        ("starterror", "StartError"),
+        ("deadline-exceeded", "DeadlineExceeded"),
+        ("evicted-emptydir", "Evicted"),
+        ("node-shutdown", "Terminated"),
+        # The worker never ran: the pod's phase is all there is.
+        ("init-oomkilled", "Failed"),
+    ],
+)
+def test_ended_carries_the_pods_reason_else_the_workers_else_the_phase(name: str, reason: str) -> None:
+    assert watch(load(name)) == Ended(reason)
+
+
+def test_a_terminating_pod_says_so() -> None:
+    assert watch(load("terminating")) == Waiting("Terminating", "the worker pod is being deleted", None)
+
+
+# Pods with more containers than the worker: injected init containers and sidecars -----------------------
+
+
+def test_a_worker_oomkilled_behind_a_sidecar_ran_out_of_memory() -> None:
+    # The sidecar's status comes first and is running; the worker's ends the query.
+    pod = load("oomkilled-behind-sidecar")
+
+    verdict = watch(pod)
+    outcome = decide(pod, NOISE)
+
+    assert verdict == Ended("OOMKilled")
+    assert outcome.error is not None
+    assert outcome.error["details"] == {
+        "container": "worker",
+        "limit": "32Mi",
+        "limit_bytes": 32 * 2**20,
+        "reason": "OOMKilled",
+        "exit_code": 137,
+        "signal": "SIGKILL",
+    }
+
+
+def test_placement_behind_a_sidecar_is_the_workers() -> None:
+    assert placement(load("oomkilled-behind-sidecar")) == {
+        "kind": "kubernetes",
+        "namespace": "podq-h-classify-1",
+        "pod": "podq-oomkilled-behind-sidecar",
+        "node": "podq-e2e",
+        "phase": "Running",
+        "container_reason": "OOMKilled",
+        "exit_code": 137,
+        "signal": "SIGKILL",
+        "started_at": "2026-11-21T21:20:18Z",
+        "finished_at": "2026-11-21T21:20:20Z",
+    }
+
+
+def test_a_worker_that_succeeded_behind_a_sidecar_is_its_result() -> None:
+    pod = load("oomkilled-behind-sidecar")
+    terminated = pod["status"]["containerStatuses"][1]["state"]["terminated"]
+    terminated.update({"exitCode": 0, "reason": "Completed"})
+
+    outcome = decide(pod, f"{NOISE}{OK}\n")
+
+    assert outcome.error is None and outcome.result == RESULT
+
+
+def test_an_oomkilled_injected_init_container_is_named_with_its_own_limit() -> None:
+    # The worker never started: raising the query's memory would not help, and the message must not say so.
+    outcome = decide(load("init-oomkilled"), None, log_problem="the worker never started")
+
+    assert outcome.error is not None
+    assert outcome.error["error_type"] == "memory"
+    assert outcome.error["message"] == "the istio-init container ran out of memory (limit 64Mi)"
+    assert outcome.error["details"] == {
+        "container": "istio-init",
+        "limit": "64Mi",
+        "limit_bytes": 64 * 2**20,
+        "reason": "OOMKilled",
+        "exit_code": 137,
+        "signal": "SIGKILL",
+    }
+
+
+def test_an_init_container_that_pulls_its_image_too_long_fails_the_pod_as_an_image_error() -> None:
+    pod = load("init-oomkilled")
+    pod["status"]["phase"] = "Pending"
+    init = pod["status"]["initContainerStatuses"][0]
+    init["state"] = {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}
+
+    waiting = watch(pod)
+    failed = watch(pod, after=IMAGE_PULL_GRACE)
+
+    assert waiting == Waiting("ImagePullBackOff", "Back-off pulling image", created(pod) + IMAGE_PULL_GRACE)
+    assert isinstance(failed, Failed)
+    assert failed.error["details"]["container"] == "istio-init"
+    assert failed.error["message"] == (
+        "the worker image docker.io/istio/proxyv2:1.22.0 cannot be run: "
+        "ImagePullBackOff: Back-off pulling image"
+    )
+
+
+# Memory limits that are not there or not numbers ---------------------------------------------------------
+
+
+def test_an_oomkilled_worker_without_a_memory_limit_is_still_out_of_memory() -> None:
+    pod = load("oomkilled")
+    del pod["spec"]["containers"][0]["resources"]["limits"]["memory"]
+
+    outcome = decide(pod, NOISE)
+
+    assert outcome.error is not None
+    assert outcome.error["message"] == "the query ran out of memory (limit unset)"
+    assert outcome.error["details"]["limit"] is None
+    assert outcome.error["details"]["limit_bytes"] is None
+
+
+def test_an_oomkilled_worker_whose_limit_is_no_quantity_keeps_the_text() -> None:
+    pod = load("oomkilled")
+    pod["spec"]["containers"][0]["resources"]["limits"]["memory"] = "lots"
+
+    outcome = decide(pod, NOISE)
+
+    assert outcome.error is not None
+    assert outcome.error["message"] == "the query ran out of memory (limit lots)"
+    assert outcome.error["details"]["limit_bytes"] is None
+
+
+# Scheduling ----------------------------------------------------------------------------------------------
+
+
+def test_a_scheduling_gated_pod_waits_without_a_deadline_of_its_own() -> None:
+    # Only `Unschedulable` means the scheduler tried and failed; a gate is lifted by whoever set it.
+    pod = load("scheduling-gated")
+
+    verdict = watch(pod, after=10 * UNSCHEDULABLE_AFTER)
+
+    assert verdict == Waiting(
+        "SchedulingGated", "Scheduling is blocked due to non-empty scheduling gates", None
+    )
+
+
+def test_a_pod_not_scheduled_for_no_stated_reason_waits_in_its_phase() -> None:
+    pod = load("scheduling-gated")
+    condition = pod["status"]["conditions"][0]
+    del condition["reason"], condition["message"]
+
+    assert watch(pod, after=10 * UNSCHEDULABLE_AFTER) == Waiting("Pending", "", None)
+
+
+def test_a_pod_without_a_creation_time_has_no_grace_period_left() -> None:
+    pod = load("unschedulable")
+    del pod["metadata"]["creationTimestamp"]
+
+    verdict = observe(
+        pod, now=0.0, unschedulable_after=UNSCHEDULABLE_AFTER, image_pull_grace=IMAGE_PULL_GRACE
+    )
+
+    assert isinstance(verdict, Failed)
+    assert verdict.error["error_type"] == "unschedulable"
+
+
+# Exit codes and signals, at their bounds ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "death", "signal_fields"),
+    [
+        (128, "exited with code 128", {}),
+        (129, "exited with code 129 (SIGHUP)", {"signal": "SIGHUP"}),
+        (143, "exited with code 143 (SIGTERM)", {"signal": "SIGTERM"}),
+        (128 + 64, "exited with code 192 (SIGRTMAX)", {"signal": "SIGRTMAX"}),
+        (128 + 65, "exited with code 193", {}),
+        (255, "exited with code 255", {}),
+    ],
+)
+def test_an_exit_code_above_128_is_a_signal_up_to_the_last_one(
+    exit_code: int, death: str, signal_fields: dict[str, str]
+) -> None:
+    pod = load("exit1")
+    worker(pod)["state"]["terminated"]["exitCode"] = exit_code
+
+    outcome = decide(pod, NOISE)
+
+    assert outcome.error is not None
+    assert outcome.error["message"] == f"the worker {death} without a usable result"
+    assert outcome.error["details"] == {
+        "exit_code": exit_code,
+        **signal_fields,
+        "container_reason": "Error",
+        "envelope_problem": "no result envelope in the worker output",
+        "log_tail": NOISE.rstrip("\n"),
+        # FallbackToLogsOnError: the kubelet put the log's end there.
+        "termination_message": NOISE.rstrip("\n"),
+    }
+    assert placement(pod)["exit_code"] == exit_code
+    assert {key: value for key, value in placement(pod).items() if key == "signal"} == signal_fields
+
+
+def test_a_worker_with_no_exit_code_says_so() -> None:
+    pod = load("init-oomkilled")
+    pod["status"]["initContainerStatuses"][0]["state"]["terminated"].update(
+        {"exitCode": 1, "reason": "Error"}
+    )
+
+    outcome = decide(pod, None, log_problem="the worker never started")
+
+    assert outcome.error is not None
+    assert outcome.error["message"] == "the worker left no exit code without a usable result"
+    assert outcome.error["details"] == {
+        "container_reason": None,
+        "envelope_problem": "the worker never started",
+    }
+
+
+# Partial pods, placements before the end -----------------------------------------------------------------
+
+
+def test_a_pod_with_no_status_yet_is_pending() -> None:
+    # Just created: the API server has not written a status, or only a phase.
+    for pod in ({"metadata": {"name": "p"}, "spec": {}}, {"status": {}}, {"status": {"phase": None}}):
+        assert watch_at(pod, 0.0) == Waiting("Pending", "", None)
+        assert placement(pod) == {"kind": "kubernetes", **({"pod": "p"} if "metadata" in pod else {})}
+
+
+def test_a_succeeded_pod_has_ended_even_without_container_statuses() -> None:
+    assert watch_at({"status": {"phase": "Succeeded"}}, 0.0) == Ended("Succeeded")
+    assert watch_at({"status": {"phase": "Failed"}}, 0.0) == Ended("Failed")
+
+
+def test_a_running_pod_waits_with_no_message() -> None:
+    assert watch(load("running")) == Waiting("Running", "", None)
+
+
+def test_a_waiting_worker_says_why_it_waits() -> None:
+    pod = load("containercreating")
+    worker(pod)["state"]["waiting"]["message"] = "pulling the image"
+
+    assert watch(pod) == Waiting("ContainerCreating", "pulling the image", None)
+
+
+def test_placement_of_a_running_pod_has_its_start_and_no_end() -> None:
+    assert placement(load("running")) == {
+        "kind": "kubernetes",
+        "namespace": "podq-h-classify-1",
+        "pod": "podq-running",
+        "node": "podq-e2e",
+        "phase": "Running",
+        "started_at": "2026-11-21T21:20:17Z",
+    }
+
+
+def test_placement_of_a_waiting_worker_names_what_it_waits_for() -> None:
+    fields = placement(load("containercreating"))
+
+    assert fields["container_reason"] == "ContainerCreating"
+    assert fields["started_at"] == "2026-11-21T21:20:15Z", "the pod's start, the worker has none"
+    assert "exit_code" not in fields and "finished_at" not in fields
+
+
+def watch_at(pod: dict[str, Any], now: float) -> Waiting | Ended | Failed:
+    return observe(pod, now=now, unschedulable_after=UNSCHEDULABLE_AFTER, image_pull_grace=IMAGE_PULL_GRACE)
+
+
+# Disruptions: the pod's reason, the DisruptionTarget condition, or both ----------------------------------
+
+
+def disrupted(
+    reason: str | None, condition: dict[str, Any] | None, message: str | None = None
+) -> dict[str, Any]:
+    pod = load("exit137")
+    status = pod["status"]
+    status["phase"] = "Failed"
+    status.pop("reason", None)
+    status.pop("message", None)
+    if reason is not None:
+        status["reason"] = reason
+    if message is not None:
+        status["message"] = message
+    if condition is not None:
+        status["conditions"] = [*status.get("conditions", []), {"type": "DisruptionTarget", **condition}]
+    return pod
+
+
+def test_a_disruption_condition_gives_its_message_when_the_pod_has_none() -> None:
+    pod = disrupted(None, {"status": "True", "reason": "DeletionByPodGC", "message": "PodGC: node gone"})
+
+    error = decide(pod, "").error
+
+    assert error is not None
+    assert error["message"] == (
+        "the worker pod was deleted by the pod garbage collector (its node is gone): PodGC: node gone"
+    )
+    assert error["details"] == {
+        "reason": None,
+        "message": "PodGC: node gone",
+        "disruption_reason": "DeletionByPodGC",
+    }
+    assert error["retryable"] is True
+
+
+def test_the_pods_own_message_wins_over_the_conditions() -> None:
+    pod = disrupted(
+        "Evicted", {"status": "True", "reason": "TerminationByKubelet", "message": "cond"}, "pod says"
+    )
+
+    error = decide(pod, "").error
+
+    assert error is not None
+    assert error["message"] == "the worker pod was evicted by the kubelet: pod says"
+    assert error["details"]["message"] == "pod says"
+
+
+def test_a_disruption_condition_that_is_not_true_is_no_disruption() -> None:
+    pod = disrupted(None, {"status": "False", "reason": "PreemptionByScheduler", "message": "no"})
+
+    error = decide(pod, "").error
+
+    assert error is not None and error["error_type"] == "crash"
+
+
+def test_an_unknown_disruption_reason_is_named_as_it_came() -> None:
+    pod = disrupted(None, {"status": "True", "reason": "SomethingNew"})
+
+    error = decide(pod, "").error
+
+    assert error is not None
+    assert error["message"] == "the worker pod was disrupted (SomethingNew)"
+    assert error["details"] == {"reason": None, "message": "", "disruption_reason": "SomethingNew"}
+
+
+def test_a_disruption_without_words_says_what_without_a_colon() -> None:
+    error = decide(disrupted("Shutdown", None), "").error
+
+    assert error is not None
+    assert error["message"] == "the worker pod was stopped for a node shutdown"
+    assert error["details"] == {"reason": "Shutdown", "message": ""}
+
+
+def test_an_eviction_for_ephemeral_storage_is_not_retryable() -> None:
+    for said in (
+        "Pod ephemeral local storage usage exceeds the total limit of containers 1Gi.",
+        'Container worker exceeded its local ephemeral storage limit "1Gi".',
+    ):
+        error = decide(disrupted("Evicted", None, said), "").error
+
+        assert error is not None and error["retryable"] is False, said
+
+
+def test_a_deadline_says_its_seconds_and_the_kubelets_words() -> None:
+    error = decide(load("deadline-exceeded"), "").error
+
+    assert error is not None
+    assert error["details"] == {
+        "active_deadline_seconds": 3,
+        "reason": "DeadlineExceeded",
+        "message": "Pod was active on the node longer than the specified deadline",
+    }
+
+
+# A crash, with everything the user and the operator have to go on ----------------------------------------
+
+
+def test_a_crash_of_a_pod_with_a_reason_of_its_own_keeps_it() -> None:
+    pod = load("exit1")
+    pod["status"]["reason"] = "UnexpectedAdmissionError"
+    pod["status"]["message"] = "Allocate failed due to no healthy devices present"
+
+    error = decide(pod, NOISE, log_problem="the log was cut at 10 MiB").error
+
+    assert error is not None
+    assert error["details"] == {
+        "exit_code": 1,
+        "container_reason": "Error",
+        "envelope_problem": "no result envelope in the worker output",
+        "log_tail": NOISE.rstrip("\n"),
+        "log_problem": "the log was cut at 10 MiB",
+        "termination_message": NOISE.rstrip("\n"),
+        "pod_reason": "UnexpectedAdmissionError",
+        "pod_message": "Allocate failed due to no healthy devices present",
+    }
+
+
+def test_a_crash_without_a_log_or_a_reason_why() -> None:
+    error = decide(load("exit139"), None).error
+
+    assert error is not None
+    assert error["details"]["envelope_problem"] == "the pod log was not read"
+
+
+def test_a_start_error_keeps_the_runtimes_words_and_the_exit_code() -> None:
+    pod = load("starterror")
+    terminated = worker(pod)["state"]["terminated"]
+
+    error = decide(pod, None).error
+
+    assert error is not None
+    assert error["details"] == {"reason": "StartError", "message": terminated["message"], "exit_code": 128}
+
+
+# Image errors with the kubelet's words missing -----------------------------------------------------------
+
+
+def test_an_image_error_without_a_message_or_image_is_still_named() -> None:
+    pod = load("errimageneverpull")
+    del worker(pod)["state"]["waiting"]["message"], worker(pod)["image"]
+
+    verdict = watch(pod)
+
+    assert isinstance(verdict, Failed)
+    assert verdict.error["message"] == "the worker image  cannot be run: ErrImageNeverPull: "
+    assert verdict.error["details"] == {
+        "container": "worker",
+        "image": "",
+        "reason": "ErrImageNeverPull",
+        "message": "",
+    }
+
+
+def test_an_image_pull_wait_without_a_message_waits_with_none() -> None:
+    pod = load("errimagepull")
+    del worker(pod)["state"]["waiting"]["message"]
+
+    assert watch(pod) == Waiting("ErrImagePull", "", created(pod) + IMAGE_PULL_GRACE)
+
+
+def test_a_crash_of_a_pod_with_a_reason_and_no_message() -> None:
+    pod = load("exit1")
+    pod["status"]["reason"] = "UnexpectedAdmissionError"
+
+    error = decide(pod, NOISE).error
+
+    assert error is not None
+    assert (error["details"]["pod_reason"], error["details"]["pod_message"]) == (
+        "UnexpectedAdmissionError",
+        "",
+    )
+
+
+def test_a_start_error_without_the_runtimes_words() -> None:
+    pod = load("starterror")
+    del worker(pod)["state"]["terminated"]["message"]
+
+    error = decide(pod, None).error
+
+    assert error is not None
+    assert error["message"] == "the worker container could not start: "
+    assert error["details"]["message"] == ""
+
+
+def test_a_running_worker_runs_on_whatever_a_sidecar_waits_for() -> None:
+    pod = load("oomkilled-behind-sidecar")
+    worker_status = pod["status"]["containerStatuses"][1]
+    worker_status["state"] = {"running": {"startedAt": "2026-11-21T21:20:18Z"}}
+    sidecar = pod["status"]["containerStatuses"][0]
+    sidecar["state"] = {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}
+
+    assert watch(pod, after=10 * IMAGE_PULL_GRACE) == Waiting("Running", "", None)
+
+
+def test_an_oomkilled_worker_with_requests_only_has_no_limit() -> None:
+    pod = load("oomkilled")
+    del pod["spec"]["containers"][0]["resources"]["limits"]
+
+    error = decide(pod, NOISE).error
+
+    assert error is not None
+    assert error["message"] == "the query ran out of memory (limit unset)"
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        ({"phase": "Failed", "reason": "DeadlineExceeded"}, "timeout"),
+        (
+            {
+                "phase": "Failed",
+                "containerStatuses": [{"name": "worker", "state": {"terminated": {"reason": "OOMKilled"}}}],
+            },
+            "memory",
+        ),
+        (
+            {
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}],
+            },
+            "unschedulable",
+        ),
+    ],
+    ids=["deadline", "oomkilled", "unschedulable"],
+)
+def test_a_pod_with_only_a_status_is_still_decided(status: dict[str, Any], error_type: str) -> None:
+    # Hand-made pods (and any API object missing its metadata or spec) never raise.
+    pod = {"status": status}
+
+    verdict = watch_at(pod, 0.0)
+    error = verdict.error if isinstance(verdict, Failed) else decide(pod, "").error
+
+    assert error is not None and error["error_type"] == error_type
+
+
+def test_the_log_tail_keeps_the_last_lines_own_trailing_characters() -> None:
+    assert log_tail("first\nindented  \n\n") == "first\nindented  "
+    assert log_tail("first\nprogress: XX\n") == "first\nprogress: XX"

@@ -391,6 +391,20 @@ def test_query_id_making_an_invalid_name_is_refused(query_id: str) -> None:
         pod(dataclasses.replace(JOB, query_id=query_id))
 
 
+def test_a_refused_query_id_is_told_what_a_valid_one_is() -> None:
+    message = (
+        "query id 'A_b' makes no valid pod name: it takes at most 58 lowercase letters, digits and '-', "
+        "starting and ending alphanumeric"
+    )
+    with pytest.raises(ValueError) as refused:
+        pod_name("A_b")
+    assert str(refused.value) == message
+
+
+def test_an_instance_of_63_characters_is_a_label_value() -> None:
+    assert dataclasses.replace(BARE, instance="x" * 63).instance == "x" * 63
+
+
 @pytest.mark.parametrize("instance", ["", "x" * 64, "has space", "-podq", "podq-", "a/b"], ids=str)
 def test_instance_that_is_no_label_value_is_refused(instance: str) -> None:
     with pytest.raises(ValueError, match="not a valid label value"):
@@ -423,6 +437,7 @@ def test_selector_matches_the_instances_own_pods_only() -> None:
         ({"metadata": {"name": "x"}}, None),
         ({"metadata": {"labels": None}}, None),
         ({"metadata": {"labels": {LABEL_INSTANCE: "analytics"}}}, None),
+        ({"metadata": {"labels": {LABEL_QUERY_ID: 123}}}, None),
     ],
     ids=[
         "built pod",
@@ -432,6 +447,7 @@ def test_selector_matches_the_instances_own_pods_only() -> None:
         "no labels",
         "null labels",
         "other labels",
+        "not a string",
     ],
 )
 def test_query_id_of(given_pod: dict[str, Any], expected: str | None) -> None:

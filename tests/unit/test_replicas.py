@@ -17,6 +17,7 @@ from controller.queue.metrics import Metrics
 from controller.queue.store import CANCEL, FINISHED, ReplicaLost, Store
 from controller.queue.store.postgres import PostgresStore
 from tests.support.stored import LIMITS, REQUEST, Database
+from tests.support.waiting import wait_until_async
 from tests.unit.test_dispatcher import GatedLauncher
 
 pytestmark = pytest.mark.unit
@@ -171,7 +172,9 @@ def test_two_dispatchers_share_the_cap_and_cancel_and_wait_across_replicas(pg_da
             submit(store, *[f"q{i}" for i in range(8)])
             one.notify()
             two.notify()
-            await asyncio.sleep(0.5)
+            await wait_until_async(
+                lambda: len(first.started) + len(second.started) >= 3, "three queries to start", within=30
+            )
             started = first.started + second.started
             assert sorted(started) == ["q0", "q1", "q2"], "three run, on whichever replica claimed them"
             owner_of = {q: (first if q in first.started else second) for q in started}

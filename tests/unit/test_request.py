@@ -57,7 +57,7 @@ def test_unknown_keys_are_ignored_for_forward_compatibility() -> None:
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
-        (None, "PODQ_REQUEST is not set"),
+        (None, "neither PODQ_REQUEST nor PODQ_REQUEST_FD is set"),
         ("{", "not valid JSON"),
         ("[]", "must be a JSON object"),
         (json.dumps({**QUERY, "operation": "drop"}), "unknown operation 'drop'"),

@@ -14,11 +14,17 @@ from hypothesis import strategies as st
 
 from controller.testing.fileserver import FileServer
 from worker_image.protocol import ErrorType, WorkerError
-from worker_image.sqlguard import MAX_DEPTH, check_query, table_key
+from worker_image.sqlguard import MAX_DEPTH, READ_ONLY, check_query, table_key
 
 pytestmark = pytest.mark.unit
 
 TABLES = ["table1", "table2"]
+
+
+def examples(n: int) -> int:
+    """`n` examples, scaled like every other test's by the loaded hypothesis profile (100 by default; fewer
+    under tests/mutation.sh, which runs these tests once per mutant)."""
+    return max(10, n * settings.default.max_examples // 100)
 
 
 def polars_context() -> pl.SQLContext[pl.LazyFrame]:
@@ -235,7 +241,7 @@ def quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(registered=st.lists(identifiers, min_size=1, max_size=4, unique_by=table_key), data=st.data())
 def test_guard_and_polars_agree_on_which_names_resolve(registered: list[str], data: st.DataObject) -> None:
     probe = data.draw(st.sampled_from(registered).map(_mangle_case(data)) | identifiers)
@@ -263,7 +269,7 @@ def _mangle_case(data: st.DataObject) -> Callable[[str], str]:
     return mangle
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,10}", fullmatch=True))
 def test_unquoted_names_resolve_case_insensitively(name: str) -> None:
     assume(table_key(name) not in {"table1", "table2"})
@@ -303,7 +309,9 @@ lexical_sql = st.builds(
 )
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(1000), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(lexical_sql)
 def test_no_lexical_trick_lets_polars_read_what_the_guard_passed(
     secret_server: FileServer, template: str
@@ -344,3 +352,121 @@ def test_trees_deeper_than_the_limit_are_refused(sql: str) -> None:
 def test_flat_lists_of_any_length_are_not_deep() -> None:
     check_query(_or_chain(MAX_DEPTH - 10), TABLES)
     check_query("SELECT id FROM table1 WHERE id IN (" + ", ".join(map(str, range(10_000))) + ")", TABLES)
+
+
+# Bounds and the exact words a refused user reads -----------------------------------------------------------
+
+
+def _union_chain(terms: int) -> str:
+    return " UNION ALL ".join(["SELECT id FROM table1"] * terms)
+
+
+def test_a_tree_exactly_at_the_depth_limit_passes_and_one_level_more_is_refused() -> None:
+    # n UNION ALL terms are n - 1 set operations over a SELECT ... FROM table1 (4 levels): n + 3 levels.
+    at_limit = MAX_DEPTH - 3
+
+    check_query(_union_chain(at_limit), TABLES)
+    error = refusal(_union_chain(at_limit + 1))
+
+    assert error.error_type is ErrorType.VALIDATION
+    assert error.message == (
+        f"the query is nested too deeply: {MAX_DEPTH + 1} levels, above the limit of {MAX_DEPTH} (each "
+        "chained AND, OR, operator or UNION adds one; use IN (...) for long lists of values)"
+    )
+
+
+def test_an_or_chain_at_the_depth_limit_passes() -> None:
+    # n ORed comparisons in a WHERE: n - 1 ORs, an EQ, its column and identifier, under WHERE and SELECT.
+    check_query(_or_chain(MAX_DEPTH - 4), TABLES)
+    assert f"{MAX_DEPTH + 1} levels" in refusal(_or_chain(MAX_DEPTH - 3)).message
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        (
+            "SELECT *\nFROM table1\nWHERE id = = 1",
+            "SQL syntax error: Required keyword: 'expression' missing for EQ (line 3, column 12, near '=')",
+        ),
+        ("SELECT (1", "SQL syntax error: Expecting ) (line 1, column 9, near '1')"),
+        (
+            "SELECT id FROM table1 WHERE",
+            "SQL syntax error: Required keyword: 'this' missing for Where (line 1, column 27, near 'WHERE')",
+        ),
+        ("SELECT 'unterminated", "SQL syntax error: Error tokenizing 'SELECT 'unterminate'"),
+        ("SELECT " + "(" * 500 + "1" + ")" * 500, "SQL syntax error: the query is nested too deeply"),
+    ],
+    ids=["line and column", "unclosed parenthesis", "missing condition", "unterminated string", "too deep"],
+)
+def test_a_syntax_error_says_where(sql: str, message: str) -> None:
+    error = refusal(sql)
+
+    assert error.error_type is ErrorType.SQL
+    assert error.message == message
+
+
+def test_a_syntax_error_names_sqlglot_classes_by_their_short_name() -> None:
+    # sqlglot says "missing for <class 'sqlglot.expressions.core.Add'>"; the user reads "Add".
+    assert refusal("SELECT 1 +").message == (
+        "SQL syntax error: Required keyword: 'expression' missing for Add (line 1, column 10, near '+')"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name_length", "shown"),
+    [
+        # "DROP TABLE " is 11 characters: a 69-character name makes 80 in all, shown whole.
+        (69, "DROP TABLE " + "t" * 69),
+        (70, "DROP TABLE " + "t" * 68 + "…"),
+    ],
+)
+def test_a_refused_statement_is_quoted_up_to_80_characters(name_length: int, shown: str) -> None:
+    error = refusal("DROP TABLE " + "t" * name_length)
+
+    assert error.message == f"{READ_ONLY}; refused: {shown}"
+    assert len(shown) <= 80
+
+
+def test_a_refused_query_part_is_named_and_quoted() -> None:
+    sql = "SELECT * FROM table1, LATERAL (SELECT 1)"
+
+    assert refusal(sql).message.startswith("LATERAL is not allowed in a query: LATERAL (SELECT 1)")
+
+
+def test_two_statements_are_counted() -> None:
+    assert refusal("SELECT 1; SELECT 2; SELECT 3").message == f"{READ_ONLY}; found 3 statements"
+
+
+def test_nothing_but_a_comment_is_refused_as_no_statement() -> None:
+    error = refusal("-- nothing")
+
+    assert (error.error_type, error.message) == (ErrorType.VALIDATION, "the SQL holds no statement")
+
+
+def test_reader_functions_are_named_in_the_refusal() -> None:
+    assert refusal("SELECT read_csv('/etc/passwd') AS x").message == (
+        "function READ_CSV is not allowed: SQL cannot read files or URLs; "
+        "pass each dataset in the request's datasets instead"
+    )
+    assert refusal("SELECT length(READ_JSON('/x')) AS x").message.startswith(
+        "function READ_JSON is not allowed"
+    )
+
+
+def test_a_table_function_is_quoted_in_its_refusal() -> None:
+    assert refusal("SELECT * FROM generate_series(1, 10)").message == (
+        "table functions are not allowed: GENERATE_SERIES(1, 10); query a registered table"
+    )
+
+
+def test_select_into_is_refused_in_words() -> None:
+    assert refusal("SELECT * INTO copy FROM table1").message == (
+        "SELECT INTO is not allowed: a query cannot create tables"
+    )
+
+
+def test_a_cte_is_in_scope_only_below_its_with() -> None:
+    # A CTE of a subquery in one branch is not visible from the other.
+    sql = "SELECT * FROM (WITH c AS (SELECT 1 AS x) SELECT * FROM c) AS s UNION ALL SELECT * FROM c"
+
+    assert refusal(sql).message.startswith("unknown table 'c'")

@@ -21,7 +21,8 @@ first, then container states, then the worker's own words, then exit codes (as A
 
 1. A pod-level reason, unless the pod had Succeeded before it came: ``DeadlineExceeded`` -> timeout;
    ``Evicted``, a node shutdown, a ``DisruptionTarget`` condition (preemption, taint, drain...) -> evicted.
-2. Any container ``OOMKilled`` -> memory, even with exit code 0 and a valid envelope in the log.
+2. Any container ``OOMKilled`` -> memory, even with exit code 0 and a valid envelope in the log; an
+   injected container (an init container, a sidecar) is named, with its own limit.
 3. The worker never started (``StartError``: the image cannot run its command) -> image.
 4. The envelope on the log's last line, if the exit code agrees with it -> its result or its error.
 5. A protocol exit code and an ``ErrorInfo`` termination message -> that error.
@@ -279,17 +280,18 @@ def _out_of_memory(pod: Mapping[str, Any]) -> ErrorInfo | None:
         terminated = _state(container, "terminated") or {}
         if terminated.get("reason") != "OOMKilled":
             continue
-        limit = _memory_limit(pod, container.get("name"))
+        name = container.get("name")
+        limit = _memory_limit(pod, name)
         details: dict[str, Any] = {
-            "container": container.get("name"),
+            "container": name,
             "limit": limit,
             "limit_bytes": _bytes(limit),
             "reason": "OOMKilled",
             **_exit_details(terminated.get("exitCode")),
         }
-        return error_info(
-            ErrorType.MEMORY, f"the query ran out of memory (limit {limit or 'unset'})", details
-        )
+        # An injected container (a sidecar, an init container) has a limit of its own, not the query's.
+        who = "the query" if name == CONTAINER_NAME else f"the {name} container"
+        return error_info(ErrorType.MEMORY, f"{who} ran out of memory (limit {limit or 'unset'})", details)
     return None
 
 
@@ -384,7 +386,8 @@ def _condition(pod: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
 
 
 def _memory_limit(pod: Mapping[str, Any], container: str | None) -> str | None:
-    for spec in pod.get("spec", {}).get("containers") or []:
+    pod_spec = pod.get("spec", {})
+    for spec in [*(pod_spec.get("initContainers") or []), *(pod_spec.get("containers") or [])]:
         if spec.get("name") == container:
             limit: str | None = (spec.get("resources") or {}).get("limits", {}).get("memory")
             return limit

@@ -20,7 +20,7 @@ import ctypes
 import os
 import resource
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import worker_image
@@ -33,6 +33,7 @@ __all__ = [
     "child_setup",
     "request_env_bytes",
     "worker_env",
+    "zygote_env",
 ]
 
 RLIMIT_AS_BASE_BYTES = 512 * 2**20
@@ -96,10 +97,11 @@ def worker_env(
     return env
 
 
-def child_setup(*, cgroup_procs: Path | None, address_space_bytes: int | None) -> Callable[[], None]:
-    """The `preexec_fn`: runs in the forked child, after `setsid` and before exec."""
+def child_setup(*, cgroup_procs: Sequence[Path], address_space_bytes: int | None) -> Callable[[], None]:
+    """The `preexec_fn`: runs in the forked child, after `setsid` and before exec. `cgroup_procs`: the
+    ``cgroup.procs`` files of the job's cgroups, memory first."""
     parent = os.getpid()
-    procs = os.fsencode(cgroup_procs) if cgroup_procs is not None else None
+    all_procs = [os.fsencode(path) for path in cgroup_procs]
     sigkill = int(signal.SIGKILL)
 
     def setup() -> None:
@@ -111,7 +113,7 @@ def child_setup(*, cgroup_procs: Path | None, address_space_bytes: int | None) -
         if os.getppid() != parent:
             # The controller died before the death signal was armed.
             os._exit(1)
-        if procs is not None:
+        for procs in all_procs:
             # Joined before exec, so every byte the worker allocates is charged to its own cgroup.
             fd = os.open(procs, os.O_WRONLY)
             try:
@@ -123,3 +125,12 @@ def child_setup(*, cgroup_procs: Path | None, address_space_bytes: int | None) -
             resource.setrlimit(resource.RLIMIT_AS, (address_space_bytes, address_space_bytes))
 
     return setup
+
+
+def zygote_env(*, threads: int, rlimit: bool, inherited: Iterable[str]) -> dict[str, str]:
+    """A zygote's environment: a worker's, less everything that belongs to one query (see `warm`)."""
+    env = {name: os.environ[name] for name in inherited if name in os.environ}
+    env.update({"PYTHONPATH": str(_PACKAGE_ROOT), "PYTHONUTF8": "1", "POLARS_MAX_THREADS": str(threads)})
+    if rlimit:
+        env["MALLOC_ARENA_MAX"] = str(MALLOC_ARENAS_UNDER_RLIMIT)
+    return env

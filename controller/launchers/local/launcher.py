@@ -8,6 +8,12 @@ read is `outcome`; the dispatcher gets an `Outcome`, never an exception for a qu
 
 Scratch directories and cgroups are named ``<owner>-<seq>-<query id>-<attempt>``, the owner being the
 controller's pid and start time: on start, a controller removes what one no longer alive left behind.
+
+Warm start (`warm_start`, ``PODQ_LOCAL_WARM_START``): the worker is forked from a zygote that has already
+imported it (see `warm` and worker_image/zygote.py) instead of started as a new interpreter. It is
+confined the same way (session, death signal, cgroup or RLIMIT_AS, scratch directory, environment) before
+it reads its request, which it gets through a pipe of its own, and it ends the same way. A query whose
+zygote dies under it is a retryable ``crash``; with no zygote available a query starts cold.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -35,11 +42,17 @@ from controller.launchers.local.child import (
     child_setup,
     request_env_bytes,
     worker_env,
+    zygote_env,
 )
+from controller.launchers.local.cpu import CpuCgroups, JobCpu
 from controller.launchers.local.outcome import Enforcement, KillReason, MemoryEvidence, WorkerEnd, classify
 from controller.launchers.local.process import WorkerProcess
 from controller.launchers.local.procfs import start_time
+from controller.launchers.local.start import start_worker
+from controller.launchers.local.warm import ZygotePool
+from controller.launchers.local.zygote import Zygote
 from controller.launchers.worker_io import encode_request, polars_threads
+from controller.quantity import parse_cpu_millicores
 from controller.settings import Settings
 from worker_image.protocol import TERMINATION_MESSAGE_LIMIT, ErrorType, error_info
 
@@ -58,6 +71,8 @@ _OWNER = re.compile(r"^(\d+)\.(\d+)-")
 class _Running:
     job: Job
     worker: WorkerProcess | None = None
+    zygote: Zygote | None = None
+    cpu: JobCpu | None = None
     killed_for: KillReason | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -82,8 +97,15 @@ class LocalLauncher:
         kill_grace_seconds: float = 5.0,
         max_envelope_bytes: int = MAX_ENVELOPE_BYTES,
         inherited_env: Sequence[str] = DEFAULT_INHERITED_ENV,
+        warm_start: bool = False,
+        warm_threads: Sequence[int] = (),
+        cpu_limit: bool = True,
+        wait_for_zygotes: bool = False,
     ) -> None:
         """
+        `warm_start` forks workers from zygotes; `warm_threads` are the polars thread counts whose zygotes
+        start with the launcher (others at their first query, which starts cold); `start` waits for them
+        only with `wait_for_zygotes` (the controller does not: its first queries may start cold).
         `cgroup_parent` names the directory job cgroups are created in, instead of discovering one.
         `kill_grace_seconds` bounds how long, after a SIGKILL, the launcher waits for a worker's pipes
         to close and its cgroup to empty before it logs a leak and moves on.
@@ -102,6 +124,12 @@ class LocalLauncher:
         self._enforcement: Enforcement | None = None
         self._running: set[_Running] = set()
         self._closed = False
+        self._warm_start = warm_start
+        self._warm_threads = tuple(warm_threads)
+        self._zygotes: ZygotePool | None = None
+        self._cpu_limit = cpu_limit
+        self._wait_for_zygotes = wait_for_zygotes
+        self._cpu: CpuCgroups | None = None
 
     @property
     def memory_enforcement(self) -> Enforcement:
@@ -114,6 +142,16 @@ class LocalLauncher:
         """Where job cgroups are created, once started in cgroup mode."""
         return self._cgroups.parent if self._cgroups is not None else None
 
+    @property
+    def work_dir(self) -> Path:
+        """Where job directories are created."""
+        return self._work_dir
+
+    @property
+    def cpu_cgroups(self) -> CpuCgroups | None:
+        """Where job CPU cgroups are created, if CPU limits are enforced."""
+        return self._cpu
+
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalLauncher:
         return cls(
@@ -121,6 +159,8 @@ class LocalLauncher:
             work_dir=settings.data_dir / "scratch",
             enable_test_hooks=settings.enable_test_hooks,
             memory_enforcement=settings.memory_enforcement,
+            warm_start=settings.local_warm_start,
+            warm_threads=(polars_threads(parse_cpu_millicores(settings.default_cpu)),),
         )
 
     async def __aenter__(self) -> LocalLauncher:
@@ -140,9 +180,32 @@ class LocalLauncher:
                     raise
                 log.warning("no writable memory cgroup (%s); capping memory with RLIMIT_AS instead", exc)
         self._enforcement = "cgroup" if self._cgroups is not None else "rlimit"
+        if self._cpu_limit:
+            try:
+                self._cpu = CpuCgroups.discover()
+            except (CgroupUnavailable, OSError) as exc:
+                log.warning("no writable cpu cgroup (%s): CPU limits are not enforced", exc)
         await self._remove_stale()
+        if self._warm_start:
+            rlimit = self._enforcement == "rlimit"
+            self._zygotes = ZygotePool(
+                self._python,
+                env=lambda threads: zygote_env(threads=threads, rlimit=rlimit, inherited=self._inherited_env),
+                setup=lambda: child_setup(cgroup_procs=(), address_space_bytes=None),
+            )
+            for threads in self._warm_threads:
+                if self._wait_for_zygotes:
+                    await self._zygotes.wait_ready(threads)
+                else:
+                    self._zygotes.prestart(threads)
         where = f" in {self.cgroup_parent}" if self.cgroup_parent is not None else ""
-        log.info("local launcher ready: memory enforced by %s%s", self._enforcement, where)
+        warm = f"; warm start: {self.zygote_status}" if self._warm_start else "; cold starts"
+        log.info("local launcher ready: memory enforced by %s%s%s", self._enforcement, where, warm)
+
+    @property
+    def zygote_status(self) -> str:
+        """Readiness of warm start: the live zygotes, or why queries start cold."""
+        return self._zygotes.status() if self._zygotes is not None else "off (cold starts)"
 
     def refusal(self, limits: Limits) -> str | None:
         return None
@@ -161,6 +224,7 @@ class LocalLauncher:
 
     async def close(self) -> None:
         self._closed = True
+        zygotes, self._zygotes = self._zygotes, None
         running = list(self._running)
         for entry in running:
             entry.kill("shutdown")
@@ -168,6 +232,8 @@ class LocalLauncher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._kill_grace):
                     await entry.done.wait()
+        if zygotes is not None:
+            await zygotes.close()
         if self._running:
             log.error("local launcher closed with %d jobs not cleaned up", len(self._running))
 
@@ -191,6 +257,8 @@ class LocalLauncher:
         try:
             if self._cgroups is not None:
                 cgroup = self._cgroups.create(name, job.limits.memory_bytes)
+            if self._cpu is not None:
+                entry.cpu = self._cpu.create(name, job.limits.cpu_millicores)
             end = await self._execute(entry, request_json, job_dir, cgroup)
         finally:
             await shielded(self._clean_up(entry, job_dir, cgroup))
@@ -215,25 +283,30 @@ class LocalLauncher:
             rlimit=rlimit,
             inherited=self._inherited_env,
         )
-        setup = child_setup(
-            cgroup_procs=cgroup.procs_file if cgroup is not None else None,
-            address_space_bytes=address_space_limit(job.limits.memory_bytes, threads) if rlimit else None,
-        )
+        procs = [cgroup.procs_file] if cgroup is not None else []
+        procs += entry.cpu.procs_files if entry.cpu is not None else []
+        zygote = self._zygotes.get(threads) if self._zygotes is not None else None
         # Shielded: a spawn cancelled halfway would leave asyncio waiting for the worker's pipes to close.
-        worker = entry.worker = await shielded(
-            WorkerProcess.spawn(
-                [self._python, "-m", "worker_image"],
+        worker, entry.zygote = await shielded(
+            start_worker(
+                zygote,
+                python=self._python,
                 env=env,
-                cwd=job_dir,
-                setup=setup,
+                job_dir=job_dir,
+                cgroup_procs=procs,
+                rlimit_as=address_space_limit(job.limits.memory_bytes, threads) if rlimit else None,
                 query_id=job.query_id,
                 max_envelope_bytes=self._max_envelope_bytes,
             )
         )
+        entry.worker = worker
+        start: Literal["warm", "cold"] = "warm" if entry.zygote is not None else "cold"
         log.info(
-            "query %s: worker pid %d started (attempt %d, %d threads, memory %d bytes by %s, deadline %gs)",
+            "query %s: worker pid %d started %s (attempt %d, %d threads, memory %d bytes by %s, "
+            "deadline %gs)",
             job.query_id,
             worker.pid,
+            start,
             job.attempt,
             threads,
             job.limits.memory_bytes,
@@ -254,10 +327,19 @@ class LocalLauncher:
                 cgroup.kill()
             returncode = await shielded(worker.reap(self._kill_grace))
         counters = cgroup.counters() if cgroup is not None else MemoryCounters(0, 0, None)
+        killed_for = entry.killed_for
+        if returncode is None:
+            # A warm worker whose zygote died, or never reported it: its exit status is lost.
+            if entry.zygote is not None and entry.zygote.alive:
+                log.error("zygote %d lost worker %d's exit status: killing it", entry.zygote.pid, worker.pid)
+                entry.zygote.kill()
+            killed_for = killed_for or "zygote_lost"
+            returncode = -signal.SIGKILL
         return WorkerEnd(
             pid=worker.pid,
+            start=start,
             returncode=returncode,
-            killed_for=entry.killed_for,
+            killed_for=killed_for,
             timeout_seconds=job.limits.timeout_seconds,
             envelope_line=worker.stdout.envelope.decode(errors="replace") if worker.stdout.envelope else None,
             envelope_oversized=worker.stdout.oversized,
@@ -276,6 +358,9 @@ class LocalLauncher:
         query_id = entry.job.query_id
         if cgroup is not None:
             await self._remove_cgroup(cgroup, query_id)
+        if entry.cpu is not None:
+            for problem in entry.cpu.remove():
+                log.error("query %s: cpu cgroup not removed: %s", query_id, problem)
         self._remove_dir(job_dir, query_id)
         self._running.discard(entry)
         entry.done.set()
@@ -302,6 +387,8 @@ class LocalLauncher:
             for cgroup in self._cgroups.stale(_is_stale):
                 log.warning("removing cgroup %s left by a previous controller", cgroup.path)
                 await self._remove_cgroup(cgroup, cgroup.path.name)
+        if self._cpu is not None:
+            self._cpu.remove_stale(_is_stale)
 
 
 def _owner_tag(pid: int) -> str:

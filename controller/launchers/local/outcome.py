@@ -2,6 +2,8 @@
 
 1. The launcher killed it at its deadline                     -> ``timeout``
 2. The launcher killed it because the launcher was closing   -> ``internal`` (retryable)
+   A warm worker whose zygote died under it (its exit status is lost with the zygote)
+                                                              -> ``crash`` (retryable)
 3. Evidence that it ran out of memory                         -> ``memory``
    - cgroup: the job cgroup's OOM-kill counter moved, or the worker died of a SIGKILL the launcher did
      not send while the cgroup had hit its limit (failcnt > 0);
@@ -40,7 +42,7 @@ from worker_image.protocol import EnvelopeError, ErrorInfo, ErrorType, error_inf
 
 __all__ = ["KillReason", "MemoryEvidence", "WorkerEnd", "classify"]
 
-KillReason = Literal["deadline", "shutdown"]
+KillReason = Literal["deadline", "shutdown", "zygote_lost"]
 Enforcement = Literal["cgroup", "rlimit"]
 
 ALLOCATION_FAILURE_MARKERS = (
@@ -66,6 +68,8 @@ class WorkerEnd:
     """What the launcher saw of one worker process, from spawn to reaping."""
 
     pid: int
+    # How the worker started: a new interpreter ("cold") or forked from a zygote ("warm").
+    start: Literal["warm", "cold"]
     # As `Popen.returncode`: negative for a death by signal.
     returncode: int
     killed_for: KillReason | None
@@ -85,6 +89,7 @@ def classify(end: WorkerEnd) -> Outcome:
         "pid": end.pid,
         **_exit_details(end.returncode),
         "memory_enforcement": end.memory.enforcement,
+        "start": end.start,
     }
     return replace(_decide(end), placement=placement)
 
@@ -96,6 +101,10 @@ def _decide(end: WorkerEnd) -> Outcome:
     if end.killed_for == "shutdown":
         message = "the controller stopped while the query was running"
         return Outcome(error=error_info(ErrorType.INTERNAL, message, retryable=True))
+    if end.killed_for == "zygote_lost":
+        message = "the worker's zygote died while the query was running"
+        details = {"signal": "SIGKILL", "stderr_tail": log_excerpt(end.stderr_tail)}
+        return Outcome(error=error_info(ErrorType.CRASH, message, details, retryable=True))
     if _out_of_memory(end):
         return Outcome(error=_memory_error(end))
     if end.envelope_oversized:

@@ -120,3 +120,28 @@ PODQ_METRICS_REQUIRE_AUTH: {{ .Values.metrics.requireAuth | toJson | quote }}
 {{ printf "PODQ_%s" ($key | snakecase | upper) }}: {{ (kindIs "string" $value) | ternary $value (toJson $value) | quote }}
 {{- end }}
 {{- end }}
+
+{{/* Whether the store is PostgreSQL: a URL from values, or a Secret the user manages (never both). */}}
+{{- define "podq.database" -}}
+{{- if and .Values.database.url .Values.database.existingSecret }}
+{{- fail "database: set database.url or database.existingSecret, not both" }}
+{{- end }}
+{{- if or .Values.database.url .Values.database.existingSecret }}true{{ end }}
+{{- end }}
+
+{{- define "podq.databaseSecretName" -}}
+{{- default (printf "%s-database" (include "podq.fullname" .)) .Values.database.existingSecret }}
+{{- end }}
+
+{{- define "podq.databaseSecretKey" -}}
+{{- if .Values.database.existingSecret }}{{ .Values.database.existingSecretKey }}{{ else }}url{{ end }}
+{{- end }}
+
+{{/* The controller pods: several only on PostgreSQL (the schema says so too; this holds without it). */}}
+{{- define "podq.replicas" -}}
+{{- $replicas := int .Values.replicaCount }}
+{{- if and (gt $replicas 1) (not (include "podq.database" .)) }}
+{{- fail (printf "replicaCount is %d: more than one controller needs PostgreSQL (set database.url or database.existingSecret); the SQLite store is one process's file" $replicas) }}
+{{- end }}
+{{- $replicas }}
+{{- end }}
