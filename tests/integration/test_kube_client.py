@@ -21,20 +21,18 @@ import pytest
 import urllib3
 import yaml
 
-from controller.launchers.kubernetes.client.api import (
+from controller.launchers.kubernetes.client.api import KubeClient, WatchEvent
+from controller.launchers.kubernetes.client.config import for_server, load_config
+from controller.launchers.kubernetes.client.errors import (
     AlreadyExists,
     Gone,
-    KubeClient,
     KubeError,
     ServerError,
     TooManyRequests,
     Unreachable,
-    WatchEvent,
-    for_server,
     is_transient,
-    load_config,
-    make_event,
 )
+from controller.launchers.kubernetes.client.events import make_event
 from tests.support.waiting import wait_until_async
 
 pytestmark = pytest.mark.integration

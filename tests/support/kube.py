@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
-from controller.launchers.kubernetes.client.api import Gone, KubeClient, KubeConfig, load_config
+from controller.launchers.kubernetes.client.api import KubeClient
+from controller.launchers.kubernetes.client.config import KubeConfig, load_config
+from controller.launchers.kubernetes.client.errors import Gone
 from tests.support.e2e import kubectl
 from tests.support.waiting import wait_until
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from controller.launchers.kubernetes.client.api import event_model, make_event, pod_model, to_json
+from controller.launchers.kubernetes.client.api import model, to_json
+from controller.launchers.kubernetes.client.events import make_event
 from controller.launchers.kubernetes.podspec import build_pod
 from tests.unit.test_podspec import BARE, FULL, INSPECTION, JOB, QUERY_WITH_DEBUG, SUBMITTED
 
@@ -33,9 +34,9 @@ PODS = {
 def test_the_pod_round_trips_through_v1pod(name: str) -> None:
     job, template = PODS[name]
     built = build_pod(job, template, submitted_at=SUBMITTED)
-    model = pod_model(built)
-    assert type(model).__name__ == "V1Pod"
-    assert to_json(model) == built
+    pod = model("Pod", built)
+    assert type(pod).__name__ == "V1Pod"
+    assert to_json(pod) == built
 
 
 def test_the_event_keeps_what_the_api_server_requires() -> None:
@@ -44,8 +45,9 @@ def test_the_event_keeps_what_the_api_server_requires() -> None:
     }
     now = datetime(2026, 12, 3, 7, 30, 1, 250000, tzinfo=UTC)
     event = make_event(pod, reason="Started", message="m", instance="host", now=now)
-    sent = to_json(event_model(event))
-    assert type(event_model(event)).__name__ == "CoreV1Event"
+    typed = model("Event", event)
+    sent = to_json(typed)
+    assert type(typed).__name__ == "CoreV1Event"
     for key in ("metadata", "involvedObject", "reason", "message", "type", "count", "source", "action"):
         assert sent[key] == event[key], key
     assert (sent["reportingComponent"], sent["reportingInstance"]) == ("podq-controller", "host")
