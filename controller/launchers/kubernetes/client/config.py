@@ -17,10 +17,9 @@ file, an unknown context, an exec plugin that fails or prints something that is 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,8 +138,11 @@ def _from_kubeconfig(paths: list[Path], context: str | None, origin: str) -> Kub
         )
         name = loader.current_context["name"]
         where = f"kubeconfig {config_file} (context {name})"
-        with _quiet_loader():
+        logging.getLogger().addFilter(_not_from_the_loader)
+        try:
             loader.load_and_set(configuration)
+        finally:
+            logging.getLogger().removeFilter(_not_from_the_loader)
     except k8s_config.ConfigException as exc:
         raise KubeConfigError(f"kubeconfig {config_file}: {exc}") from None
     except (KeyError, TypeError, ValueError, OSError) as exc:
@@ -152,22 +154,10 @@ def _from_kubeconfig(paths: list[Path], context: str | None, origin: str) -> Kub
     return KubeConfig(configuration, namespace=ctx.get("namespace") or None, source=where)
 
 
-class _DropLoaderRecords(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.pathname.endswith(os.path.join("kubernetes", "config", "kube_config.py"))
-
-
-@contextlib.contextmanager
-def _quiet_loader() -> Iterator[None]:
+def _not_from_the_loader(record: logging.LogRecord) -> bool:
     """The official loader logs an exec plugin's failure on the root logger and goes on; podq says it once,
-    as a `KubeConfigError` (see `_check_exec_credential`)."""
-    root = logging.getLogger()
-    drop = _DropLoaderRecords()
-    root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
+    as a `KubeConfigError` (see `_check_exec_credential`): a filter for the root logger meanwhile."""
+    return not record.pathname.endswith(os.path.join("kubernetes", "config", "kube_config.py"))
 
 
 def _check_exec_credential(loader: Any, configuration: Any, where: str) -> None:
