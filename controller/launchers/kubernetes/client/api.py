@@ -284,33 +284,33 @@ class _WatchThread(threading.Thread):
 
     def __init__(self, call: Callable[[], Any], loop: asyncio.AbstractEventLoop, what: str) -> None:
         super().__init__(name="podq-kube-watch", daemon=True)
-        self._call, self._loop, self._what = call, loop, what
-        self._stopped = threading.Event()
+        self._request, self._loop, self._what = call, loop, what
+        self._closing = threading.Event()
         self._response: Any = None
         self.queue: asyncio.Queue[WatchEvent | BaseException | None] = asyncio.Queue()
 
     def stop(self) -> None:
-        self._stopped.set()
-        if self._response is not None:  # else `run` sees `_stopped` once it has a response
+        self._closing.set()
+        if self._response is not None:  # else `run` sees `_closing` once it has a response
             _shutdown(self._response)
 
     def _put(self, item: WatchEvent | BaseException | None) -> None:
-        if not self._stopped.is_set():
+        if not self._closing.is_set():
             with contextlib.suppress(RuntimeError):  # the loop is closed
                 self._loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
     def run(self) -> None:
         end: BaseException | None = None
         try:
-            self._response = self._call()
+            self._response = self._request()
             try:
-                for line in () if self._stopped.is_set() else iter_resp_lines(self._response):
-                    if self._stopped.is_set():
+                for line in () if self._closing.is_set() else iter_resp_lines(self._response):
+                    if self._closing.is_set():
                         break
                     if (event := decode_watch_line(line)) is not None:
                         self._put(event)
             finally:
-                if self._stopped.is_set():
+                if self._closing.is_set():
                     _shutdown(self._response)
                 self._response.release_conn()
         except Exception as exc:
