@@ -31,7 +31,8 @@ from bench.kube_pods import Namespace, bare_pod, wait_no_pods
 from bench.kube_requests import PER_QUERY, request_kinds
 from bench.latency import Series
 from bench.stats import median, ms, ratio, table
-from controller.launchers.kubernetes.client.api import KubeClient, load_config
+from controller.launchers.kubernetes.client.api import KubeClient
+from controller.launchers.kubernetes.client.config import load_config
 from controller.launchers.kubernetes.options import KubernetesOptions
 from controller.launchers.kubernetes.podspec import selector
 from controller.models import TERMINAL, QueryIn
