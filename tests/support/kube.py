@@ -30,7 +30,10 @@ TEST_LABELS = {"podq.dev/test": "e2e"}
 TEST_SELECTOR = "podq.dev/test=e2e"
 BUSYBOX_IMAGE = "podq.local/busybox:1.35.0-podq1"
 NONROOT_UID = 65532
-NAMESPACE_READY_SECONDS = 60
+# After the API-server restart test the controller manager's informers back off (its first watches are
+# refused until the restarted server has loaded RBAC): a new namespace's default service account was seen
+# to take over 60 s then.
+NAMESPACE_READY_SECONDS = 180
 KUBECTL_POLL_SECONDS = 0.25
 
 _namespace_numbers = itertools.count()
