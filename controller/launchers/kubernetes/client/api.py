@@ -35,8 +35,15 @@ from typing import Any, Self
 from kubernetes import client as k8s
 from kubernetes.watch.watch import iter_resp_lines
 
+from controller.launchers.kubernetes.client.attach import write_stdin
 from controller.launchers.kubernetes.client.config import KubeConfig
-from controller.launchers.kubernetes.client.errors import KubeError, NotFound, api_error, kube_error
+from controller.launchers.kubernetes.client.errors import (
+    KubeError,
+    NotFound,
+    Unreachable,
+    api_error,
+    kube_error,
+)
 from controller.launchers.kubernetes.client.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -214,9 +221,35 @@ class KubeClient:
         items, _ = await self._list("LIST /api/v1/nodes", self._core.list_node)
         return items
 
-    async def delete_pod(self, namespace: str, name: str, *, grace_period_seconds: int | None = None) -> bool:
-        """Delete a pod; False if it was already gone."""
+    async def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply a JSON merge patch (RFC 7386) to a pod; one carrying ``metadata.resourceVersion`` is applied
+        only to that version of the pod (else `Conflict`)."""
+        what = f"PATCH /api/v1/namespaces/{namespace}/pods/{name}"
+        return _json(
+            await self._call(
+                what,
+                self._core.patch_namespaced_pod,
+                name,
+                namespace,
+                dict(patch),
+                _content_type="application/merge-patch+json",
+            )
+        )
+
+    async def delete_pod(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        grace_period_seconds: int | None = None,
+        resource_version: str | None = None,
+    ) -> bool:
+        """Delete a pod (only that version of it, if `resource_version`: else `Conflict`); False if it was
+        already gone."""
         what = f"DELETE /api/v1/namespaces/{namespace}/pods/{name}"
+        preconditions = (
+            {} if resource_version is None else {"preconditions": {"resourceVersion": resource_version}}
+        )
         try:
             await self._call(
                 what,
@@ -224,6 +257,7 @@ class KubeClient:
                 name,
                 namespace,
                 grace_period_seconds=grace_period_seconds,
+                body=k8s.V1DeleteOptions.from_dict(preconditions) if preconditions else None,
             )
         except NotFound:
             return False
@@ -241,6 +275,26 @@ class KubeClient:
         )
         data: bytes = response.data
         return data.decode(errors="replace")
+
+    async def write_stdin(self, namespace: str, name: str, container: str, data: bytes) -> None:
+        """Attach to the container's stdin (``pods/attach``, a websocket), write `data`, close stdin (the
+        v5 stream protocol; with v4 closing the connection closes it) and detach, all within the request
+        timeout."""
+        what = f"ATTACH /api/v1/namespaces/{namespace}/pods/{name}/attach"
+        await self._limiter.acquire()
+
+        attach = functools.partial(write_stdin, self.config.configuration, namespace, name, container, data)
+        future = asyncio.get_running_loop().run_in_executor(self._pool, attach)
+        try:
+            await asyncio.wait_for(future, self._timeout)
+        except TimeoutError:
+            log.info("kubernetes API: %s timed out", what)
+            raise Unreachable(f"{what}: no answer within {self._timeout:g}s") from None
+        except Exception as exc:
+            error = kube_error(exc, what)
+            log.info("kubernetes API: %s %s", what, getattr(error, "status", None) or "-")
+            raise error from error.__cause__
+        log.info("kubernetes API: %s done", what)
 
     async def watch_pods(
         self, namespace: str, label_selector: str, resource_version: str, *, timeout_seconds: int
