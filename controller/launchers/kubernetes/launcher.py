@@ -144,11 +144,14 @@ class KubernetesLauncher:
         self._detached = True
 
     async def close(self) -> None:
-        """Stop watching. Pods are left to their fate: running ones are adopted by the next controller."""
+        """Stop watching. Pods are left to their fate: running ones are adopted by the next controller; idle
+        pool pods are deleted."""
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks)
+        if self._pool is not None:
+            await self._pool.drain()
         if self._client is not None:
             await self._client.aclose()
 

@@ -9,7 +9,8 @@ never undershoot it. A query whose limits are the pool's size class `claim`s the
 launcher calls `send`, which attaches to the worker's stdin and writes the request, and follows the pod as
 any other. A pod whose attach failed is deleted, never returned to the pool, and the query starts cold.
 
-After a restart, idle pods of the same template are simply the pool again; a claimed pod is `claim`ed back
+A controller that stops deletes the idle pods (`drain`); after a crash, idle pods of the same template are
+simply the pool again (of another, deleted); a claimed pod is `claim`ed back
 by its own query (by label) and its request written once more: a worker that already read one never reads
 another, and one that had not (the controller died between the claim and the attach) gets it now.
 """
@@ -36,6 +37,7 @@ from controller.launchers.kubernetes.pool import (
     claim_patch,
     claimable,
     claimed_by,
+    is_idle,
     plan,
     pool_pod,
     template_hash,
@@ -102,6 +104,30 @@ class WarmPool:
             )
             log.info("warm pool: created pod %s", pod["metadata"]["name"])
             self._pods.seen(pod)
+
+    async def drain(self) -> None:
+        """Delete every idle pool pod, the controller stopping (its refill stopped first): an idle pod
+        left behind holds its requests on a node for nothing, and the next controller starts its own."""
+
+        async def delete(pod: Mapping[str, Any]) -> None:
+            name = str(pod["metadata"]["name"])
+            try:
+                while is_idle(pod):
+                    version = str(pod["metadata"]["resourceVersion"])
+                    try:
+                        await self._api.delete_pod(
+                            self._namespace, name, grace_period_seconds=0, resource_version=version
+                        )
+                        return
+                    except Conflict:
+                        # The watch has stopped, so its version may be stale: only claimed ones are kept.
+                        pod = await self._api.get_pod(self._namespace, name)
+            except NotFound:
+                pass
+            except KubeError as exc:
+                log.warning("warm pool: could not delete idle pod %s: %s", name, exc)
+
+        await asyncio.gather(*(delete(pod) for pod in self._pods.pods() if is_idle(pod)))
 
     async def claim(self, job: Job) -> tuple[str, bool] | None:
         """A pool pod for `job` and whether it was claimed before (by this query, before a restart); None
