@@ -52,6 +52,7 @@ from controller.launchers.kubernetes.podspec import (
 from controller.launchers.kubernetes.pool import is_idle
 from controller.launchers.kubernetes.reasons import Reason
 from controller.launchers.kubernetes.retry import retrying
+from controller.launchers.kubernetes.streamed import streamed_outcome
 from controller.launchers.kubernetes.warm import WarmPool
 from controller.logs import bind_pod
 from controller.settings import Settings
@@ -198,9 +199,11 @@ class KubernetesLauncher:
                         return early
                 else:
                     assert self._pool is not None
-                    if not await self._pool.send(job, name, adopted=adopted):
+                    if (output := await self._pool.send(job, name, adopted=adopted)) is None:
                         return None
                     self._claimed[job.query_id] = name
+                    if (streamed := await self._streamed(job, name, output)) is not None:
+                        return streamed
                 return await self._follow(job, name, changed)
             except asyncio.CancelledError:
                 if not self._detached:
@@ -286,6 +289,13 @@ class KubernetesLauncher:
                 outcome = await self._conclude(job, name, pod, verdict, gone=bool(state and state.gone))
             await self._report(job, name, pod, outcome)
             return outcome
+
+    async def _streamed(self, job: Job, name: str, output: bytes) -> Outcome | None:
+        state = self._pods.state(name)
+        outcome = None if state is None else streamed_outcome(output, state.pod)
+        if state is not None and outcome is not None:
+            await self._report(job, name, state.pod, outcome)
+        return outcome
 
     async def _conclude(
         self, job: Job, name: str, pod: Mapping[str, Any], ended: Ended, *, gone: bool

@@ -44,9 +44,12 @@ from controller.launchers.kubernetes.pool import (
 )
 from controller.launchers.kubernetes.reasons import Reason
 from controller.launchers.worker_io import encode_request
+from worker_image.protocol import ENVELOPE_MARKER
 
 log = logging.getLogger(__name__)
 
+# What is read from a worker's stdout at most; a larger result is read from the pod's log, as a cold one's.
+MAX_STREAMED_BYTES = 64 * 2**20
 PostEvent = Callable[[Mapping[str, Any], str, str], Awaitable[None]]
 
 
@@ -161,26 +164,39 @@ class WarmPool:
         log.info("query %s: no pool pod ready; starting a cold pod", job.query_id)
         return None
 
-    async def send(self, job: Job, name: str, *, adopted: bool) -> bool:
-        """Write `job`'s request to the worker of the claimed pod `name`. False when that failed: the pod is
-        deleted and the query is to start cold. (For an adopted pod, a failure is only logged: its worker may
-        well be running the query.)"""
+    async def send(self, job: Job, name: str, *, adopted: bool) -> bytes | None:
+        """Write `job`'s request to the worker of the claimed pod `name`, and read what the worker writes to
+        stdout until its result envelope (see `streamed.py`) or its end. None when the attach failed: the
+        pod is deleted and the query is to start cold. (For an adopted pod, a failure is only logged: its
+        worker may well be running the query; and a worker that already had its request ignores another.)"""
         state = self._pods.state(name)
         if state is None or state.gone or is_terminal(state.pod):
-            return True  # nothing to write to; following it reports how it ended
+            return b""  # nothing to write to; following it reports how it ended
         request, _ = worker_request(job, self._template)
-        line = (encode_request(request) + "\n").encode()
+        # Posted while the query runs, not before it: an Event is one more request.
+        posting = asyncio.ensure_future(
+            self._post_event(state.pod, Reason.CLAIMED, f"query {job.query_id}, attempt {job.attempt}")
+        )
         try:
-            await self._api.write_stdin(self._namespace, name, CONTAINER_NAME, line)
+            output = await self._api.attach(
+                self._namespace,
+                name,
+                CONTAINER_NAME,
+                (encode_request(request) + "\n").encode(),
+                until_line=ENVELOPE_MARKER.encode(),
+                read_seconds=job.limits.timeout_seconds,
+                limit_bytes=MAX_STREAMED_BYTES,
+            )
         except KubeError as exc:
             if adopted:
                 log.info("query %s: request not written again to pod %s: %s", job.query_id, name, exc)
-                return True
+                return b""
             log.warning("query %s: attach to pool pod %s failed: %s; deleting it", job.query_id, name, exc)
             try:
                 await self._api.delete_pod(self._namespace, name, grace_period_seconds=0)
             except KubeError as error:
                 log.warning("query %s: could not delete pool pod %s: %s", job.query_id, name, error)
-            return False
-        await self._post_event(state.pod, Reason.CLAIMED, f"query {job.query_id}, attempt {job.attempt}")
-        return True
+            return None
+        finally:
+            await asyncio.wait([posting])
+        return output

@@ -4,8 +4,9 @@ What the package does: configuration and credentials (`client.config`), HTTP and
 models of what podq sends (`V1Pod`, `CoreV1Event`, serialised by `ApiClient.sanitize_for_serialization`).
 What podq adds, because the package lacks it:
 
-- asyncio: every blocking call runs on a bounded thread pool (sized from QPS and burst), and
-  a watch runs on a thread of its own that feeds decoded events to the event loop;
+- asyncio: every blocking call runs on a bounded thread pool (sized from QPS and burst); a watch runs
+  on a thread of its own that feeds decoded events to the event loop, and so does an attach
+  (`client.attach`), which lasts as long as the process it writes to;
 - a `RateLimiter` (client-go's token bucket) in front of every request and watch;
 - a client-side timeout on every request (``_request_timeout=(connect, read)``); a watch reads with
   `request_timeout` above its server-side `timeout_seconds`, so a connection dropped without a FIN ends
@@ -35,7 +36,7 @@ from typing import Any, Self
 from kubernetes import client as k8s
 from kubernetes.watch.watch import iter_resp_lines
 
-from controller.launchers.kubernetes.client.attach import write_stdin
+from controller.launchers.kubernetes.client.attach import attach, on_a_thread
 from controller.launchers.kubernetes.client.config import KubeConfig
 from controller.launchers.kubernetes.client.errors import (
     KubeError,
@@ -276,17 +277,35 @@ class KubeClient:
         data: bytes = response.data
         return data.decode(errors="replace")
 
-    async def write_stdin(self, namespace: str, name: str, container: str, data: bytes) -> None:
-        """Attach to the container's stdin (``pods/attach``, a websocket), write `data`, close stdin (the
-        v5 stream protocol; with v4 closing the connection closes it) and detach, all within the request
-        timeout."""
+    async def attach(
+        self,
+        namespace: str,
+        name: str,
+        container: str,
+        data: bytes,
+        *,
+        until_line: bytes,
+        read_seconds: float,
+        limit_bytes: int,
+    ) -> bytes:
+        """`client.attach.attach` (write `data` to the container's stdin, read its stdout for a while), on a
+        thread of its own: it may wait as long as the container runs, and must not hold one of the pool's.
+        The attach and the write must be done within the request timeout."""
         what = f"ATTACH /api/v1/namespaces/{namespace}/pods/{name}/attach"
         await self._limiter.acquire()
-
-        attach = functools.partial(write_stdin, self.config.configuration, namespace, name, container, data)
-        future = asyncio.get_running_loop().run_in_executor(self._pool, attach)
+        call = functools.partial(
+            attach,
+            self.config.configuration,
+            namespace,
+            name,
+            container,
+            data,
+            until_line=until_line,
+            read_seconds=read_seconds,
+            limit_bytes=limit_bytes,
+        )
         try:
-            await asyncio.wait_for(future, self._timeout)
+            output = await asyncio.wait_for(on_a_thread(call), read_seconds + self._timeout)
         except TimeoutError:
             log.info("kubernetes API: %s timed out", what)
             raise Unreachable(f"{what}: no answer within {self._timeout:g}s") from None
@@ -294,7 +313,8 @@ class KubeClient:
             error = kube_error(exc, what)
             log.info("kubernetes API: %s %s", what, getattr(error, "status", None) or "-")
             raise error from error.__cause__
-        log.info("kubernetes API: %s done", what)
+        log.info("kubernetes API: %s read %d bytes", what, len(output))
+        return output
 
     async def watch_pods(
         self, namespace: str, label_selector: str, resource_version: str, *, timeout_seconds: int
