@@ -20,6 +20,8 @@ that happens anyway stays the authority (pod_fate.py). The worker writes a user 
 ``/dev/termination-log`` by default, which is the container's termination-message path, so
 ``PODQ_TERMINATION_MESSAGE_PATH`` is not set.
 A request's ``debug`` section reaches the pod only when test hooks are enabled; otherwise it is dropped.
+A warm pool's pod (`build_pool_pod`, warm.py) is the same pod before any query: no deadline yet, and
+``PODQ_REQUEST_STDIN=1`` with ``stdin``/``stdinOnce`` instead of ``PODQ_REQUEST``.
 """
 
 from __future__ import annotations
