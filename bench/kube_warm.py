@@ -2,7 +2,8 @@
 ``PODQ_KUBE_WARM_POOL_SIZE`` vs one without, alternating, one query at a time.
 
 Part of the kube section of ``python -m bench``, after `bench.kube`'s runs. Both controllers run on this
-host in the section's namespace, at podq's default limits (the pool's size class). Each warm run starts
+host in the section's namespace, at the section's small limits (``--kube-cpu``, ``--kube-memory``: the
+pool's size class), so the pool and a cold pod fit on a 2-core node at once. Each warm run starts
 once the pool is back at its size with every pod running (the steady state of a pool that keeps up), each
 cold run once the previous run's pods are gone; the first run of each is a warm-up. `bench` prints the
 load average before and after, since the cluster's node shares this machine.
@@ -72,9 +73,7 @@ def measure(target: Target, workdir: Path, runs: int, size: int) -> list[Series]
     workdir = Path(tempfile.mkdtemp(prefix="kube-warm-", dir=workdir))
     target.namespace.create()
     controllers = [
-        ControllerProcess(
-            workdir / name, target.settings(name, small=False, **extra), workdir / f"{name}.log"
-        )
+        ControllerProcess(workdir / name, target.settings(name, small=True, **extra), workdir / f"{name}.log")
         for name, extra in ((COLD, {}), (WARM, {"PODQ_KUBE_WARM_POOL_SIZE": str(size)}))
     ]
     try:
