@@ -161,8 +161,10 @@ class Settings(BaseSettings):
         "the first time it reaches this point, for restart tests. `before_finish`: a worker has ended, its "
         "outcome is not stored yet; `after_finish`: right after a query's terminal state is committed; "
         "kubernetes only: `after_create` (a pod was just created), `before_log` (a pod ended, its log is "
-        "not read yet), `before_delete` (an outcome is stored, its pod not deleted yet). `point@N`: the Nth "
-        "time. Never set in production.",
+        "not read yet), `before_delete` (an outcome is stored, its pod not deleted yet), with a warm pool "
+        "`after_claim` (a pool pod claimed, the request not written) and `after_attach` (the request "
+        "written, the worker's output read, nothing stored). `point@N`: the Nth time. Never set in "
+        "production.",
     )
     log_level: str = Field("INFO", description="Python logging level of the controller.")
     log_format: Literal["text", "json"] = Field(

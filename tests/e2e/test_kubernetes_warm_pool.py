@@ -198,3 +198,29 @@ def test_after_kill_9_the_pool_is_adopted_and_a_claimed_pod_ends_its_query_once(
     assert not pod_events(controllers.namespace, f"podq-{record['id']}"), "a cold pod was started too"
     assert set(idle) - set(claimed) <= set(ready_pool(controllers)), "an idle pod was not adopted"
     stop_and_drain(controllers, second)
+
+
+@pytest.mark.parametrize("point", ["after_claim", "after_attach"])
+def test_a_crash_between_claim_attach_and_outcome_ends_the_query_once_on_its_pool_pod(
+    point: str, kube_controllers: Controllers
+) -> None:
+    """after_claim: the worker waits for a request nobody wrote, and the next controller writes it;
+    after_attach: the worker has answered, and the next controller reads the answer from the pod."""
+    controllers, start = kube_controllers
+    first = start(**POOL, test_crash_at=point)
+    ready_pool(controllers)
+    with first.client() as client:
+        location = submit(client, {"sql": "SELECT 1 AS one"})
+    assert first.process is not None
+    first.process.wait(timeout=POD_TIMEOUT)
+    assert "test crash point" in first.log(), first.log()
+    claimed = pool_pods(controllers, CLAIMED)
+    second = start(**POOL)
+    with second.client() as client:
+        record = wait_finished(client, location, timeout=POD_TIMEOUT)
+    assert record["status"] == "succeeded", record
+    assert record["result"]["rows"] == [[1]]
+    assert record["attempts"] == 2, record
+    assert list(claimed) == [record["placement"]["pod"]], (record["placement"], sorted(claimed))
+    assert not pod_events(controllers.namespace, f"podq-{record['id']}"), "a cold pod was started too"
+    stop_and_drain(controllers, second)

@@ -199,8 +199,10 @@ class KubernetesLauncher:
                         return early
                 else:
                     assert self._pool is not None
+                    crash_if(self._crash_at, "after_claim")
                     if (output := await self._pool.send(job, name, adopted=adopted)) is None:
                         return None
+                    crash_if(self._crash_at, "after_attach")
                     self._claimed[job.query_id] = name
                     if (streamed := await self._streamed(job, name, output)) is not None:
                         return streamed
