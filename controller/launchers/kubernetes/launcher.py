@@ -239,6 +239,7 @@ class KubernetesLauncher:
                 now=time.time(),
                 unschedulable_after=options.unschedulable_after_seconds,
                 image_pull_grace=options.image_pull_grace_seconds,
+                queue_deadline=job.queue_deadline,
             )
             if state is not None and state.gone and isinstance(verdict, Waiting):
                 verdict = observe(None, now=time.time(), unschedulable_after=0, image_pull_grace=0)

@@ -7,6 +7,7 @@ fail without it:
     phase Succeeded or Failed, or the worker terminated     -> Ended: read the log, then call `decide`
     being deleted, the worker still running                 -> Waiting "Terminating"
     Running                                                 -> Waiting "Running"
+    still pending past the job's queue deadline             -> Failed: timeout, phase queue (retryable)
     Unschedulable                                           -> Waiting until `unschedulable_after` seconds
                                                                after creation, then Failed: unschedulable
     ErrImagePull, ImagePullBackOff                          -> Waiting until `image_pull_grace` seconds
@@ -39,7 +40,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from controller.launchers.base import Outcome
+from controller.launchers.base import Outcome, QueueDeadline, queue_timeout
 from controller.launchers.kubernetes.podspec import CONTAINER_NAME
 from controller.launchers.worker_io import (
     EXCERPT_LINES,
@@ -123,7 +124,12 @@ Verdict = Waiting | Ended | Failed
 
 
 def observe(
-    pod: Mapping[str, Any] | None, *, now: float, unschedulable_after: float, image_pull_grace: float
+    pod: Mapping[str, Any] | None,
+    *,
+    now: float,
+    unschedulable_after: float,
+    image_pull_grace: float,
+    queue_deadline: QueueDeadline | None = None,
 ) -> Verdict:
     if pod is None:
         message = "the worker pod was deleted before podq read its outcome"
@@ -137,9 +143,10 @@ def observe(
         return Waiting("Terminating", "the worker pod is being deleted", None)
     if phase == "Running":
         return Waiting("Running", "", None)
-    return _pending(
+    pending = _pending(
         pod, phase, now=now, unschedulable_after=unschedulable_after, image_pull_grace=image_pull_grace
     )
+    return pending if queue_deadline is None else _held_to(pending, queue_deadline, now=now)
 
 
 def decide(pod: Mapping[str, Any], log: str | None, *, log_problem: str | None = None) -> Outcome:
@@ -215,6 +222,17 @@ def _pending(
     return Waiting(waiting.get("reason") or phase, waiting.get("message") or "", None)
 
 
+def _held_to(pending: Verdict, deadline: QueueDeadline, *, now: float) -> Verdict:
+    """A pod still pending, held to its query's queue deadline: the worker must be running by then."""
+    if not isinstance(pending, Waiting):
+        return pending
+    if now < deadline.at:
+        recheck_at = deadline.at if pending.recheck_at is None else min(pending.recheck_at, deadline.at)
+        return replace(pending, recheck_at=recheck_at)
+    details = {"pending_reason": pending.reason, "pending_message": pending.message}
+    return Failed(queue_timeout(deadline.seconds, **details))
+
+
 def _image_error(
     container: Mapping[str, Any], waiting: Mapping[str, Any], *, waited_seconds: float | None = None
 ) -> ErrorInfo:
@@ -247,6 +265,7 @@ def _timeout(pod: Mapping[str, Any]) -> ErrorInfo:
     status = pod.get("status") or {}
     deadline = pod.get("spec", {}).get("activeDeadlineSeconds")
     details = {
+        "phase": "run",
         "active_deadline_seconds": deadline,
         "reason": status.get("reason"),
         "message": status.get("message"),
