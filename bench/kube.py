@@ -31,7 +31,8 @@ from bench.kube_pods import Namespace, bare_pod, wait_no_pods
 from bench.kube_requests import PER_QUERY, request_kinds
 from bench.latency import Series
 from bench.stats import median, ms, ratio, table
-from controller.launchers.kubernetes.client.api import KubeClient, load_config
+from controller.launchers.kubernetes.client.api import KubeClient
+from controller.launchers.kubernetes.client.config import load_config
 from controller.launchers.kubernetes.options import KubernetesOptions
 from controller.launchers.kubernetes.podspec import selector
 from controller.models import TERMINAL, QueryIn
@@ -112,13 +113,13 @@ def _kube() -> KubeClient:
     return KubeClient(load_config(None, None), qps=1000, burst=1000, request_timeout=30)
 
 
-async def _submit(api: httpx.AsyncClient) -> str:
+async def submit(api: httpx.AsyncClient) -> str:
     response = await api.post("/v1/queries", json={"sql": SQL})
     response.raise_for_status()
     return response.headers["Location"]
 
 
-async def _finished(api: httpx.AsyncClient, location: str) -> dict[str, Any]:
+async def finished(api: httpx.AsyncClient, location: str) -> dict[str, Any]:
     deadline = time.monotonic() + QUERY_SECONDS
     while time.monotonic() < deadline:
         response = await api.get(location, params={"wait": 30})
@@ -145,7 +146,7 @@ async def _latency(target: Target, url: str, instance: str, runs: int) -> tuple[
         for run in range(runs + 1):  # the first of each is a warm-up
             elapsed = await bare_pod(kube, template, admitted.request, admitted.limits)
             started = time.perf_counter()
-            record = await _finished(api, await _submit(api))
+            record = await finished(api, await submit(api))
             served = time.perf_counter() - started
             await wait_no_pods(kube, target.namespace.name, selector(instance))
             if run:
@@ -157,8 +158,8 @@ async def _latency(target: Target, url: str, instance: str, runs: int) -> tuple[
 
 async def _dispatch(url: str, queued: int) -> float:
     async with httpx.AsyncClient(base_url=url, timeout=60) as api:
-        locations = [await _submit(api) for _ in range(queued)]
-        records = [await _finished(api, location) for location in locations]
+        locations = [await submit(api) for _ in range(queued)]
+        records = [await finished(api, location) for location in locations]
     return float(max(r["finished_at"] for r in records) - min(r["started_at"] for r in records))
 
 
@@ -177,7 +178,7 @@ def _throughput(target: Target, workdir: Path, queued: int, qps: float, burst: i
     try:
         seconds = asyncio.run(_dispatch(controller.url, queued))
         # The controller deletes each pod after storing its outcome: let it finish before stopping it.
-        asyncio.run(_gone(target, f"bench-{name}"))
+        asyncio.run(pods_gone(target, f"bench-{name}"))
     finally:
         controller.stop()
     requests = request_kinds(controller.log_path.read_text(errors="replace"))
@@ -185,7 +186,7 @@ def _throughput(target: Target, workdir: Path, queued: int, qps: float, burst: i
     return Throughput(qps, burst, queued, seconds, requests, per_query)
 
 
-async def _gone(target: Target, instance: str) -> None:
+async def pods_gone(target: Target, instance: str) -> None:
     async with _kube() as kube:
         await wait_no_pods(kube, target.namespace.name, selector(instance))
 

@@ -1,23 +1,21 @@
-"""The Kubernetes API requests a controller made, counted by kind from its log (httpx logs every request
-at INFO), for the requests-per-query figure that turns ``PODQ_KUBE_QPS`` into a bound on pods per second."""
+"""The Kubernetes API requests a controller made, counted by kind from its log (the launcher's client logs
+every request at INFO as ``kubernetes API: <VERB> <path> ...``), for the requests-per-query figure that
+turns ``PODQ_KUBE_QPS`` into a bound on pods per second."""
 
 from __future__ import annotations
 
 import re
 from collections import Counter
 
-import httpx
-
 # The kinds every query makes once its pod exists; watches, lists and node reads are shared.
 PER_QUERY = ("create pod", "read log", "delete pod", "create event")
-_REQUEST_LINE = re.compile(r'httpx: HTTP Request: (\w+) (\S+) "HTTP/[\d.]+ (\d+)')
+_REQUEST_LINE = re.compile(r"kubernetes API: (\w+) (/\S*)")
 
 
 def request_kinds(log: str) -> dict[str, int]:
     kinds: Counter[str] = Counter()
-    for method, url, _status in _REQUEST_LINE.findall(log):
-        path = httpx.URL(url).path
-        if "watch=true" in url:
+    for method, path in _REQUEST_LINE.findall(log):
+        if method == "WATCH":
             kinds["watch pods"] += 1
         elif method == "POST" and path.endswith("/pods"):
             kinds["create pod"] += 1

@@ -15,6 +15,7 @@ __all__ = ["build_parser", "format_table", "main"]
 # `podq serve` refusing to start: bad settings, or a store it cannot open.
 EXIT_USAGE = 2
 EXIT_STORE = 3
+EXIT_KUBECONFIG = 4
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -48,6 +49,16 @@ def _serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         return EXIT_USAGE
+    if settings.launcher == "kubernetes":
+        # A kubeconfig that cannot be used (a missing file, an unknown context, an exec plugin that fails)
+        # stops the controller here with one line, not in the app's startup with a traceback.
+        from controller.launchers.kubernetes.client.config import KubeConfigError, load_config
+
+        try:
+            load_config(settings.kube_config, settings.kube_context)
+        except KubeConfigError as exc:
+            print(f"podq: refusing to start: {exc}", file=sys.stderr)
+            return EXIT_KUBECONFIG
     config = logging_config(settings.log_format, settings.log_level)
     logging.config.dictConfig(config)
     try:

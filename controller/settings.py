@@ -146,11 +146,11 @@ class Settings(BaseSettings):
         "writable (`auto` prefers it), else RLIMIT_AS.",
     )
     local_warm_start: bool = Field(
-        False,
+        True,
         description="Local launcher: fork each query's worker from a zygote that has already imported "
         "polars and the worker (one per polars thread count), confined as a cold worker; a query starts in "
-        "tens of milliseconds instead of ~0.4 s (`/readyz` shows the zygotes). `false` (for now the default, "
-        "until the whole suite has run green with it): every query starts a new interpreter.",
+        "tens of milliseconds instead of ~0.4 s (`/readyz` shows the zygotes; with none up, queries start "
+        "cold). `false`: every query starts a new interpreter.",
     )
     worker_python: str = Field(
         sys.executable,

@@ -19,7 +19,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
@@ -135,8 +134,23 @@ def _controller_pods(namespace: str) -> list[str]:
     return sorted(pod["metadata"]["name"] for pod in pods["items"])
 
 
+def _each_succeeded_with_its_result(base_url: str, accepted: list[Submission]) -> list[int]:
+    """Waits for each accepted query to finish; returns how many attempts each took."""
+    attempts: list[int] = []
+    with httpx.Client(base_url=base_url, timeout=70) as http:
+        for one in accepted:
+            deadline = time.monotonic() + FINISH_TIMEOUT_SECONDS
+            record = http.get(f"/v1/queries/{one.query_id}", params={"wait": 60}).json()
+            while record["status"] in ("queued", "running") and time.monotonic() < deadline:
+                record = http.get(f"/v1/queries/{one.query_id}", params={"wait": 60}).json()
+            assert record["status"] == "succeeded", (record["attempts"], record["error"], record["placement"])
+            assert record["result"]["rows"] == [[one.n]], record
+            attempts.append(record["attempts"])
+    return attempts
+
+
 def test_helm_upgrade_of_two_controllers_under_load_loses_nothing(
-    helm: Helm, e2e_env: E2EEnv, host_postgres: PostgresServer, release_namespace: str, tmp_path: Path
+    helm: Helm, e2e_env: E2EEnv, host_postgres: PostgresServer, release_namespace: str
 ) -> None:
     controller_image = os.environ.get("PODQ_E2E_CONTROLLER_IMAGE")
     if not controller_image:
@@ -168,7 +182,12 @@ def test_helm_upgrade_of_two_controllers_under_load_loses_nothing(
             "--set", "config.maxConcurrent=4", "--wait", "--timeout", HELM_WAIT,
         )  # fmt: skip
         upgraded_at = time.monotonic()
-        wait_until(lambda: client.answered_since(upgraded_at) >= STEADY_ANSWERS, "a steady end", within=60)
+        # helm returns once the new pods are ready; the old ones are still stopping (preStop, SIGTERM).
+        wait_until(
+            lambda: not set(_controller_pods(release_namespace)) & set(before), "the old pods gone", within=90
+        )
+        gone_at = time.monotonic()
+        wait_until(lambda: client.answered_since(gone_at) >= STEADY_ANSWERS, "a steady end", within=60)
     finally:
         client.stop()
         thread.join(timeout=REQUEST_TIMEOUT_SECONDS + 1)
@@ -189,17 +208,7 @@ def test_helm_upgrade_of_two_controllers_under_load_loses_nothing(
     assert client.longest_unavailability() <= LONGEST_UNAVAILABILITY_SECONDS, report
     assert accepted, report
 
-    base = f"http://{cluster_ip}:{port}"
-    attempts: list[int] = []
-    with httpx.Client(base_url=base, timeout=70) as http:
-        for one in accepted:
-            deadline = time.monotonic() + FINISH_TIMEOUT_SECONDS
-            record = http.get(f"/v1/queries/{one.query_id}", params={"wait": 60}).json()
-            while record["status"] in ("queued", "running") and time.monotonic() < deadline:
-                record = http.get(f"/v1/queries/{one.query_id}", params={"wait": 60}).json()
-            assert record["status"] == "succeeded", (record["attempts"], record["error"], record["placement"])
-            assert record["result"]["rows"] == [[one.n]], record
-            attempts.append(record["attempts"])
+    attempts = _each_succeeded_with_its_result(f"http://{cluster_ip}:{port}", accepted)
     # A query whose controller went away mid-run is run again by another, adopting its pod by name.
     print(f"attempts per accepted query: {sorted(Counter(attempts).items())}")
     running = kubectl_json("get", "pods", "-n", release_namespace, "-l", "app.kubernetes.io/managed-by=podq")

@@ -12,16 +12,16 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from controller.launchers.kubernetes.client.api import (
+from controller.launchers.kubernetes.client.api import KubeClient
+from controller.launchers.kubernetes.client.errors import (
     AlreadyExists,
     Forbidden,
     Gone,
     Invalid,
-    KubeClient,
     KubeError,
     NotFound,
-    make_event,
 )
+from controller.launchers.kubernetes.client.events import make_event
 from tests.support.e2e import kubectl, kubectl_json
 from tests.support.kube import TEST_SELECTOR, busybox_pod, wait_for_pod
 

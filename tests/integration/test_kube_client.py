@@ -1,8 +1,9 @@
 """The API client (controller/launchers/kubernetes/client/) against real loopback servers that misbehave.
 
 No cluster needed: what a real API server does is the e2e tier's (tests/e2e/test_kube_api.py). Here: no
-httpx exception leaves the client, a silent server or a silent watch ends in `Unreachable`, HTTP errors
-map through the wire, pages are followed, a token file is re-read, and the rate limiter holds a burst.
+exception of the `kubernetes` package or of urllib3 leaves the client, a silent server or a silent watch
+ends in `Unreachable`, HTTP errors map through the wire, pages are followed, an exec plugin's expired
+token is renewed, and the rate limiter holds a burst.
 """
 
 from __future__ import annotations
@@ -16,21 +17,22 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
+import urllib3
+import yaml
 
-from controller.launchers.kubernetes.client.api import (
+from controller.launchers.kubernetes.client.api import KubeClient, WatchEvent
+from controller.launchers.kubernetes.client.config import for_server, load_config
+from controller.launchers.kubernetes.client.errors import (
     AlreadyExists,
     Gone,
-    KubeClient,
-    KubeConfig,
     KubeError,
     ServerError,
     TooManyRequests,
     Unreachable,
-    WatchEvent,
     is_transient,
 )
+from controller.launchers.kubernetes.client.events import make_event
 from tests.support.waiting import wait_until_async
 
 pytestmark = pytest.mark.integration
@@ -118,9 +120,7 @@ async def scripted_server(script: Callable[[Request], Reply]) -> AsyncIterator[S
 
 
 def client(url: str, *, request_timeout: float = 10, **options: Any) -> KubeClient:
-    config = KubeConfig(
-        server=url, token=options.pop("token", None), token_file=options.pop("token_file", None)
-    )
+    config = for_server(url, token=options.pop("token", None))
     return KubeClient(config, qps=options.pop("qps", 100), burst=options.pop("burst", 100),
                       request_timeout=request_timeout, **options)  # fmt: skip
 
@@ -144,13 +144,13 @@ CALLS: dict[str, Callable[[KubeClient], Awaitable[object]]] = {
     "watch_pods": first_event,
     "delete_pod": lambda api: api.delete_pod("ns", "p"),
     "read_log": lambda api: api.read_log("ns", "p", "worker", limit_bytes=10),
-    "create_event": lambda api: api.create_event("ns", {"kind": "Event"}),
+    "create_event": lambda api: api.create_event("ns", make_event(POD, reason="R", message="m")),
     "list_nodes": lambda api: api.list_nodes(),
 }
 
 
 @pytest.mark.parametrize("call", CALLS.values(), ids=CALLS.keys())
-def test_a_closed_port_is_unreachable_never_an_httpx_error(
+def test_a_closed_port_is_unreachable_never_a_urllib3_error(
     closed_port_url: str, call: Callable[[KubeClient], Awaitable[object]]
 ) -> None:
     async def scenario() -> Unreachable:
@@ -161,9 +161,9 @@ def test_a_closed_port_is_unreachable_never_an_httpx_error(
         return raised.value
 
     error = asyncio.run(scenario())
-    assert isinstance(error.__cause__, httpx.ConnectError)
+    assert isinstance(error.__cause__, urllib3.exceptions.HTTPError)
     assert error.status is None and is_transient(error)
-    assert "ConnectError" in str(error)
+    assert "NewConnectionError" in str(error)
 
 
 def test_a_server_that_accepts_and_never_answers_costs_the_request_timeout_then_hangs_up() -> None:
@@ -177,7 +177,7 @@ def test_a_server_that_accepts_and_never_answers_costs_the_request_timeout_then_
             await wait_until_async(lambda: server.open_connections == 0, "the client to hang up", within=10)
         return raised.value
 
-    assert isinstance(asyncio.run(scenario()).__cause__, httpx.ReadTimeout)
+    assert isinstance(asyncio.run(scenario()).__cause__, urllib3.exceptions.ReadTimeoutError)
 
 
 def test_a_watch_that_goes_silent_ends_after_the_server_side_timeout_plus_the_request_timeout() -> None:
@@ -307,22 +307,38 @@ def test_delete_of_a_missing_pod_is_false_and_lists_follow_continue_tokens() -> 
     assert {r.query["limit"] for r in server.requests[1:]} == {"500"}
 
 
-def test_a_token_file_is_read_again_for_every_request(tmp_path: Path) -> None:
-    token_file = tmp_path / "token"
+def test_an_exec_plugins_expired_token_is_renewed_before_a_request(tmp_path: Path) -> None:
+    """The plugin prints a new token each run, already expired: the package runs it again per request."""
+    counter = tmp_path / "runs"
+    plugin = tmp_path / "plugin"
+    plugin.write_text(
+        "#!/bin/sh\n"
+        f"n=$(( $(cat {counter} 2>/dev/null || echo 0) + 1 )); echo $n > {counter}\n"
+        'printf \'{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential", '
+        '"status": {"token": "t%s", "expirationTimestamp": "2000-01-01T00:00:00Z"}}\' $n\n'
+    )
+    plugin.chmod(0o755)
 
     async def scenario() -> list[str]:
-        async with (
-            scripted_server(lambda _: Reply()) as server,
-            client(server.url, token_file=token_file) as api,
-        ):
-            for token in ("first", "rotated"):
-                token_file.write_text(f"{token}\n")
+        async with scripted_server(lambda _: Reply()) as server:
+            kubeconfig = tmp_path / "kubeconfig"
+            kubeconfig.write_text(yaml.safe_dump({
+                "apiVersion": "v1", "kind": "Config", "current-context": "c",
+                "clusters": [{"name": "k", "cluster": {"server": server.url}}],
+                "users": [{"name": "u", "user": {"exec": {
+                    "apiVersion": "client.authentication.k8s.io/v1", "command": str(plugin)}}}],
+                "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+            }))  # fmt: skip
+            async with KubeClient(
+                load_config(kubeconfig, None), qps=100, burst=100, request_timeout=10
+            ) as api:
                 await api.version()
-            token_file.unlink()
-            await api.version()  # the last token read stands in while the file is missing
+                await api.version()
         return [request.headers["authorization"] for request in server.requests]
 
-    assert asyncio.run(scenario()) == ["Bearer first", "Bearer rotated", "Bearer rotated"]
+    tokens = asyncio.run(scenario())
+    assert len(tokens) == 2 and tokens[0] != tokens[1]
+    assert all(token.startswith("Bearer t") for token in tokens)
 
 
 def test_the_rate_limiter_holds_requests_beyond_the_burst() -> None:

@@ -1,6 +1,10 @@
 """The local launcher with real `python -m worker_image` subprocesses against the real file server.
 
-Tests taking `local_launcher` run once per memory enforcement mode (cgroup where writable, and rlimit).
+Tests taking `local_launcher` run once per memory enforcement mode (cgroup where writable, and rlimit), in
+the default start mode (warm); those marked `BOTH_START_MODES` run cold as well: one per failure kind of the
+seed scenarios (deadline, memory, crash, the controller killed) and the worker's confinement, whose code
+differs between a fork from the zygote and a new interpreter. Those wrapping the interpreter a cold start
+execs (``python=``) run cold only (`COLD_START`).
 After every job: no process of its session is alive, its scratch directory and its cgroup are gone.
 """
 
@@ -27,14 +31,24 @@ from controller.launchers.base import Job, Limits, Outcome
 from controller.launchers.local.cgroups import CgroupUnavailable
 from controller.launchers.local.child import DEFAULT_INHERITED_ENV, address_space_limit
 from controller.launchers.local.launcher import LocalLauncher, MemoryEnforcement
+from controller.launchers.worker_io import polars_threads
 from tests.support.fixtures import (
+    BOTH_START_MODES,
+    COLD_START,
     HUNGRY_SQL,
     REPO_ROOT,
     RUNAWAY_SQL,
     query_request,
     runaway_allowance,
 )
-from tests.support.leaks import Proc, live_workers, read_proc, session_members
+from tests.support.leaks import (
+    ZYGOTE_MODULE,
+    Proc,
+    live_workers,
+    live_zygotes,
+    read_proc,
+    session_members,
+)
 from tests.support.waiting import wait_until, wait_until_async
 from worker_image.protocol import EXIT_USER_ERROR, WorkerRequest
 
@@ -148,6 +162,7 @@ async def first_worker() -> Proc:
 # ---------------------------------------------------------------- TIMEOUT
 
 
+@BOTH_START_MODES
 def test_TIMEOUT_1_slow_query_is_killed_at_its_deadline(
     local_launcher: MakeLauncher, sample_datasets: list[dict[str, str]], tmp_path: Path
 ) -> None:
@@ -185,6 +200,7 @@ def test_TIMEOUT_2_simple_query_succeeds_right_after_a_timeout(
 # ---------------------------------------------------------------- MEM
 
 
+@BOTH_START_MODES
 def test_MEM_1_query_materialising_beyond_its_limit_fails_with_memory(
     local_launcher: MakeLauncher,
     memory_enforcement: str,
@@ -284,12 +300,13 @@ def test_MEM_3_a_query_peaking_at_80_percent_of_its_limit_succeeds(
     sample_datasets: list[dict[str, str]],
 ) -> None:
     """The worker's watch must never fail a query that fits: measure a real query's peak under a generous
-    limit, then run it again with the peak at 80% of its limit."""
+    limit (a cold start, through the wrapper), then run it again with the peak at 80% of its limit (in the
+    default start mode, warm)."""
     python, peak_file = python_recording_peak
     request = query_request(DISTINCT_4M_SQL, sample_datasets)
 
     async def scenario() -> tuple[int, Outcome]:
-        async with local_launcher(python=python) as launcher:
+        async with local_launcher(python=python, warm_start=False) as launcher:
             assert rows_of(await launcher.run(make_job(request, memory_mib=2048))) == [[4_000_000]]
             peak = int(peak_file.read_text())
         async with local_launcher() as launcher:
@@ -320,6 +337,7 @@ def test_MEM_2_simple_query_succeeds_after_running_out_of_memory(
 # ---------------------------------------------------------------- CRASH
 
 
+@BOTH_START_MODES
 @pytest.mark.parametrize(
     ("crash", "how"),
     [("exit", {"exit_code": 1}), ("segv", {"signal": "SIGSEGV"}), ("abort", {"signal": "SIGABRT"})],
@@ -398,6 +416,12 @@ def python_with_grandchild(tmp_path: Path) -> tuple[str, Path]:
     return str(script), pid_file
 
 
+def is_alive(proc: Proc) -> bool:
+    """Whether `proc` is still running (its pid, not a zombie, with the same command line)."""
+    now = read_proc(proc.pid)
+    return now is not None and now.state != "Z" and now.cmdline == proc.cmdline
+
+
 def recorded_pid(path: Path) -> int | None:
     """The pid the wrapper wrote, once it has written all of it."""
     with contextlib.suppress(FileNotFoundError):
@@ -416,6 +440,7 @@ ENDINGS: dict[str, tuple[dict[str, Any], dict[str, Any], str | None]] = {
 }
 
 
+@COLD_START
 @pytest.mark.parametrize("ending", list(ENDINGS))
 def test_POOL_3_no_process_cgroup_or_scratch_outlives_a_job(
     local_launcher: MakeLauncher,
@@ -461,8 +486,11 @@ from controller.launchers.base import Job, Limits
 from controller.launchers.local.launcher import LocalLauncher, MemoryEnforcement
 
 async def main():
-    work_dir, mode = Path(sys.argv[1]), sys.argv[2]
-    launcher = LocalLauncher(work_dir=work_dir, enable_test_hooks=True, memory_enforcement=mode)
+    work_dir, mode, warm = Path(sys.argv[1]), sys.argv[2], sys.argv[4] == "warm"
+    launcher = LocalLauncher(
+        work_dir=work_dir, enable_test_hooks=True, memory_enforcement=mode, warm_start=warm,
+        warm_threads=(int(sys.argv[5]),), wait_for_zygotes=True,
+    )
     await launcher.start()
     await launcher.run(Job("orphan-check", 1, json.loads(sys.argv[3]), Limits(1000, 256 * 2**20, 600)))
 
@@ -470,14 +498,26 @@ asyncio.run(main())
 """
 
 
+@BOTH_START_MODES
 def test_POOL_3_killing_the_controller_kills_its_workers_and_the_next_one_cleans_up(
-    memory_enforcement: str, sample_datasets: list[dict[str, str]], tmp_path: Path
+    memory_enforcement: str, start_mode: str, sample_datasets: list[dict[str, str]], tmp_path: Path
 ) -> None:
+    """kill -9 of the controller: its workers die with it (their death signal; a warm worker's fires when
+    its zygote dies of its own, with the controller), and so does the zygote."""
     work_dir = tmp_path / "scratch"
     request = with_debug(query_request(SIMPLE_SQL, sample_datasets), sleep_seconds=300)
     with (tmp_path / "controller.log").open("wb") as log:
         controller = subprocess.Popen(
-            [sys.executable, "-c", CONTROLLER_SCRIPT, str(work_dir), memory_enforcement, json.dumps(request)],
+            [
+                sys.executable,
+                "-c",
+                CONTROLLER_SCRIPT,
+                str(work_dir),
+                memory_enforcement,
+                json.dumps(request),
+                start_mode,
+                str(polars_threads(1000)),
+            ],
             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -486,9 +526,13 @@ def test_POOL_3_killing_the_controller_kills_its_workers_and_the_next_one_cleans
         worker = wait_until(
             lambda: live_workers(controller.pid), "the controller's worker to start", within=30
         )[0]
+        assert (ZYGOTE_MODULE in worker.cmdline) == (start_mode == "warm"), worker
+        zygotes = live_zygotes(controller.pid)
+        assert len(zygotes) == (1 if start_mode == "warm" else 0), zygotes
         controller.kill()
         controller.wait()
         wait_until(lambda: not session_members(worker.pid), "the orphaned worker to die")
+        wait_until(lambda: not any(map(is_alive, zygotes)), "the orphaned zygote to die")
     finally:
         if controller.poll() is None:
             controller.kill()
@@ -531,6 +575,7 @@ def test_POOL_3_close_kills_running_jobs(
 # ---------------------------------------------------------------- how a worker is set up
 
 
+@BOTH_START_MODES
 def test_the_worker_runs_in_its_own_session_with_an_explicit_environment_and_its_memory_cap(
     local_launcher: MakeLauncher,
     memory_enforcement: str,
@@ -640,6 +685,7 @@ def test_stray_stdout_and_a_truncated_result_come_through(
     assert rows[-1] == [999, 1998]
 
 
+@COLD_START
 def test_a_worker_flooding_stderr_neither_stalls_nor_bloats_the_launcher(
     local_launcher: MakeLauncher, sample_datasets: list[dict[str, str]], tmp_path: Path
 ) -> None:

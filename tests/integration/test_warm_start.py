@@ -1,16 +1,22 @@
 """Issue 14: the local launcher's warm start (workers forked from a zygote), and what holds warm or cold:
 isolation between concurrent queries, the CPU limit, nothing left behind after many queries.
 
-Tests taking `local_launcher` run in each start mode (warm, cold) and memory enforcement mode.
+Tests taking `local_launcher` run in each memory enforcement mode, warm (the default); those marked
+`BOTH_START_MODES` run cold as well, since a cold worker gets its request, its confinement and its CPU
+cgroup through code of its own. The zygote's own scenarios (killed, wedged, failing to start) are warm
+only, and include the fallback to a cold start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import signal
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +32,7 @@ from tests.integration.test_local_launcher import (
     rows_of,
     with_debug,
 )
-from tests.support.fixtures import CPU_BOUND_SQL, query_request
+from tests.support.fixtures import BOTH_START_MODES, CPU_BOUND_SQL, query_request
 from tests.support.leaks import live_descendants, live_workers, live_zygotes, processes
 from tests.support.waiting import wait_until, wait_until_async
 
@@ -34,10 +40,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_worker_leaks"
 
 
 def test_the_zygote_killed_mid_flight_fails_its_queries_as_retryable_crashes_and_is_replaced(
-    local_launcher: MakeLauncher, start_mode: str, sample_datasets: list[dict[str, str]]
+    local_launcher: MakeLauncher, sample_datasets: list[dict[str, str]]
 ) -> None:
-    if start_mode == "cold":
-        pytest.skip("a cold start has no zygote to kill")
     sleeper = make_job(with_debug(query_request(SIMPLE_SQL, sample_datasets), sleep_seconds=60))
     other = make_job(with_debug(query_request(SIMPLE_SQL, sample_datasets), sleep_seconds=60))
 
@@ -67,10 +71,8 @@ def test_the_zygote_killed_mid_flight_fails_its_queries_as_retryable_crashes_and
 
 
 def test_a_wedged_zygote_is_killed_its_query_starts_cold_and_the_next_one_warm_again(
-    local_launcher: MakeLauncher, start_mode: str, sample_datasets: list[dict[str, str]]
+    local_launcher: MakeLauncher, sample_datasets: list[dict[str, str]]
 ) -> None:
-    if start_mode == "cold":
-        pytest.skip("a cold start has no zygote to wedge")
 
     async def scenario() -> tuple[Outcome, Outcome, int, int]:
         async with local_launcher() as launcher:
@@ -91,6 +93,60 @@ def test_a_wedged_zygote_is_killed_its_query_starts_cold_and_the_next_one_warm_a
     assert replacement != stopped
 
 
+@pytest.fixture
+def python_failing_as_zygote(tmp_path: Path) -> str:
+    """An interpreter that runs the worker but dies at once when asked to be a zygote."""
+    script = tmp_path / "python-failing-as-zygote"
+    lines = ["#!/bin/sh", '[ "$2" = worker_image.zygote ] && exit 3']
+    lines.append(f'exec {shlex.quote(sys.executable)} "$@"')
+    script.write_text("\n".join(lines) + "\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_with_no_zygote_queries_start_cold_and_readiness_says_so(
+    local_launcher: MakeLauncher, python_failing_as_zygote: str, sample_datasets: list[dict[str, str]]
+) -> None:
+    async def scenario() -> tuple[str, Outcome, list[Any]]:
+        async with local_launcher(python=python_failing_as_zygote) as launcher:
+            status = launcher.zygote_status
+            outcome = await launcher.run(make_job(query_request(SIMPLE_SQL, sample_datasets)))
+            return status, outcome, live_zygotes()
+
+    status, outcome, zygotes = asyncio.run(scenario())
+
+    assert status == "none (queries start cold)"
+    assert rows_of(outcome) == SIMPLE_ROWS
+    assert outcome.placement["start"] == "cold"
+    assert zygotes == []
+
+
+def test_a_query_of_a_thread_count_without_a_zygote_starts_cold_and_starts_one(
+    local_launcher: MakeLauncher, sample_datasets: list[dict[str, str]]
+) -> None:
+    """The launcher starts the zygote of the default thread count (2 in these tests); a query at 1 core is
+    the first of its thread count: it starts cold, and the zygote for it starts in the background."""
+    request = query_request(SIMPLE_SQL, sample_datasets)
+
+    async def scenario() -> tuple[Outcome, Outcome, str]:
+        async with local_launcher() as launcher:
+            first = await launcher.run(make_job(request, cpu_millicores=1000))
+            await wait_until_async(
+                lambda: "1 threads" in launcher.zygote_status, "a zygote for one thread up", within=60
+            )
+            second = await launcher.run(make_job(request, cpu_millicores=1000))
+            return first, second, launcher.zygote_status
+
+    first, second, status = asyncio.run(scenario())
+
+    assert rows_of(first) == SIMPLE_ROWS
+    assert first.placement["start"] == "cold"
+    assert rows_of(second) == SIMPLE_ROWS
+    assert second.placement["start"] == "warm"
+    assert "1 threads" in status and "2 threads" in status, status
+
+
+@BOTH_START_MODES
 def test_concurrent_workers_cannot_see_each_others_requests_or_results(
     local_launcher: MakeLauncher, start_mode: str, sample_datasets: list[dict[str, str]]
 ) -> None:
@@ -121,6 +177,7 @@ def _cpuacct_usage(launcher: LocalLauncher, query_id: str) -> int:
     return int((path / "cpuacct.usage").read_text())
 
 
+@BOTH_START_MODES
 def test_a_busy_query_at_500m_uses_at_most_half_a_core(
     local_launcher: MakeLauncher, start_mode: str, sample_datasets: list[dict[str, str]]
 ) -> None:

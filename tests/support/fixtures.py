@@ -265,21 +265,33 @@ def worker_leak_check(tmp_path: Path) -> Callable[[], None]:
     return check
 
 
-@pytest.fixture(params=["warm", "cold"])
-def controller_start_mode(request: pytest.FixtureRequest) -> str:
-    """How the controllers a test starts start their local workers (`PODQ_LOCAL_WARM_START`)."""
-    mode: str = request.param
-    return mode
+# How local workers start (`PODQ_LOCAL_WARM_START`, the local launcher's `warm_start`): every test runs in
+# the default, warm (forked from a zygote). A test whose behaviour is cold-specific, or whose scenario runs
+# through code of the cold path's own (spawn, exec, preexec confinement, its reaping), says so by
+# parametrising `start_mode` itself: `BOTH_START_MODES` to run cold as well, `COLD_START` to run cold only.
+BOTH_START_MODES = pytest.mark.parametrize("start_mode", ["warm", "cold"])
+COLD_START = pytest.mark.parametrize("start_mode", ["cold"])
+
+
+@pytest.fixture
+def start_mode() -> str:
+    """How the local launchers and controllers a test starts start their workers: "warm" (the default),
+    unless the test parametrises `start_mode` (`BOTH_START_MODES`, `COLD_START`)."""
+    return "warm"
+
+
+def _warm_setting(start_mode: str) -> dict[str, str]:
+    return {"local_warm_start": str(start_mode == "warm").lower()}
 
 
 @pytest.fixture
 def start_controller(
-    tmp_path: Path, worker_leak_check: Callable[[], None], controller_start_mode: str
+    tmp_path: Path, worker_leak_check: Callable[[], None], start_mode: str
 ) -> Iterator[Callable[..., ControllerProcess]]:
     """Start `podq serve` subprocesses; each is stopped (SIGTERM) at teardown, leaving no worker behind.
-    Runs once per start mode (warm, cold) unless a test sets ``local_warm_start`` itself."""
+    Workers start as `start_mode` says unless a test sets ``local_warm_start`` itself."""
     started: list[ControllerProcess] = []
-    warm = {"local_warm_start": str(controller_start_mode == "warm").lower()}
+    warm = _warm_setting(start_mode)
 
     def start(data_dir: Path | None = None, **settings: object) -> ControllerProcess:
         controller = ControllerProcess(
@@ -297,16 +309,14 @@ def start_controller(
     worker_leak_check()
 
 
-@pytest.fixture(scope="module", params=["warm", "cold"])
-def running_controller(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[ControllerProcess]:
-    """One controller shared by a module's tests that only read or submit cheap queries; once per start
-    mode (warm, cold)."""
+@pytest.fixture(scope="module")
+def running_controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
+    """One controller (warm start) shared by a module's tests that only read or submit cheap queries."""
     directory = tmp_path_factory.mktemp("controller")
-    warm = {"local_warm_start": str(request.param == "warm").lower()}
     controller = ControllerProcess(
-        directory / "data", _env({**CONTROLLER_DEFAULTS, **warm}), directory / "controller.log"
+        directory / "data",
+        _env({**CONTROLLER_DEFAULTS, **_warm_setting("warm")}),
+        directory / "controller.log",
     )
     controller.start()
     yield controller
@@ -341,13 +351,6 @@ def memory_enforcement(request: pytest.FixtureRequest) -> str:
     return mode
 
 
-@pytest.fixture(params=["warm", "cold"])
-def start_mode(request: pytest.FixtureRequest) -> str:
-    """How the local launcher starts a worker: forked from a zygote ("warm") or a new interpreter."""
-    mode: str = request.param
-    return mode
-
-
 # The polars thread count of the tests' default job (2 cores): its zygote starts with the launcher.
 TEST_WARM_THREADS = (2,)
 
@@ -357,12 +360,10 @@ def local_launcher(tmp_path: Path, memory_enforcement: str, start_mode: str) -> 
     """`local_launcher(**overrides)`: a LocalLauncher (not yet started; use ``async with``) with test hooks
     on, `memory_enforcement`'s mode, `start_mode`'s, and ``tmp_path / "scratch"`` as its work directory.
 
-    A test that swaps the interpreter (``python=``, a wrapper script around the worker) is about what a
-    cold start execs; in warm mode the wrapper would be the zygote, so such a test is skipped there."""
+    A test that swaps the interpreter (``python=``, a wrapper script around the worker) is about what a cold
+    start execs, so it runs cold (`COLD_START`); under warm start the wrapper would run the zygote instead."""
 
     def make(**overrides: Any) -> LocalLauncher:
-        if start_mode == "warm" and "python" in overrides:
-            pytest.skip("the test wraps the interpreter a cold start execs; a warm worker execs nothing")
         options: dict[str, Any] = {
             "work_dir": tmp_path / "scratch",
             "enable_test_hooks": True,

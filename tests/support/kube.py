@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
-from controller.launchers.kubernetes.client.api import Gone, KubeClient, KubeConfig, load_config
+from controller.launchers.kubernetes.client.api import KubeClient
+from controller.launchers.kubernetes.client.config import KubeConfig, load_config
+from controller.launchers.kubernetes.client.errors import Gone
 from tests.support.e2e import kubectl
 from tests.support.waiting import wait_until
 
@@ -28,7 +30,10 @@ TEST_LABELS = {"podq.dev/test": "e2e"}
 TEST_SELECTOR = "podq.dev/test=e2e"
 BUSYBOX_IMAGE = "podq.local/busybox:1.35.0-podq1"
 NONROOT_UID = 65532
-NAMESPACE_READY_SECONDS = 60
+# After the API-server restart test the controller manager's informers back off (its first watches are
+# refused until the restarted server has loaded RBAC): a new namespace's default service account was seen
+# to take over 60 s then.
+NAMESPACE_READY_SECONDS = 180
 KUBECTL_POLL_SECONDS = 0.25
 
 _namespace_numbers = itertools.count()
@@ -45,7 +50,7 @@ def kube_config() -> KubeConfig:
 @pytest.fixture
 def kube_client(kube_config: KubeConfig) -> Callable[..., KubeClient]:
     """`kube_client(**overrides)`: a new client on the e2e cluster. Open it with ``async with`` inside the
-    test's event loop: an httpx client cannot outlive the loop it first ran on."""
+    test's event loop: its watches feed that loop."""
 
     def make(**overrides: Any) -> KubeClient:
         options: dict[str, Any] = {"qps": 50, "burst": 100, "request_timeout": 30, **overrides}

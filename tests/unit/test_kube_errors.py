@@ -1,4 +1,5 @@
-"""HTTP statuses, Status objects and watch lines into the client's errors (kube_errors, kube_api)."""
+"""HTTP statuses, Status objects, watch lines and the official client's exceptions into podq's errors
+(client/errors.py, client/api.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import json
 from typing import Any, NamedTuple
 
 import pytest
+import urllib3
 
-from controller.launchers.kubernetes.client.api import (
+from controller.launchers.kubernetes.client.api import WatchEvent, decode_watch_line
+from controller.launchers.kubernetes.client.errors import (
     AlreadyExists,
     Conflict,
     Forbidden,
@@ -19,11 +22,10 @@ from controller.launchers.kubernetes.client.api import (
     TooManyRequests,
     Unauthorized,
     Unreachable,
-    WatchEvent,
-    decode_watch_line,
+    api_error,
     is_transient,
+    kube_error,
 )
-from controller.launchers.kubernetes.client.errors import api_error
 
 pytestmark = pytest.mark.unit
 
@@ -162,3 +164,45 @@ def test_decode_watch_line_raises(raw: str, error: type[KubeError], reason: str)
     with pytest.raises(KubeError) as raised:
         decode_watch_line(raw)
     assert type(raised.value) is error and raised.value.reason == reason
+
+
+class Raised(NamedTuple):
+    status: int
+    body: bytes | None
+    error: type[KubeError]
+    reason: str
+
+
+def _api_exception(case: Raised) -> Exception:
+    """What the official client raises for an HTTP error status (reached through the adapter module)."""
+    from controller.launchers.kubernetes.client import errors
+
+    body = None if case.body is None else case.body.decode()
+    exception: Exception = errors.ApiException(status=case.status, reason="X", body=body)
+    return exception
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Raised(409, b'{"reason": "AlreadyExists", "message": "exists"}', AlreadyExists, "AlreadyExists"),
+        Raised(410, b'{"reason": "Expired", "message": "too old"}', Gone, "Expired"),
+        Raised(403, b'{"reason": "Forbidden"}', Forbidden, "Forbidden"),
+        Raised(502, b"<html>bad gateway</html>", ServerError, "InternalError"),
+        Raised(404, None, NotFound, "HTTP404"),
+    ],
+    ids=["409-already-exists", "410-gone", "403", "502-html", "404-no-body"],
+)  # fmt: skip
+def test_kube_error_wraps_the_official_clients_api_exception(case: Raised) -> None:
+    raised = _api_exception(case)
+    error = kube_error(raised, "GET /x")
+    assert isinstance(error, KubeError) and error.__cause__ is raised
+    assert (type(error), error.status, error.reason) == (case.error, case.status, case.reason)
+
+
+def test_kube_error_makes_transport_failures_unreachable_and_passes_bugs_on() -> None:
+    dropped = kube_error(urllib3.exceptions.ProtocolError("Connection aborted."), "WATCH /pods")
+    assert type(dropped) is Unreachable and is_transient(dropped) and "WATCH /pods" in str(dropped)
+    assert type(kube_error(ConnectionResetError(), "GET /x")) is Unreachable
+    bug = ZeroDivisionError()
+    assert kube_error(bug, "GET /x") is bug

@@ -94,7 +94,7 @@ def test_a_token_naming_no_service_account_is_refused(token: str, message: str) 
 def token_config(tmp_path: Path, token: str) -> KubeConfig:
     path = tmp_path / "token"
     path.write_text(token)
-    return KubeConfig(server="https://10.96.0.1:443", token_file=path, source="in-cluster service account")
+    return KubeConfig(None, token_file=path, source="in-cluster service account")
 
 
 def test_launcher_owner_in_the_controllers_namespace(tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ def test_launcher_refuses_an_owner_in_another_namespace(tmp_path: Path) -> None:
 
 
 def test_launcher_refuses_an_owner_without_a_token_file() -> None:
-    config = KubeConfig(server="https://127.0.0.1:6443", source="kubeconfig /k (context c)")
+    config = KubeConfig(None, source="kubeconfig /k (context c)")
     with pytest.raises(RuntimeError, match="needs a service-account token file; kubeconfig /k"):
         service_account_owner(config, "analytics")
 

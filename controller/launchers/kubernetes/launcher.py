@@ -22,15 +22,10 @@ from typing import Any, TypeVar
 
 from controller.launchers.aio import shielded
 from controller.launchers.base import Job, Limits, Outcome
-from controller.launchers.kubernetes.client.api import (
-    AlreadyExists,
-    KubeClient,
-    KubeError,
-    NotFound,
-    is_transient,
-    load_config,
-    make_event,
-)
+from controller.launchers.kubernetes.client.api import KubeClient
+from controller.launchers.kubernetes.client.config import load_config
+from controller.launchers.kubernetes.client.errors import AlreadyExists, KubeError, NotFound, is_transient
+from controller.launchers.kubernetes.client.events import make_event
 from controller.launchers.kubernetes.nodes import NodeRooms
 from controller.launchers.kubernetes.options import KubernetesOptions
 from controller.launchers.kubernetes.owner import service_account_owner
@@ -132,8 +127,9 @@ class KubernetesLauncher:
         await self._node_rooms.refresh()
         self._spawn(self._node_rooms.refresh_forever(), "podq-node-rooms")
         log.info(
-            "kubernetes launcher: API server %s, namespace %s, instance %s, image %s",
+            "kubernetes launcher: API server %s from %s, namespace %s, instance %s, image %s",
             config.server,
+            config.source,
             self._namespace,
             options.pod.instance,
             options.pod.image,

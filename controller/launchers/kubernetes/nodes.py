@@ -8,7 +8,8 @@ from collections.abc import Mapping
 
 from controller.launchers.base import Limits
 from controller.launchers.kubernetes.capacity import NodeRoom, node_rooms, refusal
-from controller.launchers.kubernetes.client.api import Forbidden, KubeClient, KubeError
+from controller.launchers.kubernetes.client.api import KubeClient
+from controller.launchers.kubernetes.client.errors import Forbidden, KubeError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.launchers.kubernetes.client.api import Gone, KubeClient, KubeError, WatchEvent, is_transient
+from controller.launchers.kubernetes.client.api import KubeClient, WatchEvent
+from controller.launchers.kubernetes.client.errors import Gone, KubeError, is_transient
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from controller.launchers.kubernetes.client.api import KubeError, is_transient
+from controller.launchers.kubernetes.client.errors import KubeError, is_transient
 from controller.launchers.kubernetes.pod_watch import Backoff
 
 log = logging.getLogger(__name__)

@@ -97,7 +97,7 @@ class LocalLauncher:
         kill_grace_seconds: float = 5.0,
         max_envelope_bytes: int = MAX_ENVELOPE_BYTES,
         inherited_env: Sequence[str] = DEFAULT_INHERITED_ENV,
-        warm_start: bool = False,
+        warm_start: bool = True,
         warm_threads: Sequence[int] = (),
         cpu_limit: bool = True,
         wait_for_zygotes: bool = False,

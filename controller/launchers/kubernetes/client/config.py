@@ -1,64 +1,67 @@
-"""Where the Kubernetes API server is and how to authenticate to it: a kubeconfig or the service account.
+"""Where the Kubernetes API server is and how to authenticate to it, loaded by `kubernetes.config`.
 
-`load_config` looks, in order, at an explicit kubeconfig path; `$KUBECONFIG` (only its first file: a
-``:``-separated list is not merged the way kubectl merges it); the in-cluster service account
-(``KUBERNETES_SERVICE_HOST``/``_PORT`` and the mounted token, CA and namespace); ``~/.kube/config``.
+`load_config` looks, in order, at an explicit kubeconfig path; `$KUBECONFIG` (a ``:``-separated list,
+merged: the first file naming a cluster, user or context wins, as in kubectl, and missing files are
+skipped; where several files set ``current-context`` the official client takes the last, kubectl the
+first); the in-cluster service account (``KUBERNETES_SERVICE_HOST``); then ``~/.kube/config``.
 
-Supported credentials: a CA (``certificate-authority`` file or ``-data``) or ``insecure-skip-tls-verify``;
-a client certificate and key (files or ``-data``); a bearer ``token`` or ``tokenFile``. A token file is
-re-read on every request, so a rotated bound service-account token keeps working. Everything else a
-kubeconfig can say about authentication (exec plugins, auth providers, basic auth) or about the route to
-the server (proxy-url, tls-server-name) is refused with an error that names it, rather than ignored.
-Relative file paths in a kubeconfig are relative to the kubeconfig's directory, as in kubectl.
+Everything the official client accepts in a kubeconfig works: a CA or
+``insecure-skip-tls-verify``, client certificates, tokens and token files, exec credential plugins (EKS
+``aws eks get-token``, GKE ``gke-gcloud-auth-plugin``, AKS ``kubelogin``; re-run when their credential
+expires), auth providers, ``proxy-url`` and ``tls-server-name``. In a cluster the service-account token
+is re-read every minute, so a rotated bound token keeps working.
+
+Every failure is one `KubeConfigError` whose message names the file, the context and the problem: a missing
+file, an unknown context, an exec plugin that fails or prints something that is no credential.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import logging
 import os
-import ssl
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.config.exec_provider import ExecProvider
+from kubernetes.config.incluster_config import SERVICE_TOKEN_FILENAME, InClusterConfigLoader
 
-__all__ = ["SERVICE_ACCOUNT_DIR", "KubeConfig", "KubeConfigError", "load_config", "ssl_context"]
+__all__ = ["SERVICE_ACCOUNT_DIR", "KubeConfig", "KubeConfigError", "for_server", "load_config"]
 
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-# Keys of a kubeconfig user or cluster that would change how podq must connect: refused, not ignored.
-# A user's credentials must be a token, a tokenFile or a client certificate.
-_UNSUPPORTED_USER_KEYS = {
-    "exec": "an exec credential plugin",
-    "auth-provider": "an auth provider",
-    "username": "basic authentication",
-    "password": "basic authentication",
-}
-_UNSUPPORTED_CLUSTER_KEYS = {"proxy-url": "a proxy", "tls-server-name": "a TLS server name override"}
+SERVICE_ACCOUNT_DIR = Path(SERVICE_TOKEN_FILENAME).parent
 
 
 class KubeConfigError(Exception):
-    """The configuration cannot be read, or asks for something podq does not support."""
+    """The configuration cannot be read or used."""
 
 
 @dataclass(frozen=True)
 class KubeConfig:
-    server: str
+    """A loaded `kubernetes.client.Configuration` and what podq needs to know beside it."""
+
+    configuration: Any = field(repr=False)  # kubernetes.client.Configuration
     namespace: str | None = None
-    ca_file: Path | None = None
-    ca_data: str | None = field(default=None, repr=False)  # PEM
-    insecure_skip_tls_verify: bool = False
-    client_cert_file: Path | None = None
-    client_key_file: Path | None = None
-    client_cert_data: bytes | None = field(default=None, repr=False)
-    client_key_data: bytes | None = field(default=None, repr=False)
-    token: str | None = field(default=None, repr=False)
+    # The in-cluster service-account token (for the pods' owner reference, see owner.py).
     token_file: Path | None = None
     # Where this came from, for logs: "kubeconfig /path (context x)" or "in-cluster service account".
     source: str = ""
+
+    @property
+    def server(self) -> str:
+        return str(self.configuration.host)
+
+
+def for_server(server: str, *, token: str | None = None) -> KubeConfig:
+    """A configuration for a plain server URL, without a kubeconfig (tests, benchmarks)."""
+    configuration = k8s_client.Configuration()
+    configuration.host = server.rstrip("/")
+    if token is not None:
+        configuration.api_key["BearerToken"] = f"Bearer {token}"
+    return KubeConfig(configuration, source=f"server {server}")
 
 
 def load_config(
@@ -73,10 +76,10 @@ def load_config(
     and `home` are there for tests."""
     env = os.environ if environ is None else environ
     if path is not None:
-        return _from_kubeconfig(path.expanduser(), context, "the configured path")
-    first = next((item for item in env.get("KUBECONFIG", "").split(os.pathsep) if item), None)
-    if first is not None:
-        return _from_kubeconfig(Path(first).expanduser(), context, "$KUBECONFIG")
+        return _from_kubeconfig([path.expanduser()], context, "the configured path")
+    listed = [Path(item).expanduser() for item in env.get("KUBECONFIG", "").split(os.pathsep) if item]
+    if listed:
+        return _from_kubeconfig(listed, context, "$KUBECONFIG")
     if env.get("KUBERNETES_SERVICE_HOST"):
         if context is not None:
             raise KubeConfigError(
@@ -85,140 +88,92 @@ def load_config(
             )
         return _in_cluster(env, service_account_dir)
     default = (home if home is not None else Path.home()) / ".kube" / "config"
-    return _from_kubeconfig(default, context, "the default path: no $KUBECONFIG, not in a cluster")
-
-
-def ssl_context(config: KubeConfig) -> ssl.SSLContext:
-    """The TLS context for `config`'s server: its CA (else the system's) and its client certificate."""
-    try:
-        context = ssl.create_default_context(
-            cafile=None if config.ca_file is None else str(config.ca_file), cadata=config.ca_data
-        )
-    except (OSError, ssl.SSLError) as exc:
-        raise KubeConfigError(f"cannot load the CA certificate of {config.source}: {exc}") from exc
-    if config.insecure_skip_tls_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if config.client_cert_file or config.client_cert_data:
-        # The ssl module loads a certificate chain from files only: write in-line data to a private
-        # directory just long enough to load it.
-        with tempfile.TemporaryDirectory(prefix="podq-kube-") as scratch:
-            cert = config.client_cert_file or _write(Path(scratch) / "cert.pem", config.client_cert_data)
-            key = config.client_key_file or _write(Path(scratch) / "key.pem", config.client_key_data)
-            try:
-                context.load_cert_chain(cert, key)
-            except (OSError, ssl.SSLError) as exc:
-                raise KubeConfigError(
-                    f"cannot load the client certificate of {config.source}: {exc}"
-                ) from exc
-    return context
-
-
-def _write(path: Path, data: bytes | None) -> Path:
-    path.touch(mode=0o600)
-    path.write_bytes(data or b"")
-    return path
+    return _from_kubeconfig([default], context, "the default path: no $KUBECONFIG, not in a cluster")
 
 
 def _in_cluster(env: Mapping[str, str], directory: Path) -> KubeConfig:
-    host, port = env["KUBERNETES_SERVICE_HOST"], env.get("KUBERNETES_SERVICE_PORT", "443")
-    token_file, ca_file, namespace_file = directory / "token", directory / "ca.crt", directory / "namespace"
-    if not token_file.is_file():
+    configuration = k8s_client.Configuration()
+    token_file = directory / "token"
+    loader = InClusterConfigLoader(
+        token_filename=str(token_file),
+        cert_filename=str(directory / "ca.crt"),
+        try_refresh_token=True,
+        environ=env,
+    )
+    try:
+        loader.load_and_set(configuration)
+    except (k8s_config.ConfigException, OSError) as exc:
         raise KubeConfigError(
-            f"KUBERNETES_SERVICE_HOST is set but there is no service-account token at {token_file} "
+            f"in-cluster service account (KUBERNETES_SERVICE_HOST is set; {directory}): {exc} "
             "(is automountServiceAccountToken false?)"
-        )
+        ) from None
+    namespace_file = directory / "namespace"
     namespace = namespace_file.read_text().strip() if namespace_file.is_file() else ""
     return KubeConfig(
-        server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}",
+        configuration,
         namespace=namespace or None,
-        ca_file=ca_file if ca_file.is_file() else None,
         token_file=token_file,
         source="in-cluster service account",
     )
 
 
-def _from_kubeconfig(path: Path, context: str | None, origin: str) -> KubeConfig:
-    try:
-        document = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise KubeConfigError(f"kubeconfig {path} does not exist (from {origin})") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise KubeConfigError(f"cannot read kubeconfig {path} (from {origin}): {exc}") from exc
-    if not isinstance(document, dict):
-        raise KubeConfigError(f"kubeconfig {path} is not a YAML mapping")
-    name = context or document.get("current-context")
-    if not name:
-        raise KubeConfigError(f"kubeconfig {path} has no current-context and no context was asked for")
-    where = f"kubeconfig {path} (context {name})"
-    ctx = _named(document, "contexts", "context", name, path)
-    cluster = _named(document, "clusters", "cluster", ctx.get("cluster"), path)
-    user = _named(document, "users", "user", ctx.get("user"), path) if ctx.get("user") else {}
-    _refuse(user, _UNSUPPORTED_USER_KEYS, f"user {ctx.get('user')!r}", where)
-    _refuse(cluster, _UNSUPPORTED_CLUSTER_KEYS, f"cluster {ctx.get('cluster')!r}", where)
-    server = cluster.get("server")
-    if not isinstance(server, str) or not server.startswith(("https://", "http://")):
-        raise KubeConfigError(
-            f"{where}: cluster {ctx.get('cluster')!r} has no http(s) server URL: {server!r}"
-        )
-    base = path.parent
-
-    def file(section: Mapping[str, Any], key: str) -> Path | None:
-        value = section.get(key)
-        return None if not value else base / str(value)
-
-    def data(section: Mapping[str, Any], key: str) -> bytes | None:
-        value = section.get(key)
-        if not value:
-            return None
+def _from_kubeconfig(paths: list[Path], context: str | None, origin: str) -> KubeConfig:
+    files = ":".join(str(p) for p in paths)
+    existing = [p for p in paths if p.is_file()]
+    if not existing:
+        what = "does not exist" if len(paths) == 1 else "do not exist (none of them)"
+        raise KubeConfigError(f"kubeconfig {files} {what} (from {origin})")
+    for path in existing:
         try:
-            return base64.b64decode(str(value), validate=True)
-        except binascii.Error as exc:
-            raise KubeConfigError(f"{where}: {key} is not valid base64: {exc}") from exc
-
-    config = KubeConfig(
-        server=server.rstrip("/"),
-        namespace=ctx.get("namespace") or None,
-        ca_file=file(cluster, "certificate-authority"),
-        ca_data=None if (ca := data(cluster, "certificate-authority-data")) is None else ca.decode(),
-        insecure_skip_tls_verify=bool(cluster.get("insecure-skip-tls-verify", False)),
-        client_cert_file=file(user, "client-certificate"),
-        client_key_file=file(user, "client-key"),
-        client_cert_data=data(user, "client-certificate-data"),
-        client_key_data=data(user, "client-key-data"),
-        token=str(user["token"]) if user.get("token") else None,
-        token_file=file(user, "tokenFile"),
-        source=where,
-    )
-    has_cert = config.client_cert_file is not None or config.client_cert_data is not None
-    has_key = config.client_key_file is not None or config.client_key_data is not None
-    if has_cert != has_key:
-        raise KubeConfigError(
-            f"{where}: user {ctx.get('user')!r} has a client certificate or key without the other"
+            document = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise KubeConfigError(f"cannot read kubeconfig {path} (from {origin}): {exc}") from None
+        if not isinstance(document, dict):
+            raise KubeConfigError(f"kubeconfig {path} is not a YAML mapping")
+    config_file = os.pathsep.join(str(p) for p in existing)
+    configuration = k8s_client.Configuration()
+    try:
+        loader = k8s_config.kube_config._get_kube_config_loader(
+            filename=config_file, active_context=context, persist_config=False
         )
-    return config
+        name = loader.current_context["name"]
+        where = f"kubeconfig {config_file} (context {name})"
+        logging.getLogger().addFilter(_not_from_the_loader)
+        try:
+            loader.load_and_set(configuration)
+        finally:
+            logging.getLogger().removeFilter(_not_from_the_loader)
+    except k8s_config.ConfigException as exc:
+        raise KubeConfigError(f"kubeconfig {config_file}: {exc}") from None
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        raise KubeConfigError(f"kubeconfig {config_file}: {type(exc).__name__}: {exc}") from None
+    ctx = loader.current_context.get("context") or {}
+    _check_exec_credential(loader, configuration, where)
+    if not str(configuration.host).startswith(("https://", "http://")):
+        raise KubeConfigError(f"{where}: cluster {ctx.get('cluster')!r} has no http(s) server URL")
+    return KubeConfig(configuration, namespace=ctx.get("namespace") or None, source=where)
 
 
-def _named(document: Mapping[str, Any], section: str, key: str, name: object, path: Path) -> dict[str, Any]:
-    entries = document.get(section) or []
-    for entry in entries:
-        if isinstance(entry, dict) and entry.get("name") == name:
-            value = entry.get(key) or {}
-            if not isinstance(value, dict):
-                raise KubeConfigError(f"kubeconfig {path}: {key} {name!r} is not a mapping")
-            return value
-    known = ", ".join(repr(e.get("name")) for e in entries if isinstance(e, dict)) or "none"
-    raise KubeConfigError(f"kubeconfig {path} has no {key} named {name!r} (it has: {known})")
+def _not_from_the_loader(record: logging.LogRecord) -> bool:
+    """The official loader logs an exec plugin's failure on the root logger and goes on; podq says it once,
+    as a `KubeConfigError` (see `_check_exec_credential`): a filter for the root logger meanwhile."""
+    return not record.pathname.endswith(os.path.join("kubernetes", "config", "kube_config.py"))
 
 
-def _refuse(section: Mapping[str, Any], unsupported: Mapping[str, str], what: str, where: str) -> None:
-    for key, meaning in unsupported.items():
-        value = section.get(key)
-        if not value:
-            continue
-        detail = ""
-        if key == "exec" and isinstance(value, dict):
-            detail = f", command {value.get('command')!r}"
-        elif key == "auth-provider" and isinstance(value, dict):
-            detail = f" {value.get('name')!r}"
-        raise KubeConfigError(f"{where}: {what} uses {meaning} ({key}{detail}), which podq does not support")
+def _check_exec_credential(loader: Any, configuration: Any, where: str) -> None:
+    """The official loader logs an exec plugin's failure and goes on without credentials: run the plugin
+    again to say why, instead of meeting 401s later."""
+    user = loader._user
+    if not user or "exec" not in user:
+        return
+    if configuration.api_key.get("BearerToken") or configuration.cert_file:
+        return
+    try:
+        cwd = loader._get_base_path(loader._cluster.path)
+        status = ExecProvider(user["exec"], cwd, loader._cluster).run()
+    except Exception as exc:
+        detail = " ".join(str(exc).split())  # the plugin's stderr may span lines: one line here
+        raise KubeConfigError(f"{where}: the exec credential plugin failed: {detail}") from None
+    raise KubeConfigError(
+        f"{where}: the exec credential plugin printed no token or client certificate: {sorted(status)}"
+    )

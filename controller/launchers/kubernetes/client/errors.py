@@ -1,4 +1,7 @@
-"""The errors of the Kubernetes API client, and the one place an HTTP status becomes one of them.
+"""podq's errors for the Kubernetes API, and the one place a failure of the official client becomes one.
+
+`kube_error` wraps what the official client raises (`ApiException`, urllib3's errors, an exec plugin's
+`ConfigException`) into these, as kopf wraps them: nothing of the package's types reaches the launcher.
 
     KubeError                 status, reason, message (status None: no HTTP answer)
     ├── Unauthorized          401
@@ -10,7 +13,7 @@
     ├── Invalid               422
     ├── TooManyRequests       429 (retry_after from the Status details or the Retry-After header)
     ├── ServerError           5xx, including 504 server timeouts and 503 while the server starts
-    └── Unreachable           no answer: connect errors, timeouts, dropped connections (httpx.TransportError)
+    └── Unreachable           no answer: connect errors, timeouts, dropped connections (urllib3, sockets)
 
 `is_transient` is the one retry predicate: a transient error may succeed when the same request is sent
 again later; anything else needs a different request (Gone: relist) or a person.
@@ -18,24 +21,14 @@ again later; anything else needs a different request (Gone: relist) or a person.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = [
-    "AlreadyExists",
-    "Conflict",
-    "Forbidden",
-    "Gone",
-    "Invalid",
-    "KubeError",
-    "NotFound",
-    "ServerError",
-    "TooManyRequests",
-    "Unauthorized",
-    "Unreachable",
-    "api_error",
-    "is_transient",
-]
+import urllib3
+from kubernetes.client import ApiException
+from kubernetes.config import ConfigException
 
 
 class KubeError(Exception):
@@ -124,17 +117,40 @@ def api_error(
 
 def _retry_after(body: Mapping[str, Any], header: str | None) -> float | None:
     details = body.get("details")
-    candidates: tuple[object, ...] = (
-        details.get("retryAfterSeconds") if isinstance(details, dict) else None,
-        header,
-    )
-    for value in candidates:
-        if isinstance(value, int | float | str):
-            try:
-                return float(value)
-            except ValueError:
-                continue
+    value: Any
+    for value in (details.get("retryAfterSeconds") if isinstance(details, dict) else None, header):
+        with contextlib.suppress(TypeError, ValueError):
+            return float(value)
     return None
+
+
+def kube_error(exc: BaseException, what: str) -> BaseException:
+    """The podq error for a failure of the official client (`what` is the request, for the message): an HTTP
+    error status, no answer (urllib3's errors, sockets), credentials an exec plugin could not refresh, a
+    request the package refused or an answer that is no JSON; anything else (a bug) is `exc` itself."""
+    error: KubeError
+    if isinstance(exc, KubeError):
+        return exc
+    if isinstance(exc, ApiException) and isinstance(exc.status, int) and exc.status > 0:
+        try:
+            body = json.loads(exc.body) if exc.body else None
+        except (ValueError, TypeError):
+            body = None
+        if not isinstance(body, dict):
+            body = {"message": str(exc.body or exc.reason or "")[:500]}
+        error = api_error(exc.status, body, retry_after=(exc.headers or {}).get("Retry-After"))
+    elif isinstance(exc, ApiException):  # status 0: the package got no answer
+        error = Unreachable(f"{what}: {exc.reason}")
+    elif isinstance(exc, urllib3.exceptions.HTTPError | OSError):
+        error = Unreachable(f"{what}: {type(exc).__name__}: {exc}")
+    elif isinstance(exc, ConfigException):
+        error = KubeError(None, "Credentials", f"{what}: {exc}")
+    elif isinstance(exc, ValueError):
+        error = KubeError(None, "InvalidRequest", f"{what}: {type(exc).__name__}: {exc}")
+    else:
+        return exc
+    error.__cause__ = exc
+    return error
 
 
 def is_transient(exc: BaseException) -> bool:
