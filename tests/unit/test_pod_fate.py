@@ -1,4 +1,4 @@
-"""Pod state -> verdict and outcome (controller/launchers/classify), over pods captured from a real cluster.
+"""Pod state -> verdict (pod_progress) and outcome (pod_fate), over pods captured from a real cluster.
 
 The pods under ``pods/`` were captured with ``kubectl get pod -o json`` on the e2e cluster (v1.33) and
 stripped to what classification reads; the few that cannot be produced safely there (node-pressure
@@ -19,16 +19,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from controller.launchers.base import QueueDeadline
-from controller.launchers.kubernetes.pod_fate import (
-    Ended,
-    Failed,
-    Waiting,
-    decide,
-    log_tail,
-    observe,
-    parse_time,
-    placement,
-)
+from controller.launchers.kubernetes.pod_fate import decide, log_tail, placement
+from controller.launchers.kubernetes.pod_progress import Ended, Failed, Waiting, observe
+from controller.launchers.kubernetes.pod_status import parse_time
 from tests.support.outcomes import RESULT, assert_outcome, assert_typed_error
 from worker_image.protocol import (
     ENVELOPE_MARKER,
