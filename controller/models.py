@@ -53,7 +53,19 @@ class DatasetIn(_Strict):
 class LimitsIn(_Strict):
     cpu: str | None = Field(None, description="Kubernetes CPU quantity, e.g. '500m' or '1'.")
     memory: str | None = Field(None, description="Kubernetes memory quantity, e.g. '512Mi'.")
-    timeout_seconds: float | None = Field(None, gt=0, description="Deadline for the whole query.")
+    timeout_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Run deadline in seconds, from the moment the worker runs (the pod's "
+        "`activeDeadlineSeconds` on Kubernetes); past it the query fails as `timeout`, phase `run`.",
+    )
+    queue_timeout_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Queue deadline in seconds, from submission until the worker runs: time queued, plus "
+        "on Kubernetes the pod's Pending time (scheduling, image and sandbox start). Past it the query "
+        "fails as `timeout`, phase `queue` (retryable), and never starts; a pending pod is deleted.",
+    )
 
     @field_validator("cpu")
     @classmethod
@@ -131,6 +143,7 @@ class LimitsOut(BaseModel):
     cpu: str
     memory: str
     timeout_seconds: float
+    queue_timeout_seconds: float | None = None
 
 
 class RecordOut(BaseModel):

@@ -92,6 +92,16 @@ class Settings(BaseSettings):
     max_cpu: str = Field("2", description="Largest CPU limit a query may ask for; above it is a 422.")
     max_memory: str = Field("4Gi", description="Largest memory limit a query may ask for; above it is a 422.")
     max_timeout_seconds: float = Field(600, gt=0, description="Largest deadline a query may ask for.")
+    default_queue_timeout_seconds: float = Field(
+        0,
+        ge=0,
+        description="Queue deadline of a query that sets no `limits.queue_timeout_seconds`: how long it may "
+        "wait, queued and then (Kubernetes) pending, before its worker runs; past it the query fails as "
+        "`timeout` with `phase: queue`. 0: no queue deadline, a query waits as long as it takes.",
+    )
+    max_queue_timeout_seconds: float = Field(
+        86_400, gt=0, description="Largest queue deadline a query may ask for; above it is a 422."
+    )
     default_max_rows: int = Field(1000, ge=1, description="Rows returned when a query sets no `max_rows`.")
     max_rows_limit: int = Field(100_000, ge=1, description="Largest `max_rows` a query may ask for.")
     max_result_bytes: int = Field(

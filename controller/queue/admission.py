@@ -56,7 +56,19 @@ def _limits(limits: LimitsIn | None, settings: Settings) -> QueryLimits:
         timeout_seconds=timeout,
         cpu_millicores=cpu_millicores,
         memory_bytes=memory_bytes,
+        queue_timeout_seconds=_queue_timeout(limits, settings),
     )
+
+
+def _queue_timeout(limits: LimitsIn | None, settings: Settings) -> float | None:
+    queue_timeout = (limits and limits.queue_timeout_seconds) or settings.default_queue_timeout_seconds
+    if queue_timeout > settings.max_queue_timeout_seconds:
+        raise Rejected(
+            "limits.queue_timeout_seconds",
+            f"queue_timeout_seconds {queue_timeout:g} is above the maximum "
+            f"{settings.max_queue_timeout_seconds:g}",
+        )
+    return queue_timeout or None
 
 
 def _fetch(settings: Settings) -> FetchOptions:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-from controller.launchers.base import Job, Launcher, Outcome
+from controller.launchers.base import Job, Launcher, Outcome, queue_timeout
 from controller.logs import bind_query
 from controller.models import TERMINAL
 from controller.queue.metrics import Metrics
@@ -33,7 +33,7 @@ from controller.queue.store import (
     StoreUnavailable,
 )
 from controller.testcrash import crash_if
-from worker_image.protocol import ErrorType, WorkerRequest, error_info
+from worker_image.protocol import ErrorInfo, ErrorType, WorkerRequest, error_info
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,20 @@ def job_for(row: Row) -> Job:
         request=cast(WorkerRequest, row.request),
         limits=row.limits,
         submitted_at=row.submitted_at,
+        # A rerun (after a controller died) had started before: the queue deadline was met then.
+        queue_timeout_seconds=row.limits.queue_timeout_seconds if row.attempts == 1 else None,
     )
+
+
+def queue_expired(row: Row) -> ErrorInfo:
+    """The error of a queued query whose queue deadline passed before a slot freed up for it."""
+    assert row.limits.queue_timeout_seconds is not None, "only a query with a queue deadline expires"
+    return queue_timeout(row.limits.queue_timeout_seconds)
+
+
+def wake_in(next_deadline: float | None, now: float) -> float | None:
+    """How long the dispatcher may sleep before a queue deadline passes (None: until woken)."""
+    return None if next_deadline is None else max(0.0, next_deadline - now)
 
 
 class _Waiters:
@@ -211,15 +224,22 @@ class Dispatcher:
         self._wakeup.set()
 
     async def _loop(self) -> None:
+        # Asleep until something is queued, a slot frees up, or the earliest queue deadline passes.
+        sleep: float | None = None
         while True:
-            await self._wakeup.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), sleep)
             self._wakeup.clear()
             try:
+                for row in self._store.expire_queued(queue_expired):
+                    log.info("query %s: failed (timeout): not started within its queue deadline", row.id)
+                    self._finished(row)
                 while len(self._running) < self._max_concurrent and not self._stopping:
-                    row = self._store.claim_next(self._global_cap)
-                    if row is None:
+                    claimed = self._store.claim_next(self._global_cap)
+                    if claimed is None:
                         break
-                    self._start(row)
+                    self._start(claimed)
+                sleep = wake_in(self._store.next_queue_deadline(), time.time())
             except Exception:
                 # The store failed (disk full, locked): keep the loop alive and look again shortly.
                 log.exception("dispatcher could not claim the next query; retrying")

@@ -40,6 +40,8 @@ class Limits:
     cpu: str
     memory: str
     timeout_seconds: float
+    # None: the query may wait to start as long as it takes.
+    queue_timeout_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -140,11 +142,17 @@ class Record:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Record:
         limits = data["limits"]
+        queue_timeout = limits.get("queue_timeout_seconds")
         return cls(
             id=data["id"],
             operation=data["operation"],
             status=data["status"],
-            limits=Limits(limits["cpu"], limits["memory"], float(limits["timeout_seconds"])),
+            limits=Limits(
+                limits["cpu"],
+                limits["memory"],
+                float(limits["timeout_seconds"]),
+                None if queue_timeout is None else float(queue_timeout),
+            ),
             attempts=data["attempts"],
             submitted_at=data["submitted_at"],
             started_at=data.get("started_at"),

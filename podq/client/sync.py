@@ -87,17 +87,20 @@ class Client:
         cpu: str | None = None,
         memory: str | None = None,
         timeout_seconds: float | None = None,
+        queue_timeout_seconds: float | None = None,
         max_rows: int | None = None,
         idempotency_key: str | None = None,
         debug: dict[str, Any] | None = None,
     ) -> Record:
-        """Queue a query; `datasets` maps table names to parquet URLs. Returns the record (queued)."""
+        """Queue a query; `datasets` maps table names to parquet URLs. Returns the record (queued).
+        `timeout_seconds` bounds the run, `queue_timeout_seconds` the wait before it starts."""
         call = _calls.submit(
             sql,
             datasets,
             cpu=cpu,
             memory=memory,
             timeout_seconds=timeout_seconds,
+            queue_timeout_seconds=queue_timeout_seconds,
             max_rows=max_rows,
             idempotency_key=idempotency_key,
             debug=debug,
@@ -157,6 +160,7 @@ class Client:
         cpu: str | None = None,
         memory: str | None = None,
         timeout_seconds: float | None = None,
+        queue_timeout_seconds: float | None = None,
         idempotency_key: str | None = None,
         debug: dict[str, Any] | None = None,
     ) -> Record:
@@ -166,6 +170,7 @@ class Client:
             cpu=cpu,
             memory=memory,
             timeout_seconds=timeout_seconds,
+            queue_timeout_seconds=queue_timeout_seconds,
             idempotency_key=idempotency_key,
             debug=debug,
         )

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from controller.launchers.kubernetes.pod_fate import parse_time
+from controller.launchers.kubernetes.pod_status import parse_time
 from controller.testing.fileserver import FileServer
 from controller.testing.process import wait_finished, wait_status
 from tests.support.api import assert_each_failed_as_its_kind, simple_query, simple_rows, sleeper, submit

@@ -259,6 +259,15 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any] | bytes, int, str]] = [
     ("timeout above the maximum", limited(timeout_seconds=10**6), 422, "limits.timeout_seconds"),
     ("zero timeout", limited(timeout_seconds=0), 422, "limits.timeout_seconds"),
     ("negative timeout", limited(timeout_seconds=-1), 422, "limits.timeout_seconds"),
+    ("zero queue timeout", limited(queue_timeout_seconds=0), 422, "limits.queue_timeout_seconds"),
+    ("negative queue timeout", limited(queue_timeout_seconds=-2), 422, "limits.queue_timeout_seconds"),
+    ("queue timeout no number", limited(queue_timeout_seconds="soon"), 422, "limits.queue_timeout_seconds"),
+    (
+        "queue timeout above the maximum",
+        limited(queue_timeout_seconds=10**6),
+        422,
+        "limits.queue_timeout_seconds: queue_timeout_seconds 1e+06 is above the maximum 86400",
+    ),
     (
         "metadata address spelled as one number",
         one_dataset("http://2852039166/latest"),
@@ -367,6 +376,8 @@ def test_health_readiness_metrics_and_openapi(running_controller: ControllerProc
     assert "podq_queue_depth" in metrics
     assert 'podq_queries_finished_total{error_type="",operation="query",status="succeeded"}' in metrics
     assert {"/v1/queries", "/v1/queries/{query_id}", "/v1/inspections", "/healthz"} <= set(openapi["paths"])
+    queue_timeout = openapi["components"]["schemas"]["LimitsIn"]["properties"]["queue_timeout_seconds"]
+    assert "Queue deadline" in queue_timeout["description"]
     json.dumps(openapi)
 
 

@@ -29,15 +29,9 @@ from controller.launchers.kubernetes.client.events import make_event
 from controller.launchers.kubernetes.nodes import NodeRooms
 from controller.launchers.kubernetes.options import KubernetesOptions
 from controller.launchers.kubernetes.owner import service_account_owner
-from controller.launchers.kubernetes.pod_fate import (
-    Ended,
-    Failed,
-    Waiting,
-    decide,
-    observe,
-    parse_time,
-    placement,
-)
+from controller.launchers.kubernetes.pod_fate import decide, placement
+from controller.launchers.kubernetes.pod_progress import Ended, Failed, Waiting, observe
+from controller.launchers.kubernetes.pod_status import parse_time
 from controller.launchers.kubernetes.pod_watch import PodWatch
 from controller.launchers.kubernetes.podspec import (
     CONTAINER_NAME,
@@ -235,6 +229,7 @@ class KubernetesLauncher:
                 now=time.time(),
                 unschedulable_after=options.unschedulable_after_seconds,
                 image_pull_grace=options.image_pull_grace_seconds,
+                queue_deadline=job.queue_deadline,
             )
             if state is not None and state.gone and isinstance(verdict, Waiting):
                 verdict = observe(None, now=time.time(), unschedulable_after=0, image_pull_grace=0)

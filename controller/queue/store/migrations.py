@@ -42,12 +42,20 @@ _QUEUES_V1 = """
     CREATE INDEX {exists}idempotency_keys_by_age ON idempotency_keys (created_at);
 """
 
+# Version 2: a queued query's queue deadline (submitted_at + limits.queue_timeout_seconds), NULL without
+# one and once the query has been claimed; indexed for the dispatcher's wake-up and expiry.
+_QUEUE_DEADLINE_V2 = """
+    ALTER TABLE queries ADD COLUMN queue_deadline {time};
+    CREATE INDEX queries_queued_by_deadline ON queries (queue_deadline) WHERE status = 'queued'
+"""
+
 # Version 1 is the schema of every podq before versioning, written with IF NOT EXISTS so that a file from
 # then (with or without the idempotency keys) is adopted as it stands.
 SQLITE = [
     _QUEUES_V1.format(
         exists="IF NOT EXISTS ", seq="INTEGER PRIMARY KEY AUTOINCREMENT", time="REAL", running=""
     ),
+    _QUEUE_DEADLINE_V2.format(time="REAL"),
 ]
 
 # A replica's heartbeat is the database server's clock: staleness is judged on one clock whatever the
@@ -67,6 +75,7 @@ POSTGRES = [
         heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
     );
     """,
+    _QUEUE_DEADLINE_V2.format(time="DOUBLE PRECISION"),
 ]
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -37,6 +37,12 @@ from controller.queue.store.base import (
 
 # What replicas do one at a time (`Store._take_turn`).
 Turn = Literal["migrate", "claim", "queue limit"]
+
+# The queued rows a claim may take (its one parameter: now): none past its queue deadline, which expires.
+CLAIMABLE = "status = 'queued' AND (queue_deadline IS NULL OR queue_deadline > ?)"
+# What a claim sets besides the status and owner: the queue deadline is met once a query is claimed (a
+# launcher holds it to the rest, e.g. a pending pod), and a query handed back to the queue has started.
+CLAIMED = "attempts = attempts + 1, started_at = ?, queue_deadline = NULL"
 
 
 class Result(Protocol):
@@ -92,8 +98,8 @@ class Store(ABC):
         """The condition (SQL and its parameters) that a query runs on this store's replica."""
 
     @abstractmethod
-    def _claim(self, db: Connection) -> Any:
-        """Move the oldest queued query to running on this replica, counting the attempt: the raw row."""
+    def _claim(self, db: Connection, now: float) -> Any:
+        """Move the oldest `CLAIMABLE` query to running on this replica (`CLAIMED`): the raw row."""
 
     @abstractmethod
     def _orphaned(self, db: Connection, now: float) -> tuple[str, list[str]]:
@@ -145,10 +151,11 @@ class Store(ABC):
             queued = _count(db, "queued")
             if queued >= max_queued:
                 raise QueueFull(queued)
+        now = time.time()
         raw = db.execute(
-            "INSERT INTO queries (id, operation, request, limits, status, submitted_at)"
-            " VALUES (?, ?, ?, ?, 'queued', ?) RETURNING *",
-            (query_id, operation, dumps(request), dumps(limits.stored()), time.time()),
+            "INSERT INTO queries (id, operation, request, limits, status, submitted_at, queue_deadline)"
+            " VALUES (?, ?, ?, ?, 'queued', ?, ?) RETURNING *",
+            (query_id, operation, dumps(request), dumps(limits.stored()), now, limits.queue_deadline(now)),
         ).fetchone()
         self._notify(db, QUEUED, [query_id])
         return row_from(raw)
@@ -204,8 +211,35 @@ class Store(ABC):
                 self._take_turn(db, "claim")
                 if _count(db, "running") >= max_running:
                     return None
-            raw = self._claim(db)
+            raw = self._claim(db, time.time())
         return None if raw is None else row_from(raw)
+
+    def expire_queued(self, error: Callable[[Row], Mapping[str, object]]) -> list[Row]:
+        """Fail the queued queries past their queue deadline, each with `error(row)`: the failed rows."""
+        now = time.time()
+        with self._transaction() as db:
+            due = db.execute(
+                "SELECT * FROM queries WHERE status = 'queued' AND queue_deadline <= ? ORDER BY seq", (now,)
+            ).fetchall()
+            expired = []
+            for queued in due:
+                raw = db.execute(
+                    "UPDATE queries SET status = 'failed', error = ?, finished_at = ?, queue_deadline = NULL"
+                    " WHERE id = ? AND status = 'queued' RETURNING *",
+                    (dumps(error(row_from(queued))), now, queued["id"]),
+                ).fetchone()
+                if raw is not None:
+                    expired.append(row_from(raw))
+            self._notify(db, FINISHED, [row.id for row in expired])
+        return expired
+
+    def next_queue_deadline(self) -> float | None:
+        """The earliest queue deadline of a queued query (epoch seconds), None if none has one."""
+        with self._reading() as db:
+            deadline: float | None = db.execute(
+                "SELECT MIN(queue_deadline) AS deadline FROM queries WHERE status = 'queued'"
+            ).fetchone()["deadline"]
+        return deadline
 
     def finish(
         self,
