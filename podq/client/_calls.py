@@ -100,6 +100,7 @@ def submit(
     timeout_seconds: float | None,
     queue_timeout_seconds: float | None,
     max_rows: int | None,
+    retry: Mapping[str, Any] | None,
     idempotency_key: str | None,
     debug: dict[str, Any] | None,
 ) -> Call:
@@ -108,6 +109,8 @@ def submit(
         body["limits"] = limits
     if max_rows is not None:
         body["max_rows"] = max_rows
+    if retry is not None:
+        body["retry"] = dict(retry)
     if debug is not None:
         body["debug"] = debug
     return Call("POST", "/v1/queries", _record, body=body, headers=_key(idempotency_key), ok=(202,))

@@ -76,7 +76,7 @@ def test_submit_wait_get_list_and_health(running_controller: ControllerProcess, 
         assert queued.datasets[0].table_name == "t"
 
         done = podq.wait(queued.id, timeout=60)
-        assert done.status == "succeeded" and done.finished and done.attempts == 1
+        assert done.status == "succeeded" and done.finished and len(done.attempts) == 1
         assert isinstance(done.result, QueryResult)
         assert [c.name for c in done.result.columns] == ["name", "value"]
         assert len(done.result.rows) == 3 and done.result.total_rows == 10
@@ -142,6 +142,28 @@ def test_memory_is_OutOfMemory_for_a_real_query(
     with Client(running_controller.url) as podq, pytest.raises(OutOfMemory) as failed:
         podq.run(HUNGRY_SQL, {"table2": f"{file_server}/large.parquet"}, memory="256Mi", timeout_seconds=60)
     assert failed.value.error.details["limit_bytes"] == 256 * 1024 * 1024
+
+
+def test_retry_policy_and_attempts_on_the_record(running_controller: ControllerProcess) -> None:
+    with Client(running_controller.url) as podq:
+        done = podq.run("SELECT 1 AS x", memory="256Mi", retry={"on": ["memory"], "max_memory": "1Gi"})
+        with pytest.raises(BadRequest) as refused:
+            podq.submit("SELECT 1", retry={"memory_factor": 1})
+    assert done.retry == {
+        "max_attempts": 3,
+        "on": ["memory"],
+        "memory_factor": 2.0,
+        "max_memory_bytes": 2**30,
+    }
+    (attempt,) = done.attempts
+    assert (attempt.number, attempt.status, attempt.limits, attempt.error) == (
+        1,
+        "succeeded",
+        done.limits,
+        None,
+    )
+    assert attempt.placement == done.placement and attempt.finished_at == done.finished_at
+    assert "retry.memory_factor" in refused.value.error.message
 
 
 def test_crash_is_WorkerCrashed(running_controller: ControllerProcess) -> None:

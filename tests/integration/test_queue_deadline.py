@@ -41,7 +41,7 @@ def assert_expired_in_the_queue(record: dict[str, Any]) -> None:
     assert error["details"] == {"phase": "queue", "queue_timeout_seconds": 1}
     assert record["limits"]["queue_timeout_seconds"] == 1
     # No worker ever ran for it.
-    assert (record["started_at"], record["placement"], record["attempts"]) == (None, {}, 0), record
+    assert (record["started_at"], record["placement"], record["attempts"]) == (None, {}, []), record
 
 
 def blocked(client: httpx.Client) -> str:

@@ -12,7 +12,7 @@ import pytest
 from controller.launchers.base import Job, QueueDeadline
 from controller.models import QueryIn
 from controller.queue.admission import Rejected, admit_query
-from controller.queue.dispatcher import job_for, queue_expired, wake_in
+from controller.queue.jobs import job_for, queue_expired, wake_in
 from controller.queue.store import Store
 from controller.settings import Settings
 from tests.support.stored import LIMITS, REQUEST
@@ -101,12 +101,12 @@ def test_the_store_expires_only_queued_queries_past_their_deadline(store: Store)
     queue(store, "expired", PASSED)
     queue(store, "later", 3600)
     queue(store, "none", None)
-    assert store.next_queue_deadline() == pytest.approx(time.time(), abs=5)
+    assert store.next_wake(time.time()) == pytest.approx(time.time(), abs=5)
     expired = store.expire_queued(queue_expired)
     assert [(row.id, row.status, row.started_at) for row in expired] == [("expired", "failed", None)]
     assert expired[0].error == queue_expired(expired[0])
     later = store.get("later")
-    assert later is not None and store.next_queue_deadline() == pytest.approx(later.submitted_at + 3600)
+    assert later is not None and store.next_wake(time.time()) == pytest.approx(later.submitted_at + 3600)
     assert store.expire_queued(queue_expired) == []
     running = store.get("running")
     assert running is not None and running.status == "running"
@@ -117,9 +117,9 @@ def test_a_claim_skips_a_query_past_its_deadline_and_clears_the_deadline_it_met(
     queue(store, "next", 3600)
     claimed = store.claim_next()
     assert claimed is not None and claimed.id == "next"
-    assert store.next_queue_deadline() is not None  # "expired" is still queued, for expire_queued
+    assert store.next_wake(time.time()) is not None  # "expired" is still queued, for expire_queued
     store.expire_queued(queue_expired)
-    assert store.next_queue_deadline() is None
+    assert store.next_wake(time.time()) is None
     # Handed back to the queue (a graceful stop), a query that started once is not expired.
     assert store.requeue("next")
-    assert store.next_queue_deadline() is None
+    assert store.next_wake(time.time()) is None

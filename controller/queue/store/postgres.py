@@ -27,9 +27,17 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from controller.queue.store import migrations
-from controller.queue.store.base import CANCEL, Recovery, ReplicaLost, StoreUnavailable, Subscriber, dumps
+from controller.queue.store.base import (
+    CANCEL,
+    Connection,
+    Recovery,
+    ReplicaLost,
+    StoreUnavailable,
+    Subscriber,
+    dumps,
+)
 from controller.queue.store.pg_events import Listener
-from controller.queue.store.sql import CLAIMABLE, CLAIMED, Connection, Store, Turn
+from controller.queue.store.sql import CLAIMABLE, CLAIMED, Store, Turn
 from worker_image.protocol import ErrorType, error_info
 
 # Keys of the transaction-scoped advisory locks (any constants, fixed for all versions).
@@ -138,7 +146,7 @@ class PostgresStore(Store):
             " FOR UPDATE SKIP LOCKED)"
             f" UPDATE queries SET status = 'running', {CLAIMED}, owner = ?, cancel_requested = false"
             " FROM next WHERE queries.seq = next.seq RETURNING queries.*",
-            (now, now, self.replica),
+            (now, now, now, self.replica),
         ).fetchone()
 
     def request_cancel(self, query_id: str) -> bool:

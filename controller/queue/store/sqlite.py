@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.queue.store import migrations
-from controller.queue.store.base import Recovery, StoreUnavailable, Subscriber
-from controller.queue.store.sql import CLAIMABLE, CLAIMED, Connection, Store, Turn
+from controller.queue.store.base import Connection, Recovery, StoreUnavailable, Subscriber
+from controller.queue.store.sql import CLAIMABLE, CLAIMED, Store, Turn
 
 # Primary result codes (the low byte of an extended code) of a write that failed for want of room or access.
 _TRANSIENT_FAILURES = frozenset(
@@ -90,7 +90,7 @@ class SqliteStore(Store):
             f"UPDATE queries SET status = 'running', {CLAIMED}"
             f" WHERE seq = (SELECT seq FROM queries WHERE {CLAIMABLE} ORDER BY seq LIMIT 1)"
             " RETURNING *",
-            (now, now),
+            (now, now, now),
         ).fetchone()
 
     def _orphaned(self, db: Connection, now: float) -> tuple[str, list[str]]:
