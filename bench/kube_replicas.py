@@ -84,6 +84,7 @@ def main() -> None:
                 for replicas in (1, 2):
                     run = 2 * pair + replicas
                     workdir = Path(tmp) / f"run{run}"
+                    workdir.mkdir()
                     url = _fresh_database(args.server_url, run)
                     seconds = dispatch_seconds(target, workdir, url, replicas, args.queued)
                     rows.append(

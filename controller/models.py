@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from controller.quantity import QuantityError, parse_cpu_millicores, parse_memory_bytes
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# The error types a retry policy may name: the others fail the same way again (sql, validation, a run
+# timeout, image) or are not the query's (cancelled, internal).
+RetryOn = Literal["memory", "network", "crash", "evicted", "unschedulable"]
+RETRY_TYPES: tuple[RetryOn, ...] = get_args(RetryOn)
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 TableName = Annotated[
@@ -53,7 +57,19 @@ class DatasetIn(_Strict):
 class LimitsIn(_Strict):
     cpu: str | None = Field(None, description="Kubernetes CPU quantity, e.g. '500m' or '1'.")
     memory: str | None = Field(None, description="Kubernetes memory quantity, e.g. '512Mi'.")
-    timeout_seconds: float | None = Field(None, gt=0, description="Deadline for the whole query.")
+    timeout_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Run deadline in seconds, from the moment the worker runs (the pod's "
+        "`activeDeadlineSeconds` on Kubernetes); past it the query fails as `timeout`, phase `run`.",
+    )
+    queue_timeout_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Queue deadline in seconds, from submission until the worker runs: time queued, plus "
+        "on Kubernetes the pod's Pending time (scheduling, image and sandbox start). Past it the query "
+        "fails as `timeout`, phase `queue` (retryable), and never starts; a pending pod is deleted.",
+    )
 
     @field_validator("cpu")
     @classmethod
@@ -66,11 +82,35 @@ class LimitsIn(_Strict):
         return _quantity(parse_memory_bytes, value)
 
 
+class RetryIn(_Strict):
+    max_attempts: int | None = Field(
+        None, ge=1, description="Attempts in all, the first included (at most `PODQ_MAX_ATTEMPTS`)."
+    )
+    on: list[RetryOn] | None = Field(None, description="The error types that start another attempt.")
+    memory_factor: float | None = Field(
+        None,
+        gt=1,
+        description="On `memory`, the next attempt's memory limit is max(limit * factor, observed peak * "
+        "1.25), rounded up to a whole MiB.",
+    )
+    max_memory: str | None = Field(
+        None,
+        description="The most memory a retry may give (Kubernetes quantity, at least `limits.memory`, at "
+        "most the server's maximum, which is the default).",
+    )
+
+    @field_validator("max_memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        return _quantity(parse_memory_bytes, value)
+
+
 class QueryIn(_Strict):
     sql: str = Field(min_length=1, examples=["SELECT name, value FROM t WHERE value > 2"])
     datasets: list[DatasetIn] = Field(default_factory=list)
     limits: LimitsIn | None = None
     max_rows: int | None = Field(None, ge=1, description="Rows returned at most; total_rows tells the rest.")
+    retry: RetryIn | None = Field(None, description="When to run the query again after a failed attempt.")
     debug: dict[str, Any] | None = Field(None, description="Test hooks; refused unless enabled in settings.")
 
     @field_validator("sql")
@@ -131,6 +171,29 @@ class LimitsOut(BaseModel):
     cpu: str
     memory: str
     timeout_seconds: float
+    queue_timeout_seconds: float | None = None
+
+
+class RetryOut(BaseModel):
+    max_attempts: int
+    on: list[RetryOn]
+    memory_factor: float
+    max_memory_bytes: int = Field(description="The most memory a retry may give, in bytes.")
+
+
+class AttemptOut(BaseModel):
+    number: int = Field(description="1 for the first attempt, counting every start of a worker.")
+    status: Literal["running", "succeeded", "failed", "cancelled", "interrupted"] = Field(
+        description="`interrupted`: its controller stopped or died while it ran (`error` says which), and "
+        "the query was queued again or failed as `internal`."
+    )
+    limits: LimitsOut = Field(description="The limits this attempt ran with.")
+    placement: dict[str, Any] = Field(
+        default_factory=dict, description="Where it ran, as the record's `placement`; empty if unknown."
+    )
+    started_at: float
+    finished_at: float | None = None
+    error: ErrorOut | None = None
 
 
 class RecordOut(BaseModel):
@@ -141,10 +204,14 @@ class RecordOut(BaseModel):
     datasets: list[DatasetIn] | None = None
     url: str | None = None
     max_rows: int | None = None
-    limits: LimitsOut
+    limits: LimitsOut = Field(description="The limits of the last attempt (of the next, while queued).")
+    retry: RetryOut | None = Field(None, description="The retry policy the query runs under (queries only).")
     result: QueryResult | InspectionResult | None = None
     error: ErrorOut | None = None
-    attempts: int
+    attempts: list[AttemptOut] = Field(
+        description="Every attempt at the query, oldest first (the newest 20 are kept); `result` and "
+        "`error` are the last one's."
+    )
     submitted_at: float
     started_at: float | None = None
     finished_at: float | None = None

@@ -16,6 +16,7 @@ from pydantic import Field, FilePath, SecretStr, field_validator, model_validato
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controller.models import RETRY_TYPES, RetryOn
 from controller.quantity import parse_cpu_millicores, parse_memory_bytes
 from controller.testcrash import parse_crash_at
 from worker_image.netpolicy import parse_networks
@@ -86,8 +87,20 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         2,
         ge=1,
-        description="Times a query may be started. A query running when the controller died is started "
-        "again after restart while it has attempts left, else fails as `internal` (retryable).",
+        description="Times a query may be started, counting its retries. A query running when the "
+        "controller died is started again after restart while it has attempts left, else fails as "
+        "`internal` (retryable).",
+    )
+    default_retry_max_attempts: int = Field(
+        3, ge=1, description="Attempts in all of a query whose `retry` sets no `max_attempts`."
+    )
+    max_retry_attempts: int = Field(5, ge=1, description="Largest `retry.max_attempts`; above it is a 422.")
+    default_retry_on: list[RetryOn] = Field(
+        default_factory=lambda: list(RETRY_TYPES),
+        description="Error types that start another attempt when a query's `retry` sets no `on` (JSON list).",
+    )
+    default_retry_memory_factor: float = Field(
+        2.0, gt=1, description="Memory growth factor of a retry after `memory` when `retry` sets none."
     )
     default_cpu: str = Field("1", description="CPU limit of a query that sets none (Kubernetes quantity).")
     default_memory: str = Field("512Mi", description="Memory limit of a query that sets none.")
@@ -95,6 +108,16 @@ class Settings(BaseSettings):
     max_cpu: str = Field("2", description="Largest CPU limit a query may ask for; above it is a 422.")
     max_memory: str = Field("4Gi", description="Largest memory limit a query may ask for; above it is a 422.")
     max_timeout_seconds: float = Field(600, gt=0, description="Largest deadline a query may ask for.")
+    default_queue_timeout_seconds: float = Field(
+        0,
+        ge=0,
+        description="Queue deadline of a query that sets no `limits.queue_timeout_seconds`: how long it may "
+        "wait, queued and then (Kubernetes) pending, before its worker runs; past it the query fails as "
+        "`timeout` with `phase: queue`. 0: no queue deadline, a query waits as long as it takes.",
+    )
+    max_queue_timeout_seconds: float = Field(
+        86_400, gt=0, description="Largest queue deadline a query may ask for; above it is a 422."
+    )
     default_max_rows: int = Field(1000, ge=1, description="Rows returned when a query sets no `max_rows`.")
     max_rows_limit: int = Field(100_000, ge=1, description="Largest `max_rows` a query may ask for.")
     max_result_bytes: int = Field(
@@ -294,6 +317,15 @@ class Settings(BaseSettings):
             if scheme not in ("postgresql", "postgres") or not sep or not rest:
                 raise ValueError("must be a postgresql:// URL (postgresql://user:password@host:5432/db)")
         return value
+
+    @model_validator(mode="after")
+    def _retries(self) -> Settings:
+        if self.default_retry_max_attempts > self.max_retry_attempts:
+            raise ValueError(
+                f"PODQ_DEFAULT_RETRY_MAX_ATTEMPTS ({self.default_retry_max_attempts}) must be at most "
+                f"PODQ_MAX_RETRY_ATTEMPTS ({self.max_retry_attempts})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _heartbeats(self) -> Settings:

@@ -95,7 +95,12 @@ def _show(record: Record, output: str) -> int:
 
 
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
-    return {"cpu": args.cpu, "memory": args.memory, "timeout_seconds": args.timeout}
+    return {
+        "cpu": args.cpu,
+        "memory": args.memory,
+        "timeout_seconds": args.timeout,
+        "queue_timeout_seconds": args.queue_timeout,
+    }
 
 
 def _submit(podq: Client, args: argparse.Namespace) -> int:
@@ -213,7 +218,10 @@ def _common() -> argparse.ArgumentParser:
 def _limit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu", help="CPU limit, a Kubernetes quantity: 500m, 2")
     parser.add_argument("--memory", help="memory limit, a Kubernetes quantity: 512Mi, 2Gi")
-    parser.add_argument("--timeout", type=float, help="deadline in seconds")
+    parser.add_argument("--timeout", type=float, help="run deadline in seconds, once the worker runs")
+    parser.add_argument(
+        "--queue-timeout", type=float, help="queue deadline in seconds: how long it may wait to start running"
+    )
     parser.add_argument("--idempotency-key", help="sent as Idempotency-Key (default: a new random key)")
 
 

@@ -15,6 +15,7 @@ from controller.http.docs import install_docs
 from controller.http.errors import install_error_handlers
 from controller.http.middleware import BearerAuth, BodySizeLimit
 from controller.launchers import make_launcher
+from controller.quantity import parse_memory_bytes
 from controller.queue.dispatcher import Dispatcher
 from controller.queue.metrics import Metrics
 from controller.queue.store import Store, open_store
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             max_concurrent=settings.max_concurrent,
             max_attempts=settings.max_attempts,
             metrics=metrics,
+            max_memory_bytes=parse_memory_bytes(settings.max_memory),
             crash_at=settings.test_crash_at if settings.enable_test_hooks else None,
             heartbeat_seconds=settings.heartbeat_seconds,
             stale_seconds=settings.replica_stale_seconds,

@@ -16,10 +16,11 @@ from controller.http.errors import error_response
 from controller.http.idempotency import fingerprint, parse_key
 from controller.http.middleware import client_scope
 from controller.http.results import FORMATS, TYPED, NotAcceptable, has_typed, negotiate, render
+from controller.launchers.base import QueryLimits
 from controller.models import ErrorOut, InspectionIn, QueryIn, RecordOut, RecordPage, Status
 from controller.queue.admission import Admitted, Rejected, admit_inspection, admit_query
 from controller.queue.backpressure import RECENT_RUNS, retry_after_seconds
-from controller.queue.store import IdempotencyKey, QueueFull, Row
+from controller.queue.store import Attempt, IdempotencyKey, QueueFull, Row
 from worker_image.protocol import ErrorType
 
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -67,7 +68,7 @@ inspections = APIRouter(prefix="/v1/inspections", tags=["inspections"])
 health = APIRouter(tags=["operations"])
 
 
-def record(row: Row) -> RecordOut:
+def record(row: Row, attempts: list[Attempt]) -> RecordOut:
     request: dict[str, Any] = row.request
     return RecordOut.model_validate(
         {
@@ -79,15 +80,34 @@ def record(row: Row) -> RecordOut:
             "url": request.get("url"),
             "max_rows": request.get("max_rows"),
             "limits": row.limits.as_written(),
+            "retry": row.retry,
             "result": row.result,
             "error": row.error,
-            "attempts": row.attempts,
+            "attempts": [_attempt(attempt) for attempt in attempts],
             "submitted_at": row.submitted_at,
             "started_at": row.started_at,
             "finished_at": row.finished_at,
             "placement": row.placement,
         }
     )
+
+
+def _attempt(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "number": attempt.number,
+        "status": attempt.status,
+        "limits": QueryLimits.from_stored(attempt.limits).as_written(),
+        "placement": attempt.placement,
+        "started_at": attempt.started_at,
+        "finished_at": attempt.finished_at,
+        "error": attempt.error,
+    }
+
+
+def records(services: Services, rows: list[Row]) -> list[RecordOut]:
+    """The records of `rows`, each with its kept attempts."""
+    kept = services.store.attempts([row.id for row in rows])
+    return [record(row, kept[row.id]) for row in rows]
 
 
 def _idempotency_key(
@@ -102,11 +122,12 @@ def _idempotency_key(
     return IdempotencyKey(client_scope(request.scope), key, fingerprint(operation, body))
 
 
-def _accepted(row: Row, location: str, *, replayed: bool) -> JSONResponse:
+def _accepted(services: Services, row: Row, location: str, *, replayed: bool) -> JSONResponse:
     headers = {"Location": f"{location}/{row.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(record(row).model_dump(mode="json"), status_code=202, headers=headers)
+    (accepted,) = records(services, [row])
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=headers)
 
 
 def _submit(
@@ -119,15 +140,21 @@ def _submit(
     ttl = services.settings.idempotency_key_ttl_seconds
     # A retry gets its query back before admission, so a cap or setting changed since cannot refuse it.
     if key is not None and (known := services.store.find_key(key, ttl)) is not None:
-        return _accepted(known, location, replayed=True)
+        return _accepted(services, known, location, replayed=True)
     admitted = admit()
     refusal = services.launcher.refusal(admitted.limits)
     if refusal is not None:
         raise Rejected("limits", refusal)
+    if admitted.retry is not None and services.launcher.name != "local":
+        # A pod keeps its query's name: the next attempt's would meet (and adopt) the failed one's.
+        raise Rejected("retry", f"retries are not available on the {services.launcher.name} launcher yet")
     query_id, request, max_queued = uuid.uuid4().hex, dict(admitted.request), services.settings.max_queued
+    retry = None if admitted.retry is None else admitted.retry.stored()
     try:
         if key is None:
-            row = services.store.insert(query_id, operation, request, admitted.limits, max_queued=max_queued)
+            row = services.store.insert(
+                query_id, operation, request, admitted.limits, retry=retry, max_queued=max_queued
+            )
             created = True
         else:
             row, created = services.store.insert_once(
@@ -137,6 +164,7 @@ def _submit(
                 operation=operation,
                 request=request,
                 limits=admitted.limits,
+                retry=retry,
                 max_queued=max_queued,
             )
     except QueueFull:
@@ -144,7 +172,7 @@ def _submit(
     if created:
         services.metrics.observe_submitted(operation)
         services.dispatcher.notify()
-    return _accepted(row, location, replayed=not created)
+    return _accepted(services, row, location, replayed=not created)
 
 
 def _queue_full(services: Services) -> JSONResponse:
@@ -170,7 +198,7 @@ async def _get(services: Services, query_id: str, operation: str, wait: float) -
     row = await services.dispatcher.wait_finished(query_id, wait)
     if row is None or row.operation != operation:
         return _not_found(query_id)
-    return record(row)
+    return records(services, [row])[0]
 
 
 @queries.post("", status_code=202, response_model=RecordOut, responses=SUBMIT_RESPONSES)
@@ -195,7 +223,7 @@ async def list_queries(
         operation="query", status=status, limit=limit, before_seq=int(cursor) if cursor else None
     )
     next_cursor = str(rows[-1].seq) if len(rows) == limit else None
-    return RecordPage(items=[record(r) for r in rows], next_cursor=next_cursor)
+    return RecordPage(items=records(services, rows), next_cursor=next_cursor)
 
 
 @queries.get("/{query_id}", response_model=RecordOut)
@@ -260,7 +288,7 @@ async def cancel_query(query_id: str, services: ServicesDep) -> RecordOut | JSON
             f"query {query_id} already finished as {row.status}",
             {"id": query_id, "status": row.status},
         )
-    return record(row)
+    return records(services, [row])[0]
 
 
 @inspections.post("", status_code=202, response_model=RecordOut, responses=SUBMIT_RESPONSES)

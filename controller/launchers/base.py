@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self
 
-from worker_image.protocol import ErrorInfo, WorkerRequest
+from worker_image.protocol import ErrorInfo, ErrorType, WorkerRequest, error_info
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,17 @@ class QueryLimits(Limits):
 
     cpu: str
     memory: str
+    # How long the query may wait to start (queued, then pending on Kubernetes); None: as long as it takes.
+    queue_timeout_seconds: float | None = None
 
     def as_written(self) -> dict[str, Any]:
         """The limits as the record shows them."""
-        return {"cpu": self.cpu, "memory": self.memory, "timeout_seconds": self.timeout_seconds}
+        return {
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "timeout_seconds": self.timeout_seconds,
+            "queue_timeout_seconds": self.queue_timeout_seconds,
+        }
 
     def stored(self) -> dict[str, Any]:
         return {**self.as_written(), "cpu_millicores": self.cpu_millicores, "memory_bytes": self.memory_bytes}
@@ -48,7 +55,20 @@ class QueryLimits(Limits):
             timeout_seconds=stored["timeout_seconds"],
             cpu_millicores=stored["cpu_millicores"],
             memory_bytes=stored["memory_bytes"],
+            queue_timeout_seconds=stored.get("queue_timeout_seconds"),
         )
+
+    def queue_deadline(self, submitted_at: float) -> float | None:
+        """When a query submitted at `submitted_at` must have started running (epoch seconds), or None."""
+        return None if self.queue_timeout_seconds is None else submitted_at + self.queue_timeout_seconds
+
+
+@dataclass(frozen=True)
+class QueueDeadline:
+    """When a job's worker must be running at the latest (epoch seconds), and the limit that says so."""
+
+    at: float
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,15 @@ class Job:
     limits: Limits
     # When the query was submitted (epoch seconds); None for jobs that were never queued (tests).
     submitted_at: float | None = None
+    # How long after `submitted_at` the worker must be running at the latest (see `queue_timeout`); None
+    # when the query has none, or has run before (a rerun after a restart is not held to it).
+    queue_timeout_seconds: float | None = None
+
+    @property
+    def queue_deadline(self) -> QueueDeadline | None:
+        if self.submitted_at is None or self.queue_timeout_seconds is None:
+            return None
+        return QueueDeadline(self.submitted_at + self.queue_timeout_seconds, self.queue_timeout_seconds)
 
 
 @dataclass(frozen=True)
@@ -69,6 +98,20 @@ class Outcome:
     error: ErrorInfo | None = None
     # Where it ran and what was seen, for the record: e.g. {"kind": "local", "pid": 123, "exit_code": 0}.
     placement: dict[str, Any] = field(default_factory=dict)
+
+
+def queue_timeout(queue_timeout_seconds: float, **details: Any) -> ErrorInfo:
+    """The error of a query that did not start running within its queue deadline."""
+    message = (
+        f"the query did not start running within its queue deadline of {queue_timeout_seconds:g} seconds "
+        "(limits.queue_timeout_seconds)"
+    )
+    return error_info(
+        ErrorType.TIMEOUT,
+        message,
+        {"phase": "queue", "queue_timeout_seconds": queue_timeout_seconds, **details},
+        retryable=True,
+    )
 
 
 class Launcher(Protocol):

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.launchers.base import QueryLimits
-from controller.models import InspectionIn, LimitsIn, QueryIn
+from controller.models import InspectionIn, LimitsIn, QueryIn, RetryIn
 from controller.quantity import parse_cpu_millicores, parse_memory_bytes
+from controller.queue.retry import RetryPolicy
 from controller.settings import Settings
 from worker_image.netpolicy import FetchPolicy, Refused, check_url
 from worker_image.protocol import FetchOptions, WorkerRequest
@@ -34,6 +35,8 @@ class Rejected(Exception):
 class Admitted:
     request: WorkerRequest
     limits: QueryLimits
+    # Queries only; an inspection is not retried.
+    retry: RetryPolicy | None = None
 
 
 def _limits(limits: LimitsIn | None, settings: Settings) -> QueryLimits:
@@ -56,6 +59,45 @@ def _limits(limits: LimitsIn | None, settings: Settings) -> QueryLimits:
         timeout_seconds=timeout,
         cpu_millicores=cpu_millicores,
         memory_bytes=memory_bytes,
+        queue_timeout_seconds=_queue_timeout(limits, settings),
+    )
+
+
+def _queue_timeout(limits: LimitsIn | None, settings: Settings) -> float | None:
+    queue_timeout = (limits and limits.queue_timeout_seconds) or settings.default_queue_timeout_seconds
+    if queue_timeout > settings.max_queue_timeout_seconds:
+        raise Rejected(
+            "limits.queue_timeout_seconds",
+            f"queue_timeout_seconds {queue_timeout:g} is above the maximum "
+            f"{settings.max_queue_timeout_seconds:g}",
+        )
+    return queue_timeout or None
+
+
+def _retry(given: RetryIn | None, limits: QueryLimits, settings: Settings) -> RetryPolicy | None:
+    if given is None:
+        return None
+    max_attempts = given.max_attempts or settings.default_retry_max_attempts
+    if max_attempts > settings.max_retry_attempts:
+        raise Rejected(
+            "retry.max_attempts",
+            f"max_attempts {max_attempts} is above the maximum {settings.max_retry_attempts}",
+        )
+    max_memory = given.max_memory or settings.max_memory
+    max_memory_bytes = parse_memory_bytes(max_memory)
+    if max_memory_bytes > parse_memory_bytes(settings.max_memory):
+        raise Rejected(
+            "retry.max_memory", f"max_memory {max_memory} is above the maximum {settings.max_memory}"
+        )
+    if max_memory_bytes < limits.memory_bytes:
+        raise Rejected(
+            "retry.max_memory", f"max_memory {max_memory} is below the query's memory limit {limits.memory}"
+        )
+    return RetryPolicy(
+        max_attempts=max_attempts,
+        on=frozenset(settings.default_retry_on if given.on is None else given.on),
+        memory_factor=given.memory_factor or settings.default_retry_memory_factor,
+        max_memory_bytes=max_memory_bytes,
     )
 
 
@@ -88,7 +130,7 @@ def _debug(debug: dict[str, Any] | None, settings: Settings) -> dict[str, Any]:
     return {"debug": debug}
 
 
-def _admitted(request: WorkerRequest, limits: QueryLimits) -> Admitted:
+def _admitted(request: WorkerRequest, limits: QueryLimits, retry: RetryPolicy | None = None) -> Admitted:
     size = len(json.dumps(request).encode())
     if size > MAX_WORKER_REQUEST_BYTES:
         raise Rejected(
@@ -96,7 +138,7 @@ def _admitted(request: WorkerRequest, limits: QueryLimits) -> Admitted:
             f"the request is {size} bytes once encoded for the worker, above the maximum "
             f"{MAX_WORKER_REQUEST_BYTES}: use fewer or shorter dataset URLs, or shorter SQL",
         )
-    return Admitted(request=request, limits=limits)
+    return Admitted(request=request, limits=limits, retry=retry)
 
 
 def admit_query(body: QueryIn, settings: Settings) -> Admitted:
@@ -122,7 +164,8 @@ def admit_query(body: QueryIn, settings: Settings) -> Admitted:
         "max_result_bytes": settings.max_result_bytes,
         **_debug(body.debug, settings),  # type: ignore[typeddict-item]
     }
-    return _admitted(request, _limits(body.limits, settings))
+    limits = _limits(body.limits, settings)
+    return _admitted(request, limits, _retry(body.retry, limits, settings))
 
 
 def admit_inspection(body: InspectionIn, settings: Settings) -> Admitted:

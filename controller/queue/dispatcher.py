@@ -13,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, replace
+from typing import Any
 
-from controller.launchers.base import Job, Launcher, Outcome
+from controller.launchers.base import Launcher, Outcome
 from controller.logs import bind_query
 from controller.models import TERMINAL
+from controller.queue.jobs import job_for, queue_expired, wake_in
 from controller.queue.metrics import Metrics
+from controller.queue.retry import Retry, RetryPolicy, Stop, after_failure, next_limits, not_retried
 from controller.queue.store import (
     CANCEL,
     FINISHED,
@@ -32,8 +35,9 @@ from controller.queue.store import (
     Store,
     StoreUnavailable,
 )
+from controller.queue.waiters import Waiters
 from controller.testcrash import crash_if
-from worker_image.protocol import ErrorType, WorkerRequest, error_info
+from worker_image.protocol import ErrorInfo, ErrorType, error_info
 
 log = logging.getLogger(__name__)
 
@@ -41,45 +45,6 @@ log = logging.getLogger(__name__)
 STORE_RETRY_SECONDS = 1.0
 # How long a DELETE waits for the controller running the query to stop it (another replica's).
 REMOTE_CANCEL_SECONDS = 30.0
-
-
-def job_for(row: Row) -> Job:
-    return Job(
-        query_id=row.id,
-        attempt=row.attempts,
-        request=cast(WorkerRequest, row.request),
-        limits=row.limits,
-        submitted_at=row.submitted_at,
-    )
-
-
-class _Waiters:
-    """One event per query id that somebody is waiting on, released when the last waiter leaves."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, tuple[asyncio.Event, int]] = {}
-
-    @contextlib.contextmanager
-    def watch(self, query_id: str) -> Any:
-        event, count = self._events.get(query_id, (asyncio.Event(), 0))
-        self._events[query_id] = (event, count + 1)
-        try:
-            yield event
-        finally:
-            event, count = self._events[query_id]
-            if count == 1:
-                del self._events[query_id]
-            else:
-                self._events[query_id] = (event, count - 1)
-
-    def wake(self, query_id: str) -> None:
-        entry = self._events.get(query_id)
-        if entry is not None:
-            entry[0].set()
-
-    def wake_all(self) -> None:
-        for event, _ in self._events.values():
-            event.set()
 
 
 @dataclass
@@ -97,6 +62,7 @@ class Dispatcher:
         max_concurrent: int,
         max_attempts: int,
         metrics: Metrics,
+        max_memory_bytes: int | None = None,
         crash_at: str | None = None,
         heartbeat_seconds: float = 2.0,
         stale_seconds: float = 15.0,
@@ -106,9 +72,11 @@ class Dispatcher:
         self._max_concurrent = max_concurrent
         self._max_attempts = max_attempts
         self._metrics = metrics
+        # The server's memory maximum: a retry never gives more (None: the query's own `max_memory`).
+        self._max_memory_bytes = max_memory_bytes
         self._running: dict[str, _Running] = {}
         self._wakeup = asyncio.Event()
-        self._waiters = _Waiters()
+        self._waiters = Waiters()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._crash_at = crash_at
@@ -211,15 +179,23 @@ class Dispatcher:
         self._wakeup.set()
 
     async def _loop(self) -> None:
+        # Asleep until something is queued, a slot frees up, or the earliest queue deadline passes.
+        sleep: float | None = None
         while True:
-            await self._wakeup.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), sleep)
             self._wakeup.clear()
             try:
+                for row in self._store.expire_queued(queue_expired):
+                    log.info("query %s: failed (timeout): not started within its queue deadline", row.id)
+                    self._finished(row)
                 while len(self._running) < self._max_concurrent and not self._stopping:
-                    row = self._store.claim_next(self._global_cap)
-                    if row is None:
+                    claimed = self._store.claim_next(self._global_cap)
+                    if claimed is None:
                         break
-                    self._start(row)
+                    self._start(claimed)
+                now = time.time()
+                sleep = wake_in(self._store.next_wake(now), now)
             except Exception:
                 # The store failed (disk full, locked): keep the loop alive and look again shortly.
                 log.exception("dispatcher could not claim the next query; retrying")
@@ -245,13 +221,67 @@ class Dispatcher:
         finally:
             self._running.pop(row.id, None)
             self.notify()
+        if outcome.error is not None and row.retry is not None:
+            decided = self._after(row, RetryPolicy.from_stored(row.retry), outcome.error)
+            if isinstance(decided, Retry):
+                # The next attempt's worker may take this one's name (a pod's): this one goes first.
+                await self._release(row.id)
+                await self._retry_when_possible(row, outcome.error, outcome.placement, decided)
+                return
+            if decided.reason is not None:
+                outcome = replace(outcome, error=not_retried(outcome.error, decided.reason))
         await self._record_when_possible(row.id, outcome)
         self.notify()  # the store counts the query running until its outcome is written
+        await self._release(row.id)
+
+    async def _release(self, query_id: str) -> None:
         try:
-            await self._launcher.release(row.id)
+            await self._launcher.release(query_id)
         except Exception:
             # What stays behind is cleaned up by the launcher's TTL sweep or the next start's reconcile.
-            log.exception("query %s: the launcher could not release the finished job", row.id)
+            log.exception("query %s: the launcher could not release the finished job", query_id)
+
+    def _after(self, row: Row, policy: RetryPolicy, error: ErrorInfo) -> Retry | Stop:
+        """Whether the query's retry policy runs it again after this attempt failed with `error`."""
+        return after_failure(
+            policy,
+            error,
+            attempt=row.attempts,
+            memory_bytes=row.limits.memory_bytes,
+            server_max_memory_bytes=self._max_memory_bytes or policy.max_memory_bytes,
+            jitter=random.random(),
+        )
+
+    async def _retry_when_possible(
+        self, row: Row, error: ErrorInfo, placement: dict[str, Any], retry: Retry
+    ) -> None:
+        """Record the failed attempt and queue the query again; while the store cannot write, try again."""
+        limits = next_limits(row.limits, retry)
+        while True:
+            try:
+                queued = self._store.retry(
+                    row.id,
+                    limits,
+                    error=error,
+                    placement=placement,
+                    not_before=time.time() + retry.delay_seconds,
+                )
+                break
+            except StoreUnavailable as exc:
+                log.error("query %s: retry not stored yet (%s); retrying", row.id, exc)
+                await asyncio.sleep(STORE_RETRY_SECONDS)
+        if queued:
+            log.info(
+                "query %s: attempt %d failed (%s); queued again with memory %s in %.1f s",
+                row.id,
+                row.attempts,
+                error["error_type"],
+                limits.memory,
+                retry.delay_seconds,
+            )
+            self.notify()
+        else:
+            log.warning("query %s: retry discarded, the query is no longer this controller's", row.id)
 
     def _on_cancelled(self, query_id: str) -> None:
         entry = self._running.get(query_id)

@@ -42,6 +42,7 @@ from podq.client.errors import (
 )
 from podq.client.records import (
     TERMINAL,
+    Attempt,
     Column,
     Dataset,
     ErrorInfo,
@@ -61,6 +62,7 @@ __all__ = [
     "TERMINAL",
     "APIError",
     "AsyncClient",
+    "Attempt",
     "BadRequest",
     "Cancelled",
     "Client",

@@ -66,12 +66,16 @@ def auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def _limits(cpu: str | None, memory: str | None, timeout_seconds: float | None) -> dict[str, Any] | None:
-    limits = {
-        k: v
-        for k, v in (("cpu", cpu), ("memory", memory), ("timeout_seconds", timeout_seconds))
-        if v is not None
-    }
+def _limits(
+    cpu: str | None, memory: str | None, timeout_seconds: float | None, queue_timeout_seconds: float | None
+) -> dict[str, Any] | None:
+    given = (
+        ("cpu", cpu),
+        ("memory", memory),
+        ("timeout_seconds", timeout_seconds),
+        ("queue_timeout_seconds", queue_timeout_seconds),
+    )
+    limits = {k: v for k, v in given if v is not None}
     return limits or None
 
 
@@ -94,15 +98,19 @@ def submit(
     cpu: str | None,
     memory: str | None,
     timeout_seconds: float | None,
+    queue_timeout_seconds: float | None,
     max_rows: int | None,
+    retry: Mapping[str, Any] | None,
     idempotency_key: str | None,
     debug: dict[str, Any] | None,
 ) -> Call:
     body: dict[str, Any] = {"sql": sql, "datasets": _datasets(datasets)}
-    if (limits := _limits(cpu, memory, timeout_seconds)) is not None:
+    if (limits := _limits(cpu, memory, timeout_seconds, queue_timeout_seconds)) is not None:
         body["limits"] = limits
     if max_rows is not None:
         body["max_rows"] = max_rows
+    if retry is not None:
+        body["retry"] = dict(retry)
     if debug is not None:
         body["debug"] = debug
     return Call("POST", "/v1/queries", _record, body=body, headers=_key(idempotency_key), ok=(202,))
@@ -114,11 +122,12 @@ def inspect(
     cpu: str | None,
     memory: str | None,
     timeout_seconds: float | None,
+    queue_timeout_seconds: float | None,
     idempotency_key: str | None,
     debug: dict[str, Any] | None,
 ) -> Call:
     body: dict[str, Any] = {"url": url}
-    if (limits := _limits(cpu, memory, timeout_seconds)) is not None:
+    if (limits := _limits(cpu, memory, timeout_seconds, queue_timeout_seconds)) is not None:
         body["limits"] = limits
     if debug is not None:
         body["debug"] = debug

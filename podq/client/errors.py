@@ -167,7 +167,8 @@ class SQLError(QueryFailed):
 
 
 class QueryTimeout(QueryFailed):
-    """timeout: the query's deadline passed and its worker was killed."""
+    """timeout: a deadline passed: the run deadline (`details.phase` "run", its worker was killed) or the
+    queue deadline ("queue", it never started running)."""
 
 
 class OutOfMemory(QueryFailed):

@@ -40,6 +40,18 @@ class Limits:
     cpu: str
     memory: str
     timeout_seconds: float
+    # None: the query may wait to start as long as it takes.
+    queue_timeout_seconds: float | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Limits:
+        queue_timeout = data.get("queue_timeout_seconds")
+        return cls(
+            data["cpu"],
+            data["memory"],
+            float(data["timeout_seconds"]),
+            None if queue_timeout is None else float(queue_timeout),
+        )
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,32 @@ class ErrorInfo:
         )
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One start of a worker for the query: its limits, where it ran and how it ended (`status` "running"
+    while it runs; "interrupted" when its controller stopped under it)."""
+
+    number: int
+    status: Literal["running", "succeeded", "failed", "cancelled", "interrupted"]
+    limits: Limits
+    placement: dict[str, Any]
+    started_at: float
+    finished_at: float | None
+    error: ErrorInfo | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Attempt:
+        return cls(
+            number=data["number"],
+            status=data["status"],
+            limits=Limits.from_json(data["limits"]),
+            placement=dict(data.get("placement") or {}),
+            started_at=data["started_at"],
+            finished_at=data.get("finished_at"),
+            error=ErrorInfo.from_json(data["error"]) if data.get("error") else None,
+        )
+
+
 def _result(operation: str, data: dict[str, Any] | None) -> QueryResult | InspectionResult | None:
     if data is None:
         return None
@@ -120,7 +158,10 @@ class Record:
     operation: Operation
     status: Status
     limits: Limits
-    attempts: int
+    # Every attempt, oldest first; `result` and `error` are the last one's.
+    attempts: list[Attempt]
+    # The retry policy as applied (`{max_attempts, on, memory_factor, max_memory_bytes}`), None for none.
+    retry: dict[str, Any] | None
     submitted_at: float
     started_at: float | None
     finished_at: float | None
@@ -139,13 +180,13 @@ class Record:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Record:
-        limits = data["limits"]
         return cls(
             id=data["id"],
             operation=data["operation"],
             status=data["status"],
-            limits=Limits(limits["cpu"], limits["memory"], float(limits["timeout_seconds"])),
-            attempts=data["attempts"],
+            limits=Limits.from_json(data["limits"]),
+            attempts=[Attempt.from_json(a) for a in data.get("attempts") or []],
+            retry=data.get("retry"),
             submitted_at=data["submitted_at"],
             started_at=data.get("started_at"),
             finished_at=data.get("finished_at"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -87,18 +87,24 @@ class Client:
         cpu: str | None = None,
         memory: str | None = None,
         timeout_seconds: float | None = None,
+        queue_timeout_seconds: float | None = None,
         max_rows: int | None = None,
+        retry: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         debug: dict[str, Any] | None = None,
     ) -> Record:
-        """Queue a query; `datasets` maps table names to parquet URLs. Returns the record (queued)."""
+        """Queue a query; `datasets` maps table names to parquet URLs. Returns the record (queued).
+        `timeout_seconds` bounds the run, `queue_timeout_seconds` the wait before it starts; `retry`
+        (`{max_attempts, on, memory_factor, max_memory}`) runs it again after a failed attempt."""
         call = _calls.submit(
             sql,
             datasets,
             cpu=cpu,
             memory=memory,
             timeout_seconds=timeout_seconds,
+            queue_timeout_seconds=queue_timeout_seconds,
             max_rows=max_rows,
+            retry=retry,
             idempotency_key=idempotency_key,
             debug=debug,
         )
@@ -157,6 +163,7 @@ class Client:
         cpu: str | None = None,
         memory: str | None = None,
         timeout_seconds: float | None = None,
+        queue_timeout_seconds: float | None = None,
         idempotency_key: str | None = None,
         debug: dict[str, Any] | None = None,
     ) -> Record:
@@ -166,6 +173,7 @@ class Client:
             cpu=cpu,
             memory=memory,
             timeout_seconds=timeout_seconds,
+            queue_timeout_seconds=queue_timeout_seconds,
             idempotency_key=idempotency_key,
             debug=debug,
         )

@@ -145,7 +145,7 @@ def _each_succeeded_with_its_result(base_url: str, accepted: list[Submission]) -
                 record = http.get(f"/v1/queries/{one.query_id}", params={"wait": 60}).json()
             assert record["status"] == "succeeded", (record["attempts"], record["error"], record["placement"])
             assert record["result"]["rows"] == [[one.n]], record
-            attempts.append(record["attempts"])
+            attempts.append(len(record["attempts"]))
     return attempts
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from controller.launchers.kubernetes.pod_fate import parse_time
+from controller.launchers.kubernetes.pod_status import parse_time
 from controller.launchers.kubernetes.pool import CLAIMED, IDLE, LABEL_WARM, POOL_POD_PREFIX
 from controller.testing.process import ControllerProcess, wait_finished
 from tests.support.api import run as run_to_end

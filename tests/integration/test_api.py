@@ -36,8 +36,11 @@ def test_query_over_http_returns_rows_and_placement(
         {"name": "value", "type": "Float64"},
     ]
     assert record["placement"]["kind"] == "local"
-    assert record["attempts"] == 1
+    (attempt,) = record["attempts"]
+    assert attempt["number"] == 1 and attempt["status"] == "succeeded" and attempt["error"] is None
+    assert (attempt["limits"], attempt["placement"]) == (record["limits"], record["placement"])
     assert record["submitted_at"] <= record["started_at"] <= record["finished_at"]
+    assert record["started_at"] == attempt["started_at"] and attempt["finished_at"] == record["finished_at"]
 
 
 def test_SQL_3_truncation_over_http(start_controller: StartController, file_server: str) -> None:
@@ -148,7 +151,7 @@ def test_cancel_queued_never_starts_and_cancel_running_kills_the_worker(
         assert client.delete(running).json()["status"] == "cancelled"
         again = client.delete(running)
         assert again.status_code == 200 and again.json()["status"] == "cancelled"
-        assert client.get(queued).json()["attempts"] == 0
+        assert client.get(queued).json()["attempts"] == [], "a query that never started has no attempt"
     worker_leak_check()
 
 
@@ -198,8 +201,11 @@ def test_restart_after_kill_9_runs_every_queued_query_exactly_once(
         client.delete(blocker)
         listed = client.get("/v1/queries", params={"limit": 100}).json()["items"]
     assert [r["result"]["rows"] for r in records] == [[[i]] for i in range(5)]
-    assert all(r["attempts"] == 1 for r in records)
-    assert blocker_record["attempts"] == 2, "the query running at the kill is started again, once"
+    assert all(len(r["attempts"]) == 1 for r in records)
+    # The query running at the kill is started again, once; its first attempt stays on the record.
+    first_attempt, second_attempt = blocker_record["attempts"]
+    assert (first_attempt["status"], second_attempt["status"]) == ("interrupted", "running")
+    assert first_attempt["error"]["error_type"] == "internal" and first_attempt["finished_at"] is not None
     assert len(listed) == 6
 
 
@@ -216,7 +222,10 @@ def test_graceful_stop_requeues_running_queries(start_controller: StartControlle
     with second.client() as client:
         record = wait_finished(client, location)
     assert record["status"] == "succeeded"
-    assert record["attempts"] == 1, "a graceful stop does not use up an attempt"
+    # A graceful stop does not use up an attempt, but it is on the record.
+    handed_back, ran = record["attempts"]
+    assert (handed_back["status"], ran["status"], ran["number"]) == ("interrupted", "succeeded", 2)
+    assert "stopped gracefully" in handed_back["error"]["message"]
 
 
 def one_dataset(url: str, table_name: str = "a") -> dict[str, Any]:
@@ -259,6 +268,15 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any] | bytes, int, str]] = [
     ("timeout above the maximum", limited(timeout_seconds=10**6), 422, "limits.timeout_seconds"),
     ("zero timeout", limited(timeout_seconds=0), 422, "limits.timeout_seconds"),
     ("negative timeout", limited(timeout_seconds=-1), 422, "limits.timeout_seconds"),
+    ("zero queue timeout", limited(queue_timeout_seconds=0), 422, "limits.queue_timeout_seconds"),
+    ("negative queue timeout", limited(queue_timeout_seconds=-2), 422, "limits.queue_timeout_seconds"),
+    ("queue timeout no number", limited(queue_timeout_seconds="soon"), 422, "limits.queue_timeout_seconds"),
+    (
+        "queue timeout above the maximum",
+        limited(queue_timeout_seconds=10**6),
+        422,
+        "limits.queue_timeout_seconds: queue_timeout_seconds 1e+06 is above the maximum 86400",
+    ),
     (
         "metadata address spelled as one number",
         one_dataset("http://2852039166/latest"),
@@ -367,6 +385,8 @@ def test_health_readiness_metrics_and_openapi(running_controller: ControllerProc
     assert "podq_queue_depth" in metrics
     assert 'podq_queries_finished_total{error_type="",operation="query",status="succeeded"}' in metrics
     assert {"/v1/queries", "/v1/queries/{query_id}", "/v1/inspections", "/healthz"} <= set(openapi["paths"])
+    queue_timeout = openapi["components"]["schemas"]["LimitsIn"]["properties"]["queue_timeout_seconds"]
+    assert "Queue deadline" in queue_timeout["description"]
     json.dumps(openapi)
 
 

@@ -78,7 +78,7 @@ def test_IDEM_1_a_retry_gets_the_same_query_and_the_worker_runs_once(
     assert "idempotent-replayed" not in first.headers
     assert retry.headers["idempotent-replayed"] == late_retry.headers["idempotent-replayed"] == "true"
     assert late_retry.json()["status"] == "succeeded", "a replay shows the query as it is now"
-    assert record["result"]["rows"] == [[10]] and record["attempts"] == 1
+    assert record["result"]["rows"] == [[10]] and len(record["attempts"]) == 1
     assert probed.fetches() == 1
     assert "idempotent-replayed" not in unkeyed.headers
     assert [q["id"] for q in queries] == [unkeyed.json()["id"], first.json()["id"]]
@@ -100,7 +100,7 @@ def test_IDEM_2_concurrent_retries_create_exactly_one_query(
         record = wait_finished(client, responses[0].headers["location"])
         queries = listed(client)
     assert [q["id"] for q in queries] == list(ids)
-    assert record["status"] == "succeeded" and record["attempts"] == 1
+    assert record["status"] == "succeeded" and len(record["attempts"]) == 1
     assert probed.fetches() == 1, "the worker ran once"
 
 

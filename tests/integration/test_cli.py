@@ -65,10 +65,16 @@ def test_failed_query_exits_1_with_the_typed_error(running_controller: Controlle
     assert "sql:" in done.stderr
 
 
-def test_refused_submission_exits_2_naming_the_field(running_controller: ControllerProcess) -> None:
-    done = podq("submit", "--url", running_controller.url, "--sql", "SELECT 1", "--memory", "1Pi")
+@pytest.mark.parametrize(
+    ("option", "value", "field"),
+    [("--memory", "1Pi", "limits.memory"), ("--queue-timeout", "1e9", "limits.queue_timeout_seconds")],
+)
+def test_refused_submission_exits_2_naming_the_field(
+    running_controller: ControllerProcess, option: str, value: str, field: str
+) -> None:
+    done = podq("submit", "--url", running_controller.url, "--sql", "SELECT 1", option, value)
     assert done.returncode == 2
-    assert "HTTP 422: validation: limits.memory" in done.stderr
+    assert f"HTTP 422: validation: {field}" in done.stderr
 
 
 def test_result_json_states_the_cut_and_list_json_pages(

@@ -27,6 +27,7 @@ from podq.client import (
     InspectionResult,
     InternalError,
     InvalidQuery,
+    Limits,
     NetworkError,
     NotFound,
     OutOfMemory,
@@ -66,18 +67,16 @@ def test_submit_wait_get_list_and_health(running_controller: ControllerProcess, 
             cpu="500m",
             memory="256Mi",
             timeout_seconds=30,
+            queue_timeout_seconds=600,
             max_rows=3,
         )
         assert queued.status in ("queued", "running") and not queued.finished
-        assert (queued.limits.cpu, queued.limits.memory, queued.limits.timeout_seconds) == (
-            "500m",
-            "256Mi",
-            30,
-        )
+        assert queued.limits == Limits("500m", "256Mi", 30, 600)
+        assert older.limits.queue_timeout_seconds is None, "no queue deadline unless one is asked for"
         assert queued.datasets[0].table_name == "t"
 
         done = podq.wait(queued.id, timeout=60)
-        assert done.status == "succeeded" and done.finished and done.attempts == 1
+        assert done.status == "succeeded" and done.finished and len(done.attempts) == 1
         assert isinstance(done.result, QueryResult)
         assert [c.name for c in done.result.columns] == ["name", "value"]
         assert len(done.result.rows) == 3 and done.result.total_rows == 10
@@ -145,6 +144,28 @@ def test_memory_is_OutOfMemory_for_a_real_query(
     assert failed.value.error.details["limit_bytes"] == 256 * 1024 * 1024
 
 
+def test_retry_policy_and_attempts_on_the_record(running_controller: ControllerProcess) -> None:
+    with Client(running_controller.url) as podq:
+        done = podq.run("SELECT 1 AS x", memory="256Mi", retry={"on": ["memory"], "max_memory": "1Gi"})
+        with pytest.raises(BadRequest) as refused:
+            podq.submit("SELECT 1", retry={"memory_factor": 1})
+    assert done.retry == {
+        "max_attempts": 3,
+        "on": ["memory"],
+        "memory_factor": 2.0,
+        "max_memory_bytes": 2**30,
+    }
+    (attempt,) = done.attempts
+    assert (attempt.number, attempt.status, attempt.limits, attempt.error) == (
+        1,
+        "succeeded",
+        done.limits,
+        None,
+    )
+    assert attempt.placement == done.placement and attempt.finished_at == done.finished_at
+    assert "retry.memory_factor" in refused.value.error.message
+
+
 def test_crash_is_WorkerCrashed(running_controller: ControllerProcess) -> None:
     # The one test hook here: no real query makes the worker die.
     with Client(running_controller.url) as podq, pytest.raises(WorkerCrashed) as failed:
@@ -179,6 +200,9 @@ def test_cancel_not_found_conflict_and_wait_timeout(
         with pytest.raises(BadRequest) as bad:
             podq.submit("SELECT 1", memory="1Pi")
         assert "limits.memory" in bad.value.error.message and not is_retryable(bad.value)
+        with pytest.raises(BadRequest) as bad:
+            podq.submit("SELECT 1", queue_timeout_seconds=10**6)
+        assert "limits.queue_timeout_seconds" in bad.value.error.message
 
 
 def test_inspection(running_controller: ControllerProcess, file_server: str) -> None:
@@ -208,7 +232,10 @@ def test_async_client_covers_the_same_endpoints(
             assert (await podq.get(done.id, wait=1)) == done
             assert done.id in [r.id for r in (await podq.list(limit=50)).items]
             assert done.id in [r.id async for r in podq.iter_queries(status="succeeded")]
-            slow = await podq.submit("SELECT * FROM t", {"t": slow_url(file_server)})
+            slow = await podq.submit(
+                "SELECT * FROM t", {"t": slow_url(file_server)}, queue_timeout_seconds=600
+            )
+            assert slow.limits.queue_timeout_seconds == 600
             assert (await podq.cancel(slow.id)).status == "cancelled"
             with pytest.raises(Cancelled):
                 await podq.wait(slow.id, raise_on_failure=True)
@@ -238,6 +265,20 @@ def test_queue_full_is_QueueFull_with_retry_after(
         assert full.value.error.error_type == "unschedulable" and is_retryable(full.value)
         for record in (queued, running):
             podq.cancel(record.id)
+
+
+def test_a_queue_deadline_passed_behind_a_full_queue_is_QueryTimeout_in_phase_queue(
+    start_controller: StartController, file_server: str
+) -> None:
+    controller = start_controller(max_concurrent=1)
+    with Client(controller.url) as podq:
+        running = podq.submit("SELECT * FROM t", {"t": slow_url(file_server)})
+        wait_until(lambda: podq.get(running.id).status == "running", "the slow query to hold the only slot")
+        with pytest.raises(QueryTimeout) as late:
+            podq.run("SELECT 1", queue_timeout_seconds=1, wait_timeout=60)
+        assert late.value.error.details["phase"] == "queue" and is_retryable(late.value)
+        assert late.value.record.limits.queue_timeout_seconds == 1 and late.value.record.started_at is None
+        podq.cancel(running.id)
 
 
 def test_auth_unauthorized_then_token(start_controller: StartController) -> None:

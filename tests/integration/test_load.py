@@ -96,7 +96,7 @@ def test_LOAD_1_a_thousand_submissions_are_accepted_or_refused_and_every_accepte
 
     assert sorted(r["id"] for r in records) == sorted(accepted), "none lost, and a refusal stored nothing"
     assert {r["status"] for r in records} == {"succeeded"}, [r for r in records if r["status"] != "succeeded"]
-    assert all(r["attempts"] == 1 and r["result"]["rows"] == [[1]] for r in records)
+    assert all(len(r["attempts"]) == 1 and r["result"]["rows"] == [[1]] for r in records)
     log = controller.log_path.read_text(errors="replace")
     runs = Counter(re.findall(r"query ([0-9a-f]{32}): worker pid \d+ ended", log))
     assert runs == Counter(accepted), "each accepted query had exactly one worker"

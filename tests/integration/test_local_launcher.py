@@ -171,7 +171,7 @@ def test_TIMEOUT_1_slow_query_is_killed_at_its_deadline(
     outcome, elapsed = run_timed(local_launcher, job, tmp_path)
 
     error = error_of(outcome, "timeout")
-    assert error["details"] == {"timeout_seconds": 2}
+    assert error["details"] == {"phase": "run", "timeout_seconds": 2}
     assert error["retryable"] is False
     assert outcome.placement["signal"] == "SIGKILL"
     # Not cut short. That it was killed at the deadline is what `timeout` and SIGKILL above say; an upper

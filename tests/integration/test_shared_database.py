@@ -92,7 +92,7 @@ def test_two_controllers_share_40_queries_at_cap_4_each_run_once(
             client.close()
     assert [r["status"] for r in records] == ["succeeded"] * 40, records
     assert [r["result"]["rows"] for r in records] == [[[i]] for i in range(40)]
-    assert all(r["attempts"] == 1 for r in records)
+    assert all(len(r["attempts"]) == 1 for r in records)
     assert sampler.samples > 100 and sampler.peak == 4, (sampler.samples, sampler.peak)
     started = [count_in_logs([c], r"query \w+: starting attempt") for c in controllers]
     assert sum(started) == 40 and min(started) > 0, f"both replicas ran queries, 40 in all: {started}"

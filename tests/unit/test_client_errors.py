@@ -52,7 +52,7 @@ def record(status: str, error: dict[str, Any] | None) -> Record:
             "operation": "query",
             "status": status,
             "limits": {"cpu": "1", "memory": "512Mi", "timeout_seconds": 60},
-            "attempts": 1,
+            "attempts": [],
             "submitted_at": 1.0,
             "error": error,
         }

@@ -8,6 +8,7 @@ subprocesses run the same dispatcher in tests/integration.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -283,5 +284,25 @@ def test_start_hands_the_launcher_the_active_queries_after_recovery(new_database
         db.crash(store)
         async with dispatching(1, db) as (_, launcher, _store):
             assert launcher.reconciled == ["old-running", "queued"]
+
+    run_with_db(new_database, scenario)
+
+
+def test_a_query_queued_past_its_deadline_never_starts_and_the_next_does(new_database: NewDatabase) -> None:
+    async def scenario(db: Database) -> None:
+        async with dispatching(1, db) as (dispatcher, launcher, store):
+            submit(store, dispatcher, "a")
+            await launcher.wait_for(lambda: launcher.active == {"a"})
+            store.insert("late", "query", REQUEST, dataclasses.replace(LIMITS, queue_timeout_seconds=0.3))
+            dispatcher.notify()
+            late = await dispatcher.wait_finished("late", 10)
+            assert late is not None and late.status == "failed" and late.started_at is None
+            assert late.error is not None and late.error["details"]["phase"] == "queue"
+            submit(store, dispatcher, "b")
+            launcher.open_gate("a")
+            launcher.open_gate("b")
+            b = await dispatcher.wait_finished("b", 10)
+            assert b is not None and b.status == "succeeded"
+            assert launcher.started == ["a", "b"]
 
     run_with_db(new_database, scenario)

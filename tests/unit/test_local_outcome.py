@@ -358,7 +358,7 @@ def test_a_deadline_kill_says_the_deadline_as_the_user_gave_it() -> None:
     assert outcome.error == error_info(
         ErrorType.TIMEOUT,
         "the query did not finish within its deadline of 2.5 seconds",
-        {"timeout_seconds": 2.5},
+        {"phase": "run", "timeout_seconds": 2.5},
     )
 
 

@@ -1,4 +1,4 @@
-"""Pod state -> verdict and outcome (controller/launchers/classify), over pods captured from a real cluster.
+"""Pod state -> verdict (pod_progress) and outcome (pod_fate), over pods captured from a real cluster.
 
 The pods under ``pods/`` were captured with ``kubectl get pod -o json`` on the e2e cluster (v1.33) and
 stripped to what classification reads; the few that cannot be produced safely there (node-pressure
@@ -18,16 +18,10 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from controller.launchers.kubernetes.pod_fate import (
-    Ended,
-    Failed,
-    Waiting,
-    decide,
-    log_tail,
-    observe,
-    parse_time,
-    placement,
-)
+from controller.launchers.base import QueueDeadline
+from controller.launchers.kubernetes.pod_fate import decide, log_tail, placement
+from controller.launchers.kubernetes.pod_progress import Ended, Failed, Waiting, observe
+from controller.launchers.kubernetes.pod_status import parse_time
 from controller.launchers.kubernetes.podspec import ANNOTATION_TIMEOUT
 from tests.support.outcomes import RESULT, assert_outcome, assert_typed_error
 from worker_image.protocol import (
@@ -975,6 +969,7 @@ def test_a_deadline_says_its_seconds_and_the_kubelets_words() -> None:
 
     assert error is not None
     assert error["details"] == {
+        "phase": "run",
         "active_deadline_seconds": 3,
         "reason": "DeadlineExceeded",
         "message": "Pod was active on the node longer than the specified deadline",
@@ -1137,3 +1132,46 @@ def test_a_pool_pods_timeout_is_its_querys_own_not_its_deadline() -> None:
     assert error["error_type"] == "timeout"
     assert error["message"] == "the query did not finish within its deadline of 3 seconds"
     assert error["details"]["active_deadline_seconds"] == 63
+
+
+# A pending pod held to its query's queue deadline -----------------------------------------------------------
+
+
+def held_to(pod: dict[str, Any], now: float, deadline: QueueDeadline | None) -> Waiting | Ended | Failed:
+    return observe(
+        pod,
+        now=now,
+        unschedulable_after=UNSCHEDULABLE_AFTER,
+        image_pull_grace=IMAGE_PULL_GRACE,
+        queue_deadline=deadline,
+    )
+
+
+@pytest.mark.parametrize("name", ["unschedulable", "containercreating", "pending-no-status", "errimagepull"])
+def test_a_pod_pending_past_the_queue_deadline_fails_as_a_queue_timeout(name: str) -> None:
+    pod = load(name)
+    deadline = QueueDeadline(at=created(pod) + 5, seconds=5)
+    before = held_to(pod, created(pod) + 1, deadline)
+    assert isinstance(before, Waiting) and before.recheck_at == deadline.at
+    after = held_to(pod, deadline.at, deadline)
+    assert isinstance(after, Failed)
+    assert (after.error["error_type"], after.error["retryable"]) == ("timeout", True)
+    assert after.error["details"]["phase"] == "queue"
+    assert after.error["details"]["queue_timeout_seconds"] == 5
+    assert after.error["details"]["pending_reason"] == before.reason
+
+
+def test_an_earlier_grace_period_still_decides_first() -> None:
+    pod = load("unschedulable")
+    deadline = QueueDeadline(at=created(pod) + UNSCHEDULABLE_AFTER + 60, seconds=UNSCHEDULABLE_AFTER + 60)
+    waiting = held_to(pod, created(pod) + 1, deadline)
+    assert isinstance(waiting, Waiting) and waiting.recheck_at == created(pod) + UNSCHEDULABLE_AFTER
+    failed = held_to(pod, created(pod) + UNSCHEDULABLE_AFTER, deadline)
+    assert isinstance(failed, Failed) and failed.error["error_type"] == "unschedulable"
+
+
+@pytest.mark.parametrize("name", ["running", "deadline-exceeded"])
+def test_a_pod_whose_worker_runs_or_ran_is_past_the_queue_phase(name: str) -> None:
+    pod = load(name)
+    deadline = QueueDeadline(at=created(pod) + 1, seconds=1)
+    assert held_to(pod, created(pod) + 3600, deadline) == held_to(pod, created(pod) + 3600, None)

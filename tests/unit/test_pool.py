@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from controller.launchers.base import Job, Limits
-from controller.launchers.kubernetes.pod_fate import parse_time
+from controller.launchers.kubernetes.pod_status import parse_time
 from controller.launchers.kubernetes.podspec import (
     ANNOTATION_ATTEMPT,
     ANNOTATION_SUBMITTED_AT,

@@ -39,6 +39,8 @@ def test_racing_claimers_on_four_replicas_never_exceed_the_cap(pg_database: Data
     held, peak, finished = [0], [0], []
     lock = threading.Lock()
     barrier = threading.Barrier(8)
+    # Set once `cap` rows are held at once: the race is shown to reach the cap, on a loaded machine too.
+    at_cap = threading.Event()
 
     def claimer(store: Store, seed: int) -> None:
         rng = random.Random(seed)
@@ -53,6 +55,10 @@ def test_racing_claimers_on_four_replicas_never_exceed_the_cap(pg_database: Data
                 held[0] += 1
                 peak[0] = max(peak[0], held[0])
                 assert held[0] <= cap, f"{held[0]} running at cap {cap}"
+                if held[0] == cap:
+                    at_cap.set()
+            # Until then each claimer holds on to its row (a while at most), so that claims pile up.
+            at_cap.wait(timeout=2)
             if rng.random() < 0.5:
                 threading.Event().wait(rng.random() / 200)
             with lock:

@@ -214,9 +214,9 @@ def test_a_database_of_the_previous_schema_gains_idempotency_keys(tmp_path: Path
 
 def test_a_database_migrated_by_a_newer_podq_is_refused(database: Database) -> None:
     database.open().close()
-    assert database.execute("SELECT version FROM schema_version") == [(1,)]
+    assert database.execute("SELECT version FROM schema_version") == [(4,)]
     database.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(SchemaTooNew, match="schema is version 99, but this podq knows versions up to 1"):
+    with pytest.raises(SchemaTooNew, match="schema is version 99, but this podq knows versions up to 4"):
         database.open()
 
 
@@ -224,5 +224,5 @@ def test_opening_again_migrates_nothing(database: Database) -> None:
     first = database.open()
     submit(first, "a")
     second = database.open()
-    assert database.execute("SELECT version FROM schema_version") == [(1,)]
+    assert database.execute("SELECT version FROM schema_version") == [(4,)]
     assert [r.id for r in second.page(operation="query", status=None, limit=10, before_seq=None)] == ["a"]

@@ -31,15 +31,9 @@ from controller.launchers.kubernetes.client.events import make_event
 from controller.launchers.kubernetes.nodes import NodeRooms
 from controller.launchers.kubernetes.options import KubernetesOptions
 from controller.launchers.kubernetes.owner import service_account_owner
-from controller.launchers.kubernetes.pod_fate import (
-    Ended,
-    Failed,
-    Waiting,
-    decide,
-    observe,
-    placement,
-)
+from controller.launchers.kubernetes.pod_fate import decide, placement
 from controller.launchers.kubernetes.pod_log import log_ended, read_log
+from controller.launchers.kubernetes.pod_progress import Ended, Failed, Waiting, observe
 from controller.launchers.kubernetes.pod_status import finished_at, is_terminal
 from controller.launchers.kubernetes.pod_watch import PodWatch
 from controller.launchers.kubernetes.podspec import (
@@ -260,6 +254,7 @@ class KubernetesLauncher:
                 now=time.time(),
                 unschedulable_after=options.unschedulable_after_seconds,
                 image_pull_grace=options.image_pull_grace_seconds,
+                queue_deadline=job.queue_deadline,
             )
             if state is not None and state.gone and isinstance(verdict, Waiting):
                 verdict = observe(None, now=time.time(), unschedulable_after=0, image_pull_grace=0)

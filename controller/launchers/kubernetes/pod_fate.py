@@ -1,21 +1,7 @@
-"""What a worker pod's state means to podq: pure functions over the pod as the API server returns it.
+"""What an ended worker pod means to podq: pure functions over the pod as the API server returns it.
 
-`observe` answers, for every state the watch delivers, whether to keep watching, to read the log, or to
-fail without it:
-
-    the pod is gone (deleted under us)                      -> Failed: crash (retryable)
-    phase Succeeded or Failed, or the worker terminated     -> Ended: read the log, then call `decide`
-    being deleted, the worker still running                 -> Waiting "Terminating"
-    Running                                                 -> Waiting "Running"
-    Unschedulable                                           -> Waiting until `unschedulable_after` seconds
-                                                               after creation, then Failed: unschedulable
-    ErrImagePull, ImagePullBackOff                          -> Waiting until `image_pull_grace` seconds
-                                                               after creation, then Failed: image
-    InvalidImageName, ErrImageNeverPull, ImageInspectError,
-    CreateContainerConfigError, CreateContainerError        -> Failed: image, at once
-    anything else (ContainerCreating, PodInitializing...)   -> Waiting
-
-`decide` turns an ended pod and its log into an `Outcome`, in a fixed order: what the pod's fate says
+Once the watch (pod_progress's `observe`) says a pod has ended, `decide` turns it and its log into an
+`Outcome`, in a fixed order: what the pod's fate says
 first, then container states, then the worker's own words, then exit codes (as Argo's
 ``inferFailedReason`` and Flyte's ``DemystifyFailure`` do, without their gaps):
 
@@ -35,11 +21,11 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import replace
 from typing import Any
 
 from controller.launchers.base import Outcome
+from controller.launchers.kubernetes.pod_status import condition, container_statuses, state, worker_status
 from controller.launchers.kubernetes.podspec import ANNOTATION_TIMEOUT, CONTAINER_NAME
 from controller.launchers.worker_io import (
     EXCERPT_LINES,
@@ -52,28 +38,8 @@ from controller.launchers.worker_io import (
 from controller.quantity import QuantityError, parse_memory_bytes
 from worker_image.protocol import ENVELOPE_MARKER, EnvelopeError, ErrorInfo, ErrorType, error_info
 
-__all__ = [
-    "Ended",
-    "Failed",
-    "Verdict",
-    "Waiting",
-    "decide",
-    "log_tail",
-    "observe",
-    "parse_time",
-    "placement",
-]
+__all__ = ["decide", "log_tail", "placement"]
 
-_IMAGE_PULL_RETRIES = frozenset({"ErrImagePull", "ImagePullBackOff"})
-_IMAGE_FAILURES = frozenset(
-    {
-        "InvalidImageName",
-        "ErrImageNeverPull",
-        "ImageInspectError",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-    }
-)
 # Pod reasons (status.reason) and DisruptionTarget condition reasons: who took the pod away.
 _DISRUPTIONS = {
     "Evicted": "evicted by the kubelet",
@@ -95,53 +61,6 @@ _OWN_LIMIT_EVICTIONS = (
 )
 
 
-@dataclass(frozen=True)
-class Waiting:
-    """Not finished; keep watching."""
-
-    reason: str
-    message: str
-    # When the verdict may change with no pod event (a grace period ends), else None.
-    recheck_at: float | None
-
-
-@dataclass(frozen=True)
-class Ended:
-    """The worker container or the pod has ended: read the log, then call `decide`."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class Failed:
-    """Decided without the log."""
-
-    error: ErrorInfo
-
-
-Verdict = Waiting | Ended | Failed
-
-
-def observe(
-    pod: Mapping[str, Any] | None, *, now: float, unschedulable_after: float, image_pull_grace: float
-) -> Verdict:
-    if pod is None:
-        message = "the worker pod was deleted before podq read its outcome"
-        return Failed(error_info(ErrorType.CRASH, message, retryable=True))
-    status = pod.get("status") or {}
-    phase = status.get("phase") or "Pending"
-    terminated = _state(_worker_status(pod), "terminated")
-    if phase in ("Succeeded", "Failed") or terminated is not None:
-        return Ended(status.get("reason") or (terminated or {}).get("reason") or phase)
-    if pod.get("metadata", {}).get("deletionTimestamp"):
-        return Waiting("Terminating", "the worker pod is being deleted", None)
-    if phase == "Running":
-        return Waiting("Running", "", None)
-    return _pending(
-        pod, phase, now=now, unschedulable_after=unschedulable_after, image_pull_grace=image_pull_grace
-    )
-
-
 def decide(pod: Mapping[str, Any], log: str | None, *, log_problem: str | None = None) -> Outcome:
     """The outcome of an ended pod, given its log (None when it could not be read, `log_problem` says why)."""
     error = _pod_fate(pod) or _out_of_memory(pod) or _start_error(pod)
@@ -161,10 +80,10 @@ def log_tail(text: str) -> str:
 def placement(pod: Mapping[str, Any]) -> dict[str, Any]:
     """Where the query ran and how its pod ended, for the record."""
     metadata, spec, status = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status") or {}
-    worker = _worker_status(pod)
-    terminated = _state(worker, "terminated") or {}
-    container_state = terminated or _state(worker, "waiting") or {}
-    started = terminated.get("startedAt") or (_state(worker, "running") or {}).get("startedAt")
+    worker = worker_status(pod)
+    terminated = state(worker, "terminated") or {}
+    container_state = terminated or state(worker, "waiting") or {}
+    started = terminated.get("startedAt") or (state(worker, "running") or {}).get("startedAt")
     fields = {
         "kind": "kubernetes",
         "namespace": metadata.get("namespace"),
@@ -179,57 +98,6 @@ def placement(pod: Mapping[str, Any]) -> dict[str, Any]:
         "finished_at": terminated.get("finishedAt"),
     }
     return {key: value for key, value in fields.items() if value is not None}
-
-
-def parse_time(text: str) -> float:
-    """An API server timestamp ("2025-01-01T00:00:00Z") as epoch seconds."""
-    return datetime.fromisoformat(text).timestamp()
-
-
-def _pending(
-    pod: Mapping[str, Any], phase: str, *, now: float, unschedulable_after: float, image_pull_grace: float
-) -> Verdict:
-    scheduled = _condition(pod, "PodScheduled")
-    if scheduled is not None and scheduled.get("status") == "False":
-        reason, message = scheduled.get("reason") or phase, scheduled.get("message") or ""
-        if reason != "Unschedulable":
-            return Waiting(reason, message, None)
-        ends = _created(pod) + unschedulable_after
-        if now < ends:
-            return Waiting(reason, message, ends)
-        details = {"scheduler_message": message, "waited_seconds": unschedulable_after}
-        return Failed(
-            error_info(ErrorType.UNSCHEDULABLE, f"no node can run the worker pod: {message}", details)
-        )
-    for container in _container_statuses(pod):
-        waiting = _state(container, "waiting") or {}
-        reason = waiting.get("reason")
-        if reason in _IMAGE_FAILURES:
-            return Failed(_image_error(container, waiting))
-        if reason in _IMAGE_PULL_RETRIES:
-            ends = _created(pod) + image_pull_grace
-            if now < ends:
-                return Waiting(reason, waiting.get("message") or "", ends)
-            return Failed(_image_error(container, waiting, waited_seconds=image_pull_grace))
-    waiting = _state(_worker_status(pod), "waiting") or {}
-    return Waiting(waiting.get("reason") or phase, waiting.get("message") or "", None)
-
-
-def _image_error(
-    container: Mapping[str, Any], waiting: Mapping[str, Any], *, waited_seconds: float | None = None
-) -> ErrorInfo:
-    image, reason, message = container.get("image", ""), waiting.get("reason", ""), waiting.get("message", "")
-    details: dict[str, Any] = {
-        "container": container.get("name"),
-        "image": image,
-        "reason": reason,
-        "message": message,
-    }
-    if waited_seconds is not None:
-        details["waited_seconds"] = waited_seconds
-    return error_info(
-        ErrorType.IMAGE, f"the worker image {image} cannot be run: {reason}: {message}", details
-    )
 
 
 def _pod_fate(pod: Mapping[str, Any]) -> ErrorInfo | None:
@@ -247,6 +115,7 @@ def _timeout(pod: Mapping[str, Any]) -> ErrorInfo:
     status = pod.get("status") or {}
     deadline = pod.get("spec", {}).get("activeDeadlineSeconds")
     details = {
+        "phase": "run",
         "active_deadline_seconds": deadline,
         "reason": status.get("reason"),
         "message": status.get("message"),
@@ -261,15 +130,15 @@ def _timeout(pod: Mapping[str, Any]) -> ErrorInfo:
 def _disruption(pod: Mapping[str, Any]) -> ErrorInfo | None:
     status = pod.get("status") or {}
     reason = status.get("reason")
-    condition = _condition(pod, "DisruptionTarget")
-    if condition is not None and condition.get("status") != "True":
-        condition = None
-    if condition is None and reason not in _DISRUPTIONS:
+    target = condition(pod, "DisruptionTarget")
+    if target is not None and target.get("status") != "True":
+        target = None
+    if target is None and reason not in _DISRUPTIONS:
         return None
     details: dict[str, Any] = {"reason": reason, "message": status.get("message") or ""}
-    if condition is not None:
-        details["disruption_reason"] = condition.get("reason")
-        details["message"] = details["message"] or condition.get("message") or ""
+    if target is not None:
+        details["disruption_reason"] = target.get("reason")
+        details["message"] = details["message"] or target.get("message") or ""
     cause = reason if reason in _DISRUPTIONS else details["disruption_reason"]
     what = _DISRUPTIONS.get(cause, f"disrupted ({cause})")
     said = details["message"].strip()
@@ -279,8 +148,8 @@ def _disruption(pod: Mapping[str, Any]) -> ErrorInfo | None:
 
 
 def _out_of_memory(pod: Mapping[str, Any]) -> ErrorInfo | None:
-    for container in _container_statuses(pod):
-        terminated = _state(container, "terminated") or {}
+    for container in container_statuses(pod):
+        terminated = state(container, "terminated") or {}
         if terminated.get("reason") != "OOMKilled":
             continue
         name = container.get("name")
@@ -299,7 +168,7 @@ def _out_of_memory(pod: Mapping[str, Any]) -> ErrorInfo | None:
 
 
 def _start_error(pod: Mapping[str, Any]) -> ErrorInfo | None:
-    terminated = _state(_worker_status(pod), "terminated") or {}
+    terminated = state(worker_status(pod), "terminated") or {}
     if terminated.get("reason") != "StartError":
         return None
     message = terminated.get("message") or ""
@@ -308,7 +177,7 @@ def _start_error(pod: Mapping[str, Any]) -> ErrorInfo | None:
 
 
 def _from_worker(pod: Mapping[str, Any], log: str | None, log_problem: str | None) -> Outcome:
-    terminated = _state(_worker_status(pod), "terminated") or {}
+    terminated = state(worker_status(pod), "terminated") or {}
     exit_code = terminated.get("exitCode")
     death = _death(exit_code)
     problem = log_problem or "the pod log was not read"
@@ -365,29 +234,6 @@ def _signal_number(exit_code: int) -> int | None:
     return None
 
 
-def _worker_status(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    # By name: injected sidecars may stand before or after the worker.
-    statuses = (pod.get("status") or {}).get("containerStatuses") or []
-    return next((status for status in statuses if status.get("name") == CONTAINER_NAME), None)
-
-
-def _container_statuses(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    status = pod.get("status") or {}
-    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
-
-
-def _state(container: Mapping[str, Any] | None, name: str) -> Mapping[str, Any] | None:
-    if container is None:
-        return None
-    state: Mapping[str, Any] | None = (container.get("state") or {}).get(name)
-    return state
-
-
-def _condition(pod: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return next((condition for condition in conditions if condition.get("type") == kind), None)
-
-
 def _memory_limit(pod: Mapping[str, Any], container: str | None) -> str | None:
     pod_spec = pod.get("spec", {})
     for spec in [*(pod_spec.get("initContainers") or []), *(pod_spec.get("containers") or [])]:
@@ -402,9 +248,3 @@ def _bytes(quantity: str | None) -> int | None:
         return parse_memory_bytes(quantity) if quantity else None
     except QuantityError:
         return None
-
-
-def _created(pod: Mapping[str, Any]) -> float:
-    text = pod.get("metadata", {}).get("creationTimestamp")
-    # The API server always sets it; without one there is nothing to wait from, so grace periods are over.
-    return parse_time(text) if text else float("-inf")

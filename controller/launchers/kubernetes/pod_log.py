@@ -8,7 +8,7 @@ from typing import Any
 
 from controller.launchers.kubernetes.client.api import KubeClient
 from controller.launchers.kubernetes.client.errors import KubeError, NotFound
-from controller.launchers.kubernetes.pod_fate import Ended
+from controller.launchers.kubernetes.pod_progress import Ended
 from controller.launchers.kubernetes.podspec import CONTAINER_NAME
 from controller.launchers.kubernetes.retry import retrying
 

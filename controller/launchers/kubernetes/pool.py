@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.launchers.base import Job, Limits
-from controller.launchers.kubernetes.pod_fate import parse_time
-from controller.launchers.kubernetes.pod_status import is_terminal
+from controller.launchers.kubernetes.pod_status import is_terminal, parse_time
 from controller.launchers.kubernetes.podspec import (
     ANNOTATION_TIMEOUT,
     LABEL_QUERY_ID,

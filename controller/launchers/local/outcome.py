@@ -97,7 +97,8 @@ def classify(end: WorkerEnd) -> Outcome:
 def _decide(end: WorkerEnd) -> Outcome:
     if end.killed_for == "deadline":
         message = f"the query did not finish within its deadline of {end.timeout_seconds:g} seconds"
-        return Outcome(error=error_info(ErrorType.TIMEOUT, message, {"timeout_seconds": end.timeout_seconds}))
+        details = {"phase": "run", "timeout_seconds": end.timeout_seconds}
+        return Outcome(error=error_info(ErrorType.TIMEOUT, message, details))
     if end.killed_for == "shutdown":
         message = "the controller stopped while the query was running"
         return Outcome(error=error_info(ErrorType.INTERNAL, message, retryable=True))

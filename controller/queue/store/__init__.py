@@ -6,6 +6,7 @@ PostgreSQL when `PODQ_DATABASE_URL` names one (any number of active controllers)
 
 from __future__ import annotations
 
+from controller.queue.store.attempts import Attempt
 from controller.queue.store.base import (
     CANCEL,
     FINISHED,
@@ -29,6 +30,7 @@ __all__ = [
     "FINISHED",
     "QUEUED",
     "RECONNECTED",
+    "Attempt",
     "IdempotencyKey",
     "KeyReused",
     "QueueFull",

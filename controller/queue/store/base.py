@@ -5,9 +5,9 @@ the errors, the events, and how a row's JSON columns are written and read.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from controller.launchers.base import QueryLimits
 
@@ -18,6 +18,21 @@ FINISHED, QUEUED, CANCEL = "podq_finished", "podq_queued", "podq_cancel"
 # A subscriber's callback: (channel, query id). `RECONNECTED` with an empty id: events may have been lost.
 RECONNECTED = "podq_reconnected"
 Subscriber = Callable[[str, str], None]
+
+
+class Result(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """A connection as sqlite3 offers it: `?` placeholders, rows read by column name."""
+
+    def execute(self, sql: str, params: Sequence[object] = (), /) -> Result: ...
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,8 @@ class Row:
     error: dict[str, Any] | None
     placement: dict[str, Any]
     attempts: int
+    # The query's retry policy as stored (controller/queue/retry.py), None for none.
+    retry: dict[str, Any] | None
     submitted_at: float
     started_at: float | None
     finished_at: float | None
@@ -58,6 +75,7 @@ def row_from(raw: Any) -> Row:
         error=loads(raw["error"]),
         placement=json.loads(raw["placement"]),
         attempts=raw["attempts"],
+        retry=loads(raw["retry"]),
         submitted_at=raw["submitted_at"],
         started_at=raw["started_at"],
         finished_at=raw["finished_at"],

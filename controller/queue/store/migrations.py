@@ -42,12 +42,48 @@ _QUEUES_V1 = """
     CREATE INDEX {exists}idempotency_keys_by_age ON idempotency_keys (created_at);
 """
 
+# Version 2: a queued query's queue deadline (submitted_at + limits.queue_timeout_seconds), NULL without
+# one and once the query has been claimed; indexed for the dispatcher's wake-up and expiry.
+_QUEUE_DEADLINE_V2 = """
+    ALTER TABLE queries ADD COLUMN queue_deadline {time};
+    CREATE INDEX queries_queued_by_deadline ON queries (queue_deadline) WHERE status = 'queued'
+"""
+
+# Version 3: every attempt at a query, kept after the next one starts (the record's `attempts`), with what
+# a queries row held of its last run copied in for the queries that ran before.
+_ATTEMPTS_V3 = """
+    CREATE TABLE attempts (
+        query_id    TEXT NOT NULL,
+        number      INTEGER NOT NULL,
+        limits      TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        error       TEXT,
+        placement   TEXT NOT NULL DEFAULT '{{}}',
+        started_at  {time} NOT NULL,
+        finished_at {time},
+        PRIMARY KEY (query_id, number)
+    );
+    INSERT INTO attempts (query_id, number, limits, status, error, placement, started_at, finished_at)
+        SELECT id, attempts, limits, status, error, placement, started_at, finished_at FROM queries
+        WHERE started_at IS NOT NULL AND attempts > 0
+"""
+
+# Version 4: a query's retry policy (controller/queue/retry.py), and when a query queued again for a retry
+# may start at the earliest (its backoff).
+_RETRY_V4 = """
+    ALTER TABLE queries ADD COLUMN retry TEXT;
+    ALTER TABLE queries ADD COLUMN not_before {time}
+"""
+
 # Version 1 is the schema of every podq before versioning, written with IF NOT EXISTS so that a file from
 # then (with or without the idempotency keys) is adopted as it stands.
 SQLITE = [
     _QUEUES_V1.format(
         exists="IF NOT EXISTS ", seq="INTEGER PRIMARY KEY AUTOINCREMENT", time="REAL", running=""
     ),
+    _QUEUE_DEADLINE_V2.format(time="REAL"),
+    _ATTEMPTS_V3.format(time="REAL"),
+    _RETRY_V4.format(time="REAL"),
 ]
 
 # A replica's heartbeat is the database server's clock: staleness is judged on one clock whatever the
@@ -67,6 +103,9 @@ POSTGRES = [
         heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
     );
     """,
+    _QUEUE_DEADLINE_V2.format(time="DOUBLE PRECISION"),
+    _ATTEMPTS_V3.format(time="DOUBLE PRECISION"),
+    _RETRY_V4.format(time="DOUBLE PRECISION"),
 ]
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

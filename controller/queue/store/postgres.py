@@ -17,7 +17,6 @@ Every replica serves the API and dispatches. They coordinate through the databas
 from __future__ import annotations
 
 import socket
-import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -28,9 +27,17 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from controller.queue.store import migrations
-from controller.queue.store.base import CANCEL, Recovery, ReplicaLost, StoreUnavailable, Subscriber, dumps
+from controller.queue.store.base import (
+    CANCEL,
+    Connection,
+    Recovery,
+    ReplicaLost,
+    StoreUnavailable,
+    Subscriber,
+    dumps,
+)
 from controller.queue.store.pg_events import Listener
-from controller.queue.store.sql import Connection, Store, Turn
+from controller.queue.store.sql import CLAIMABLE, CLAIMED, Store, Turn
 from worker_image.protocol import ErrorType, error_info
 
 # Keys of the transaction-scoped advisory locks (any constants, fixed for all versions).
@@ -133,13 +140,13 @@ class PostgresStore(Store):
     def _running_here(self) -> tuple[str, tuple[object, ...]]:
         return "status = 'running' AND owner = ?", (self.replica,)
 
-    def _claim(self, db: Connection) -> Any:
+    def _claim(self, db: Connection, now: float) -> Any:
         return db.execute(
-            "WITH next AS (SELECT seq FROM queries WHERE status = 'queued' ORDER BY seq LIMIT 1"
+            f"WITH next AS (SELECT seq FROM queries WHERE {CLAIMABLE} ORDER BY seq LIMIT 1"
             " FOR UPDATE SKIP LOCKED)"
-            " UPDATE queries q SET status = 'running', attempts = q.attempts + 1, started_at = ?,"
-            " owner = ?, cancel_requested = false FROM next WHERE q.seq = next.seq RETURNING q.*",
-            (time.time(), self.replica),
+            f" UPDATE queries SET status = 'running', {CLAIMED}, owner = ?, cancel_requested = false"
+            " FROM next WHERE queries.seq = next.seq RETURNING queries.*",
+            (now, now, now, self.replica),
         ).fetchone()
 
     def request_cancel(self, query_id: str) -> bool:

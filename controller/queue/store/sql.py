@@ -14,17 +14,17 @@ shared database has: replicas that take turns, tell each other, and own the quer
 from __future__ import annotations
 
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from abc import abstractmethod
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal
 
 from controller.launchers.base import QueryLimits
-from controller.queue.store import migrations
+from controller.queue.store import attempts, migrations
 from controller.queue.store.base import (
-    ACTIVE,
     FINISHED,
     QUEUED,
+    Connection,
     IdempotencyKey,
     KeyReused,
     QueueFull,
@@ -34,27 +34,23 @@ from controller.queue.store.base import (
     dumps,
     row_from,
 )
+from controller.queue.store.reads import Reads
 
 # What replicas do one at a time (`Store._take_turn`).
 Turn = Literal["migrate", "claim", "queue limit"]
 
-
-class Result(Protocol):
-    @property
-    def rowcount(self) -> int: ...
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
-
-
-class Connection(Protocol):
-    """A connection as sqlite3 offers it: `?` placeholders, rows read by column name."""
-
-    def execute(self, sql: str, params: Sequence[object] = (), /) -> Result: ...
+# The queued rows a claim may take (both parameters: now): none past its queue deadline, which expires, nor
+# a retry before its backoff has passed.
+CLAIMABLE = (
+    "status = 'queued' AND (queue_deadline IS NULL OR queue_deadline > ?)"
+    " AND (not_before IS NULL OR not_before <= ?)"
+)
+# What a claim sets besides the status and owner: the queue deadline is met once a query is claimed (a
+# launcher holds it to the rest, e.g. a pending pod), and a query handed back to the queue has started.
+CLAIMED = "attempts = attempts + 1, started_at = ?, queue_deadline = NULL, not_before = NULL"
 
 
-class Store(ABC):
+class Store(Reads):
     """The durable queue and record of every query. Only the backends and this class speak SQL."""
 
     # What `PODQ_DATABASE_URL` (or the data directory) names, without a password, for the log.
@@ -65,8 +61,6 @@ class Store(ABC):
     _migrations: ClassVar[list[str]]
     # What a write that ends or gives back a run sets besides the status.
     _release: ClassVar[str]
-    # The table `recent_run_seconds` reads, with the backend's hint of how.
-    _recent_from: ClassVar[str]
 
     @abstractmethod
     def close(self) -> None: ...
@@ -74,10 +68,6 @@ class Store(ABC):
     @abstractmethod
     def _transaction(self) -> AbstractContextManager[Connection]:
         """All or nothing; `StoreUnavailable` if the database could not write or went away."""
-
-    @abstractmethod
-    def _reading(self) -> AbstractContextManager[Connection]:
-        """A connection to read from."""
 
     @abstractmethod
     def _take_turn(self, db: Connection, turn: Turn) -> None:
@@ -92,8 +82,8 @@ class Store(ABC):
         """The condition (SQL and its parameters) that a query runs on this store's replica."""
 
     @abstractmethod
-    def _claim(self, db: Connection) -> Any:
-        """Move the oldest queued query to running on this replica, counting the attempt: the raw row."""
+    def _claim(self, db: Connection, now: float) -> Any:
+        """Move the oldest `CLAIMABLE` query to running on this replica (`CLAIMED`): the raw row."""
 
     @abstractmethod
     def _orphaned(self, db: Connection, now: float) -> tuple[str, list[str]]:
@@ -112,11 +102,6 @@ class Store(ABC):
                 db.execute("DELETE FROM schema_version")
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
 
-    def ping(self) -> None:
-        """Raises unless the database answers."""
-        with self._reading() as db:
-            db.execute("SELECT 1").fetchone()
-
     def insert(
         self,
         query_id: str,
@@ -124,11 +109,13 @@ class Store(ABC):
         request: dict[str, Any],
         limits: QueryLimits,
         *,
+        retry: Mapping[str, object] | None = None,
         max_queued: int | None = None,
     ) -> Row:
-        """Queue a query; `QueueFull` (nothing stored) if `max_queued` are queued already."""
+        """Queue a query (with its `retry` policy); `QueueFull` (nothing stored) if `max_queued` are queued
+        already."""
         with self._transaction() as db:
-            return self._insert(db, query_id, operation, request, limits, max_queued=max_queued)
+            return self._insert(db, query_id, operation, request, limits, retry=retry, max_queued=max_queued)
 
     def _insert(
         self,
@@ -138,6 +125,7 @@ class Store(ABC):
         request: dict[str, Any],
         limits: QueryLimits,
         *,
+        retry: Mapping[str, object] | None,
         max_queued: int | None,
     ) -> Row:
         if max_queued is not None:
@@ -145,10 +133,19 @@ class Store(ABC):
             queued = _count(db, "queued")
             if queued >= max_queued:
                 raise QueueFull(queued)
+        now = time.time()
         raw = db.execute(
-            "INSERT INTO queries (id, operation, request, limits, status, submitted_at)"
-            " VALUES (?, ?, ?, ?, 'queued', ?) RETURNING *",
-            (query_id, operation, dumps(request), dumps(limits.stored()), time.time()),
+            "INSERT INTO queries (id, operation, request, limits, retry, status, submitted_at, queue_deadline"
+            ") VALUES (?, ?, ?, ?, ?, 'queued', ?, ?) RETURNING *",
+            (
+                query_id,
+                operation,
+                dumps(request),
+                dumps(limits.stored()),
+                dumps(retry),
+                now,
+                limits.queue_deadline(now),
+            ),
         ).fetchone()
         self._notify(db, QUEUED, [query_id])
         return row_from(raw)
@@ -162,6 +159,7 @@ class Store(ABC):
         operation: str,
         request: dict[str, Any],
         limits: QueryLimits,
+        retry: Mapping[str, object] | None = None,
         max_queued: int | None = None,
     ) -> tuple[Row, bool]:
         """Insert the query unless the key already names one: then that one, and False.
@@ -180,7 +178,10 @@ class Store(ABC):
                 (key.client, key.key, key.fingerprint, query_id, now),
             ).rowcount
             if claimed:
-                return self._insert(db, query_id, operation, request, limits, max_queued=max_queued), True
+                inserted = self._insert(
+                    db, query_id, operation, request, limits, retry=retry, max_queued=max_queued
+                )
+                return inserted, True
             existing = _keyed(db, key, now - ttl_seconds)
         assert existing is not None, "the conflicting key is alive: expired ones were deleted above"
         return existing, False
@@ -189,11 +190,6 @@ class Store(ABC):
         """The query a live key names, None if the key is unknown or expired; `KeyReused` if taken."""
         with self._reading() as db:
             return _keyed(db, key, time.time() - ttl_seconds)
-
-    def get(self, query_id: str) -> Row | None:
-        with self._reading() as db:
-            raw = db.execute("SELECT * FROM queries WHERE id = ?", (query_id,)).fetchone()
-        return None if raw is None else row_from(raw)
 
     def claim_next(self, max_running: int | None = None) -> Row | None:
         """Move the oldest queued query to running, owned by this store's replica, and count the attempt;
@@ -204,8 +200,30 @@ class Store(ABC):
                 self._take_turn(db, "claim")
                 if _count(db, "running") >= max_running:
                     return None
-            raw = self._claim(db)
+            now = time.time()
+            raw = self._claim(db, now)
+            if raw is not None:
+                attempts.begin(db, raw["id"], raw["limits"], now)
         return None if raw is None else row_from(raw)
+
+    def expire_queued(self, error: Callable[[Row], Mapping[str, object]]) -> list[Row]:
+        """Fail the queued queries past their queue deadline, each with `error(row)`: the failed rows."""
+        now = time.time()
+        with self._transaction() as db:
+            due = db.execute(
+                "SELECT * FROM queries WHERE status = 'queued' AND queue_deadline <= ? ORDER BY seq", (now,)
+            ).fetchall()
+            expired = []
+            for queued in due:
+                raw = db.execute(
+                    "UPDATE queries SET status = 'failed', error = ?, finished_at = ?, queue_deadline = NULL"
+                    " WHERE id = ? AND status = 'queued' RETURNING *",
+                    (dumps(error(row_from(queued))), now, queued["id"]),
+                ).fetchone()
+                if raw is not None:
+                    expired.append(row_from(raw))
+            self._notify(db, FINISHED, [row.id for row in expired])
+        return expired
 
     def finish(
         self,
@@ -223,13 +241,15 @@ class Store(ABC):
         declared dead cannot finish a query another has taken over since."""
         here, mine = self._running_here()
         which = here if running_here else f"status = 'queued' OR ({here})"
+        now = time.time()
         with self._transaction() as db:
             raw = db.execute(
                 "UPDATE queries SET status = ?, result = ?, error = ?, placement = COALESCE(?, placement),"
                 f" finished_at = ?{self._release} WHERE id = ? AND ({which}) RETURNING *",
-                (status, dumps(result), dumps(error), dumps(placement), time.time(), query_id, *mine),
+                (status, dumps(result), dumps(error), dumps(placement), now, query_id, *mine),
             ).fetchone()
             if raw is not None:
+                attempts.end(db, [query_id], status, now=now, error=error, placement=placement)
                 self._notify(db, FINISHED, [query_id])
         return None if raw is None else row_from(raw)
 
@@ -251,15 +271,48 @@ class Store(ABC):
         is told), False if it does not run or runs here."""
 
     def requeue(self, query_id: str) -> bool:
-        """Give a running query of this replica back to the queue without counting the attempt."""
+        """Give a running query of this replica back to the queue without counting the attempt (which is
+        recorded as interrupted)."""
         here, mine = self._running_here()
-        return self._update_one(
-            "UPDATE queries SET status = 'queued', attempts = attempts - 1, started_at = NULL"
-            f"{self._release} WHERE id = ? AND {here}",
-            (query_id, *mine),
-            QUEUED,
-            query_id,
-        )
+        with self._transaction() as db:
+            changed = (
+                db.execute(
+                    "UPDATE queries SET status = 'queued', attempts = attempts - 1, started_at = NULL"
+                    f"{self._release} WHERE id = ? AND {here}",
+                    (query_id, *mine),
+                ).rowcount
+                == 1
+            )
+            if changed:
+                attempts.end(db, [query_id], "interrupted", now=time.time(), error=attempts.HANDED_BACK)
+                self._notify(db, QUEUED, [query_id])
+        return changed
+
+    def retry(
+        self,
+        query_id: str,
+        limits: QueryLimits,
+        *,
+        error: Mapping[str, object],
+        placement: dict[str, Any],
+        not_before: float,
+    ) -> bool:
+        """Record a running query's failed attempt and queue it again with `limits`, to start no earlier
+        than `not_before`; False (nothing written) unless this replica runs it."""
+        here, mine = self._running_here()
+        with self._transaction() as db:
+            changed = (
+                db.execute(
+                    "UPDATE queries SET status = 'queued', limits = ?, started_at = NULL, not_before = ?"
+                    f"{self._release} WHERE id = ? AND {here}",
+                    (dumps(limits.stored()), not_before, query_id, *mine),
+                ).rowcount
+                == 1
+            )
+            if changed:
+                attempts.end(db, [query_id], "failed", now=time.time(), error=error, placement=placement)
+                self._notify(db, QUEUED, [query_id])
+        return changed
 
     def _update_one(self, sql: str, params: tuple[object, ...], channel: str, query_id: str) -> bool:
         """An UPDATE of the one query: True if it changed it, and then `channel` is told."""
@@ -291,6 +344,8 @@ class Store(ABC):
         recovery = Recovery(
             requeued=[r["id"] for r in requeued], failed=[r["id"] for r in failed], cancelled=cancelled
         )
+        ended = [*recovery.requeued, *recovery.finished]
+        attempts.end(db, ended, "interrupted", now=now, error=attempts.INTERRUPTED)
         self._notify(db, FINISHED, recovery.finished)
         self._notify(db, QUEUED, recovery.requeued[:1])
         return recovery
@@ -307,43 +362,6 @@ class Store(ABC):
     @abstractmethod
     def subscribe(self, subscriber: Subscriber) -> None:
         """Hand `subscriber` the events of other replicas (from a thread of the store's own)."""
-
-    def active_ids(self) -> list[str]:
-        """Queries queued or running, oldest first."""
-        with self._reading() as db:
-            raws = db.execute("SELECT id FROM queries WHERE status IN (?, ?) ORDER BY seq", ACTIVE).fetchall()
-        return [raw["id"] for raw in raws]
-
-    def page(self, *, operation: str, status: str | None, limit: int, before_seq: int | None) -> list[Row]:
-        """Newest first; `before_seq` is the cursor of the previous page."""
-        clauses: list[str] = ["operation = ?"]
-        params: list[object] = [operation]
-        if status is not None:
-            clauses.append("status = ?")
-            params.append(status)
-        if before_seq is not None:
-            clauses.append("seq < ?")
-            params.append(before_seq)
-        sql = f"SELECT * FROM queries WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT ?"
-        with self._reading() as db:
-            raws = db.execute(sql, (*params, limit)).fetchall()
-        return [row_from(raw) for raw in raws]
-
-    def recent_run_seconds(self, limit: int) -> list[float]:
-        """How long the latest `limit` queries that ran to an end (succeeded or failed) ran, newest first."""
-        with self._reading() as db:
-            raws = db.execute(
-                f"SELECT finished_at - started_at AS seconds FROM {self._recent_from}"
-                " WHERE status IN ('succeeded', 'failed') AND started_at IS NOT NULL"
-                " ORDER BY seq DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [raw["seconds"] for raw in raws]
-
-    def count_by_status(self) -> dict[str, int]:
-        with self._reading() as db:
-            raws = db.execute("SELECT status, COUNT(*) AS n FROM queries GROUP BY status").fetchall()
-        return {raw["status"]: raw["n"] for raw in raws}
 
 
 def _count(db: Connection, status: str) -> int:

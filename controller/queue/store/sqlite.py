@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from controller.queue.store import migrations
-from controller.queue.store.base import Recovery, StoreUnavailable, Subscriber
-from controller.queue.store.sql import Connection, Store, Turn
+from controller.queue.store.base import Connection, Recovery, StoreUnavailable, Subscriber
+from controller.queue.store.sql import CLAIMABLE, CLAIMED, Store, Turn
 
 # Primary result codes (the low byte of an extended code) of a write that failed for want of room or access.
 _TRANSIENT_FAILURES = frozenset(
@@ -86,12 +85,12 @@ class SqliteStore(Store):
     def _running_here(self) -> tuple[str, tuple[object, ...]]:
         return "status = 'running'", ()
 
-    def _claim(self, db: Connection) -> Any:
+    def _claim(self, db: Connection, now: float) -> Any:
         return db.execute(
-            "UPDATE queries SET status = 'running', attempts = attempts + 1, started_at = ?"
-            " WHERE seq = (SELECT seq FROM queries WHERE status = 'queued' ORDER BY seq LIMIT 1)"
+            f"UPDATE queries SET status = 'running', {CLAIMED}"
+            f" WHERE seq = (SELECT seq FROM queries WHERE {CLAIMABLE} ORDER BY seq LIMIT 1)"
             " RETURNING *",
-            (time.time(),),
+            (now, now, now),
         ).fetchone()
 
     def _orphaned(self, db: Connection, now: float) -> tuple[str, list[str]]:
