@@ -84,6 +84,9 @@ class GatedLauncher:
         self.released.append((query_id, row.status if row else "?"))
         await self._changed()
 
+    async def discard(self, query_id: str) -> bool:
+        return True
+
     def detach(self) -> None:
         self.detached = True
 
