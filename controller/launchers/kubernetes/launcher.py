@@ -31,7 +31,7 @@ from controller.launchers.kubernetes.options import KubernetesOptions
 from controller.launchers.kubernetes.owner import service_account_owner
 from controller.launchers.kubernetes.pod_fate import decide, placement
 from controller.launchers.kubernetes.pod_progress import Ended, Failed, Waiting, observe
-from controller.launchers.kubernetes.pod_status import parse_time
+from controller.launchers.kubernetes.pod_status import finished_at, is_terminal
 from controller.launchers.kubernetes.pod_watch import PodWatch
 from controller.launchers.kubernetes.podspec import (
     CONTAINER_NAME,
@@ -55,19 +55,8 @@ T = TypeVar("T")
 MAX_LOG_BYTES = 64 * 2**20
 # How long an ended container's pod may take to show its final phase before podq decides without it.
 PHASE_SETTLE_SECONDS = 15.0
-
-
-def _is_terminal(pod: Mapping[str, Any]) -> bool:
-    return pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
-
-
-def _finished_at(pod: Mapping[str, Any]) -> float | None:
-    """When the worker container ended (epoch seconds), from its terminated state."""
-    for status in pod.get("status", {}).get("containerStatuses") or []:
-        terminated = (status.get("state") or {}).get("terminated")
-        if terminated and terminated.get("finishedAt"):
-            return parse_time(terminated["finishedAt"])
-    return None
+# How long a failed attempt's pod may take to go before its query's retry is given up.
+DISCARD_SECONDS = 60.0
 
 
 class KubernetesLauncher:
@@ -245,7 +234,7 @@ class KubernetesLauncher:
                 isinstance(verdict, Ended)
                 and state is not None
                 and not state.gone
-                and not _is_terminal(state.pod)
+                and not is_terminal(state.pod)
             ):
                 # The container has ended but the pod's phase (and a pod-level reason such as
                 # DeadlineExceeded, which decides first) is not written yet: wait for it, boundedly.
@@ -355,13 +344,30 @@ class KubernetesLauncher:
         """Delete a finished pod once its TTL has passed (at once if 0); one still pending or running now."""
         name = str(pod["metadata"]["name"])
         ttl = self._options.pod_ttl_seconds
-        if not _is_terminal(pod) or ttl <= 0:
+        if not is_terminal(pod) or ttl <= 0:
             self._spawn(self._delete(name, query_id, "outcome stored"), f"podq-delete-{name}")
             return
-        ended = _finished_at(pod) or time.time()
+        ended = finished_at(pod) or time.time()
         delay = max(0.0, ended + ttl - time.time())
         log.info("query %s: keeping pod %s for %.0fs (PODQ_POD_TTL_SECONDS)", query_id, name, delay)
         self._spawn(self._delete_later(name, query_id, delay), f"podq-ttl-{name}")
+
+    async def discard(self, query_id: str) -> bool:
+        """Delete the job's pod now, whatever the TTL, and wait until it is gone: the query's next attempt
+        creates a pod of the same name, which must not meet (and adopt) this one."""
+        name = pod_name(query_id)
+        with self._pods.following(name) as changed:
+            deadline = time.monotonic() + DISCARD_SECONDS
+            await self._delete(name, query_id, "its query runs again")
+            while (state := self._pods.state(name)) is not None and not state.gone:
+                changed.clear()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining)
+        self._pods.forget(name)
+        return True
 
     async def _delete_later(self, name: str, query_id: str, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -377,7 +383,7 @@ class KubernetesLauncher:
             query_id = query_id_of(pod)
             if query_id is not None and query_id in keep:
                 adoptable.append(query_id)
-            elif _is_terminal(pod):
+            elif is_terminal(pod):
                 self._expire(pod, query_id or "?")
             else:
                 log.warning(

@@ -8,12 +8,33 @@ from typing import Any
 
 from controller.launchers.kubernetes.podspec import CONTAINER_NAME
 
-__all__ = ["condition", "container_statuses", "parse_time", "state", "worker_status"]
+__all__ = [
+    "condition",
+    "container_statuses",
+    "finished_at",
+    "is_terminal",
+    "parse_time",
+    "state",
+    "worker_status",
+]
 
 
 def parse_time(text: str) -> float:
     """An API server timestamp ("2025-01-01T00:00:00Z") as epoch seconds."""
     return datetime.fromisoformat(text).timestamp()
+
+
+def is_terminal(pod: Mapping[str, Any]) -> bool:
+    return pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
+
+
+def finished_at(pod: Mapping[str, Any]) -> float | None:
+    """When the worker container ended (epoch seconds), from its terminated state."""
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        terminated = (status.get("state") or {}).get("terminated")
+        if terminated and terminated.get("finishedAt"):
+            return parse_time(terminated["finishedAt"])
+    return None
 
 
 def worker_status(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
