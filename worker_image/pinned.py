@@ -8,11 +8,18 @@ to TLS, so SNI and certificate checks are for the name, and httpx still sends it
 
 httpx 0.28 has no public way to pass a network backend, so `pinned_transport` swaps the pool inside an
 `httpx.AsyncHTTPTransport`; tests/integration/test_worker.py proves the swap takes effect.
+
+The TLS context (httpx's own: certifi's CA bundle, certificates and host names verified) is built once per
+process by `ssl_context`: parsing the bundle costs tens of milliseconds, which httpx would pay for every
+transport. The zygote builds it before it forks (worker_image/zygote.py), so a warm worker pays nothing.
+It holds the CA certificates and nothing of any query: the zygote never connects, and whatever a child
+does with its copy stays in that child.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
 from collections.abc import Iterable
@@ -85,14 +92,19 @@ async def _resolve(host: str, port: int, seconds: float | None) -> list[Address]
     return found
 
 
+@functools.cache
+def ssl_context() -> ssl.SSLContext:
+    """httpx's default client context, built once per process (see the module docstring)."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 class _PinnedTransport(httpx.AsyncHTTPTransport):
     def __init__(self, policy: FetchPolicy) -> None:
         # No proxy, whatever the environment says: a proxy would make the connection, not us.
-        super().__init__(trust_env=False)
-        ssl_context: ssl.SSLContext = httpx.create_ssl_context(trust_env=False)
+        super().__init__(verify=ssl_context(), trust_env=False)
         limits = httpx.Limits()  # httpx's defaults, as the replaced pool had
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
+            ssl_context=ssl_context(),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
