@@ -5,6 +5,7 @@ resolved once, every address it resolves to is judged (one refused address refus
 that mixes public and internal addresses is not a public name), and the socket is opened to one of those
 very addresses, so a second lookup can never return something else. httpcore still hands the hostname
 to TLS, so SNI and certificate checks are for the name, and httpx still sends it as the Host header.
+Each stream reads in bulk (worker_image/bulkread.py).
 
 httpx 0.28 has no public way to pass a network backend, so `pinned_transport` swaps the pool inside an
 `httpx.AsyncHTTPTransport`; tests/integration/test_worker.py proves the swap takes effect.
@@ -27,6 +28,7 @@ from collections.abc import Iterable
 import httpcore
 import httpx
 
+from worker_image.bulkread import BulkReads
 from worker_image.netpolicy import Address, FetchPolicy, ip_literal
 
 SocketOption = tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]
@@ -51,11 +53,13 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
         failure: httpcore.ConnectError | None = None
         for address in addresses:
             try:
-                return await self._inner.connect_tcp(
+                stream = await self._inner.connect_tcp(
                     str(address), port, timeout, local_address, socket_options
                 )
             except httpcore.ConnectError as exc:
                 failure = exc
+            else:
+                return BulkReads(stream)
         assert failure is not None  # _resolve returns at least one address
         raise failure
 
