@@ -1,8 +1,9 @@
 """`python -m worker_image.zygote <fd>`: a warm parent that forks one worker per query (the local launcher's
 warm start).
 
-The zygote imports the worker and everything a query needs (polars, pyarrow, sqlglot, httpx), then only
-waits on its control socket (fd `<fd>`, a SOCK_SEQPACKET socket whose other end the controller holds). It
+The zygote imports the worker and everything a query needs (polars, pyarrow, sqlglot, httpx with anyio's
+backend) and builds the fetch's TLS context (the CA bundle, no query's state), then only waits on its
+control socket (fd `<fd>`, a SOCK_SEQPACKET socket whose other end the controller holds). It
 never runs a query and never sees a request or a result. Messages are one JSON object per datagram:
 
 - controller -> zygote: ``{"fork": n, "cwd": ..., "env": {...}, "cgroup_procs": [...], "rlimit_as": int
@@ -47,9 +48,14 @@ _REQUEST_FD = 3
 
 
 def _warm_up() -> None:
-    """Import everything a query imports, so a child pays for none of it."""
+    """Import everything a query imports and build what every query builds alike, so a child pays for
+    none of it (tests/integration/test_zygote_warm_up.py checks that a child imports nothing more)."""
+    # What httpcore (anyio's backend, on the first connection) and polars (its parquet options, on the
+    # first scan) import only when a query first needs them.
+    import anyio._backends._asyncio  # noqa: F401
     import httpx  # noqa: F401
-    import polars  # noqa: F401
+    import polars
+    import polars._utils.parquet  # noqa: F401
     import pyarrow.parquet  # noqa: F401
     import sqlglot  # noqa: F401
 
@@ -57,10 +63,13 @@ def _warm_up() -> None:
     import worker_image.fetch
     import worker_image.schema
     import worker_image.sql  # noqa: F401
+    from worker_image.pinned import ssl_context
     from worker_image.sqlguard import check_query
 
     # sqlglot loads its dialect (~150 ms) at the first parse; parsing is pure Python and runs no query.
     check_query("SELECT 1 AS x FROM t", ["t"])
+    # Parsing the CA bundle takes tens of milliseconds; the context is the same for every query.
+    ssl_context()
 
 
 def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
