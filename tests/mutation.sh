@@ -26,8 +26,11 @@ modules=(
   "podspec|controller/launchers/kubernetes/podspec.py|tests/unit/test_podspec.py"
   "sqlguard|worker_image/sqlguard.py|tests/unit/test_sqlguard.py"
   "local_outcome|controller/launchers/local/outcome.py|tests/unit/test_local_outcome.py"
-  "store|controller/queue/store/sql.py|tests/unit/test_store.py tests/unit/test_store_queue_limit.py tests/unit/test_store_records.py"
+  "store|controller/queue/store/sql.py|tests/unit/test_store.py tests/unit/test_store_queue_limit.py tests/unit/test_store_records.py tests/unit/test_store_attempts.py tests/unit/test_queue_deadline_limits.py tests/unit/test_replicas.py"
   "store_sqlite|controller/queue/store/sqlite.py|tests/unit/test_store.py tests/unit/test_store_queue_limit.py tests/unit/test_store_records.py"
+  "store_reads|controller/queue/store/reads.py|tests/unit/test_store.py tests/unit/test_store_records.py tests/unit/test_store_attempts.py"
+  "store_attempts|controller/queue/store/attempts.py|tests/unit/test_store_attempts.py tests/unit/test_store_records.py"
+  "retry|controller/queue/retry.py|tests/unit/test_retry_policy.py"
 )
 
 [ -x "$venv/bin/python" ] || { echo "no virtualenv at $venv: run bash tests/run.sh first" >&2; exit 2; }
@@ -39,11 +42,25 @@ export PATH="$venv/bin:$PATH"
 
 selected=("$@")
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/podq-mutation.XXXXXX")
-if [[ ${PODQ_MUTATION_KEEP:-0} == 1 ]]; then
-  echo "scratch copies kept under $scratch"
-else
-  trap 'rm -rf "$scratch"' EXIT
-fi
+postgres_pid=""
+finish() {
+  if [[ -n $postgres_pid ]]; then kill "$postgres_pid" 2>/dev/null && wait "$postgres_pid" || true; fi
+  if [[ ${PODQ_MUTATION_KEEP:-0} == 1 ]]; then echo "scratch copies kept under $scratch"; else rm -rf "$scratch"; fi
+}
+trap finish EXIT
+
+# One PostgreSQL server for every test process of the run: the store's tests start one per session, and
+# mutmut runs a session per mutant.
+"$venv/bin/python" -m tests.tools.shared_postgres "$scratch/postgres.port" &
+postgres_pid=$!
+for _ in $(seq 600); do
+  [[ -s $scratch/postgres.port ]] && break
+  kill -0 "$postgres_pid" 2>/dev/null || { echo "the shared PostgreSQL server did not start" >&2; exit 2; }
+  sleep 0.1
+done
+[[ -s $scratch/postgres.port ]] || { echo "the shared PostgreSQL server did not start within 60 s" >&2; exit 2; }
+PODQ_TEST_POSTGRES_PORT=$(cat "$scratch/postgres.port")
+export PODQ_TEST_POSTGRES_PORT
 
 toml_list() { local out="" item; for item in "$@"; do out+="${out:+, }\"$item\""; done; printf '[%s]' "$out"; }
 
@@ -61,6 +78,9 @@ for entry in "${modules[@]}"; do
   cp -a "$scratch/tree" "$work"
   # The scratch copy's pyproject.toml gets this module's mutmut section. `forkserver`: polars' thread pool
   # does not survive a plain fork of the process that ran the tests, and forked tests then hang.
+  # `timeout_multiplier`: a mutant that breaks the store's SQL leaves the PostgreSQL tests waiting (they
+  # count as killed, by timeout); at mutmut's default of 15x the tests' own time, those waits were most of
+  # the run (46 of the store's first 190 mutants, ~25 s each).
   cat >>"$work/pyproject.toml" <<TOML
 
 [tool.mutmut]
@@ -69,6 +89,7 @@ only_mutate = ["$module"]
 pytest_add_cli_args_test_selection = $(toml_list "${test_files[@]}")
 pytest_add_cli_args = ["-m", "unit", "-p", "no:cacheprovider", "--hypothesis-profile=mutation"]
 process_isolation = "forkserver"
+timeout_multiplier = 5
 use_git_change_detection = false
 TOML
   printf '\n== %s: %s against %s (%s)\n' "$name" "$module" "$tests" "$(date +%T)"

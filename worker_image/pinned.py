@@ -5,14 +5,22 @@ resolved once, every address it resolves to is judged (one refused address refus
 that mixes public and internal addresses is not a public name), and the socket is opened to one of those
 very addresses, so a second lookup can never return something else. httpcore still hands the hostname
 to TLS, so SNI and certificate checks are for the name, and httpx still sends it as the Host header.
+Each stream reads in bulk (worker_image/bulkread.py).
 
 httpx 0.28 has no public way to pass a network backend, so `pinned_transport` swaps the pool inside an
 `httpx.AsyncHTTPTransport`; tests/integration/test_worker.py proves the swap takes effect.
+
+The TLS context (httpx's own: certifi's CA bundle, certificates and host names verified) is built once per
+process by `ssl_context`: parsing the bundle costs tens of milliseconds, which httpx would pay for every
+transport. The zygote builds it before it forks (worker_image/zygote.py), so a warm worker pays nothing.
+It holds the CA certificates and nothing of any query: the zygote never connects, and whatever a child
+does with its copy stays in that child.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
 from collections.abc import Iterable
@@ -20,6 +28,7 @@ from collections.abc import Iterable
 import httpcore
 import httpx
 
+from worker_image.bulkread import BulkReads
 from worker_image.netpolicy import Address, FetchPolicy, ip_literal
 
 SocketOption = tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]
@@ -44,11 +53,13 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
         failure: httpcore.ConnectError | None = None
         for address in addresses:
             try:
-                return await self._inner.connect_tcp(
+                stream = await self._inner.connect_tcp(
                     str(address), port, timeout, local_address, socket_options
                 )
             except httpcore.ConnectError as exc:
                 failure = exc
+            else:
+                return BulkReads(stream)
         assert failure is not None  # _resolve returns at least one address
         raise failure
 
@@ -85,14 +96,19 @@ async def _resolve(host: str, port: int, seconds: float | None) -> list[Address]
     return found
 
 
+@functools.cache
+def ssl_context() -> ssl.SSLContext:
+    """httpx's default client context, built once per process (see the module docstring)."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 class _PinnedTransport(httpx.AsyncHTTPTransport):
     def __init__(self, policy: FetchPolicy) -> None:
         # No proxy, whatever the environment says: a proxy would make the connection, not us.
-        super().__init__(trust_env=False)
-        ssl_context: ssl.SSLContext = httpx.create_ssl_context(trust_env=False)
+        super().__init__(verify=ssl_context(), trust_env=False)
         limits = httpx.Limits()  # httpx's defaults, as the replaced pool had
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
+            ssl_context=ssl_context(),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,

@@ -18,9 +18,14 @@ MAX_REQUEST_BYTES = 16 * 2**20
 
 
 def warm_up() -> None:
-    """Import everything a query imports, so the query itself pays for none of it."""
+    """Import everything a query imports and build what every query builds alike, so a query pays for
+    none of it (tests/integration/test_zygote_warm_up.py checks that a forked child imports nothing more)."""
+    # What httpcore (anyio's backend, on the first connection) and polars (its parquet options, on the
+    # first scan) import only when a query first needs them.
+    import anyio._backends._asyncio  # noqa: F401
     import httpx  # noqa: F401
-    import polars  # noqa: F401
+    import polars
+    import polars._utils.parquet  # noqa: F401
     import pyarrow.parquet  # noqa: F401
     import sqlglot  # noqa: F401
 
@@ -28,10 +33,13 @@ def warm_up() -> None:
     import worker_image.fetch
     import worker_image.schema
     import worker_image.sql  # noqa: F401
+    from worker_image.pinned import ssl_context
     from worker_image.sqlguard import check_query
 
     # sqlglot loads its dialect (~150 ms) at the first parse; parsing is pure Python and runs no query.
     check_query("SELECT 1 AS x FROM t", ["t"])
+    # Parsing the CA bundle takes tens of milliseconds; the context is the same for every query.
+    ssl_context()
 
 
 def wait_for_request(stream: BinaryIO) -> str | None:

@@ -1,8 +1,9 @@
 """`python -m worker_image.zygote <fd>`: a warm parent that forks one worker per query (the local launcher's
 warm start).
 
-The zygote imports the worker and everything a query needs (polars, pyarrow, sqlglot, httpx), then only
-waits on its control socket (fd `<fd>`, a SOCK_SEQPACKET socket whose other end the controller holds). It
+The zygote imports the worker and everything a query needs (polars, pyarrow, sqlglot, httpx with anyio's
+backend) and builds the fetch's TLS context (the CA bundle, no query's state), then only waits on its
+control socket (fd `<fd>`, a SOCK_SEQPACKET socket whose other end the controller holds). It
 never runs a query and never sees a request or a result. Messages are one JSON object per datagram:
 
 - controller -> zygote: ``{"fork": n, "cwd": ..., "env": {...}, "cgroup_procs": [...], "rlimit_as": int

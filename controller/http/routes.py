@@ -145,9 +145,6 @@ def _submit(
     refusal = services.launcher.refusal(admitted.limits)
     if refusal is not None:
         raise Rejected("limits", refusal)
-    if admitted.retry is not None and services.launcher.name != "local":
-        # A pod keeps its query's name: the next attempt's would meet (and adopt) the failed one's.
-        raise Rejected("retry", f"retries are not available on the {services.launcher.name} launcher yet")
     query_id, request, max_queued = uuid.uuid4().hex, dict(admitted.request), services.settings.max_queued
     retry = None if admitted.retry is None else admitted.retry.stored()
     try:

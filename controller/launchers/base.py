@@ -142,6 +142,10 @@ class Launcher(Protocol):
         """The job's outcome is stored: free what it still holds (a finished pod is deleted, now or after
         its TTL)."""
 
+    async def discard(self, query_id: str) -> bool:
+        """The job failed and its query runs again: remove what it left at once (a finished pod, whatever
+        its TTL) so the next attempt starts afresh. False if that could not be done."""
+
     def detach(self) -> None:
         """The controller is stopping: from now on, cancelled jobs leave work that survives the controller in
         place, for the next controller to adopt."""

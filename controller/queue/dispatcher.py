@@ -223,11 +223,11 @@ class Dispatcher:
             self.notify()
         if outcome.error is not None and row.retry is not None:
             decided = self._after(row, RetryPolicy.from_stored(row.retry), outcome.error)
-            if isinstance(decided, Retry):
-                # The next attempt's worker may take this one's name (a pod's): this one goes first.
-                await self._release(row.id)
+            if isinstance(decided, Retry) and await self._discard(row.id):
                 await self._retry_when_possible(row, outcome.error, outcome.placement, decided)
                 return
+            if isinstance(decided, Retry):
+                decided = Stop("not retried: the failed attempt's worker could not be removed")
             if decided.reason is not None:
                 outcome = replace(outcome, error=not_retried(outcome.error, decided.reason))
         await self._record_when_possible(row.id, outcome)
@@ -240,6 +240,14 @@ class Dispatcher:
         except Exception:
             # What stays behind is cleaned up by the launcher's TTL sweep or the next start's reconcile.
             log.exception("query %s: the launcher could not release the finished job", query_id)
+
+    async def _discard(self, query_id: str) -> bool:
+        """Clear the way for the next attempt (its pod takes this one's name)."""
+        try:
+            return await self._launcher.discard(query_id)
+        except Exception:
+            log.exception("query %s: the launcher could not remove the failed attempt", query_id)
+            return False
 
     def _after(self, row: Row, policy: RetryPolicy, error: ErrorInfo) -> Retry | Stop:
         """Whether the query's retry policy runs it again after this attempt failed with `error`."""

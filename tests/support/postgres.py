@@ -5,6 +5,10 @@ removed at the end. Each test gets a database of its own on it.
 The binaries: `initdb` on PATH, else Debian's /usr/lib/postgresql/<version>/bin (`tests/run.sh` installs
 the `postgresql` package when neither is there). Without them the PostgreSQL variants are skipped, loudly,
 unless PODQ_POSTGRES=required.
+
+With PODQ_TEST_POSTGRES_PORT set, the tests use the server already listening on that loopback port instead
+(tests/mutation.sh starts one for all its test processes; a server per process cost seconds per mutant).
+Each process then names its databases after its pid and drops them at its end.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class PostgresServer:
         self.log = self.root / "server.log"
         self.port = free_port()
         self._names = count()
+        self._prefix = "t"
         # Databases no test uses any more, emptied before the next takes one: creating one copies and
         # later deletes hundreds of files, which a slow disk makes a fraction of a second each way.
         self._free: list[str] = []
@@ -108,7 +113,7 @@ class PostgresServer:
             url = self._free.pop()
             self.execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
             return url
-        name = f"t{next(self._names)}"
+        name = f"{self._prefix}{next(self._names)}"
         with psycopg.connect(self.url(), autocommit=True) as db:
             db.execute(f"CREATE DATABASE {name}".encode())
         return self.url(name)
@@ -129,19 +134,47 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+class SharedPostgresServer(PostgresServer):
+    """A server another process started and stops: this process only creates and drops its databases."""
+
+    def __init__(self, bin_dir: Path, port: int) -> None:
+        super().__init__(bin_dir)
+        self.port = port
+        self._prefix = f"p{os.getpid()}db"  # no LIKE wildcard in it
+
+    def start(self, *, durable: bool = False, also_listen_on: str | None = None) -> None:
+        raise RuntimeError(f"the shared server ({SHARED_PORT_ENV}) is not this process's to start")
+
+    def stop(self, mode: str = "fast") -> None:
+        raise RuntimeError(f"the shared server ({SHARED_PORT_ENV}) is not this process's to stop")
+
+    def remove(self) -> None:
+        with psycopg.connect(self.url(), autocommit=True) as db:
+            for (name,) in db.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{self._prefix}%",)
+            ).fetchall():
+                db.execute(f"DROP DATABASE {name} WITH (FORCE)".encode())
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+SHARED_PORT_ENV = "PODQ_TEST_POSTGRES_PORT"
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """One PostgreSQL server for the session; skipped (loudly) without the binaries."""
+    """One PostgreSQL server for the session (or the shared one); skipped (loudly) without the binaries."""
     bin_dir = binaries()
     if bin_dir is None:
         reason = "no PostgreSQL binaries (initdb): apt-get install postgresql, or run tests/run.sh"
         if os.environ.get("PODQ_POSTGRES") == "required":
             pytest.fail(f"PODQ_POSTGRES=required, but {reason}")
         pytest.skip(reason)
-    server = PostgresServer(bin_dir)
+    shared = os.environ.get(SHARED_PORT_ENV)
+    server = SharedPostgresServer(bin_dir, int(shared)) if shared else PostgresServer(bin_dir)
     try:
-        server.init()
-        server.start()
+        if not shared:
+            server.init()
+            server.start()
         yield server
     finally:
         server.remove()

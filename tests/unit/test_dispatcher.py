@@ -20,8 +20,10 @@ from hypothesis import strategies as st
 from controller.launchers.base import Job, Limits, Outcome
 from controller.queue.dispatcher import Dispatcher
 from controller.queue.metrics import Metrics
+from controller.queue.retry import RetryPolicy
 from controller.queue.store import Store
 from tests.support.stored import LIMITS, REQUEST, Database, NewDatabase
+from worker_image.protocol import ErrorType, error_info
 
 pytestmark = pytest.mark.unit
 
@@ -83,6 +85,9 @@ class GatedLauncher:
         row = self.store.get(query_id) if self.store else None
         self.released.append((query_id, row.status if row else "?"))
         await self._changed()
+
+    async def discard(self, query_id: str) -> bool:
+        return True
 
     def detach(self) -> None:
         self.detached = True
@@ -306,3 +311,39 @@ def test_a_query_queued_past_its_deadline_never_starts_and_the_next_does(new_dat
             assert launcher.started == ["a", "b"]
 
     run_with_db(new_database, scenario)
+
+
+class StuckLauncher(GatedLauncher):
+    """Every job runs out of memory, and its worker cannot be removed before a retry."""
+
+    async def run(self, job: Job) -> Outcome:
+        self.started.append(job.query_id)
+        return Outcome(error=error_info(ErrorType.MEMORY, "the query ran out of memory"))
+
+    async def discard(self, query_id: str) -> bool:
+        return False
+
+
+def test_a_retry_whose_failed_worker_cannot_be_removed_does_not_happen_and_says_why(
+    database: Database,
+) -> None:
+    async def scenario() -> None:
+        store = database.open()
+        launcher = StuckLauncher()
+        dispatcher = Dispatcher(store, launcher, max_concurrent=1, max_attempts=3, metrics=Metrics(store))
+        await dispatcher.start()
+        try:
+            policy = RetryPolicy(
+                max_attempts=3, on=frozenset({"memory"}), memory_factor=2, max_memory_bytes=2**31
+            )
+            store.insert("a", "query", REQUEST, LIMITS, retry=policy.stored())
+            dispatcher.notify()
+            row = await dispatcher.wait_finished("a", 10)
+        finally:
+            await dispatcher.stop()
+            store.close()
+        assert row is not None and row.status == "failed" and launcher.started == ["a"]
+        assert row.error is not None
+        assert row.error["message"].endswith("not retried: the failed attempt's worker could not be removed")
+
+    asyncio.run(scenario())

@@ -58,6 +58,8 @@ T = TypeVar("T")
 
 # How long an ended container's pod may take to show its final phase before podq decides without it.
 PHASE_SETTLE_SECONDS = 15.0
+# How long a failed attempt's pod may take to go before its query's retry is given up.
+DISCARD_SECONDS = 60.0
 
 
 class KubernetesLauncher:
@@ -370,6 +372,23 @@ class KubernetesLauncher:
         delay = max(0.0, ended + ttl - time.time())
         log.info("query %s: keeping pod %s for %.0fs (PODQ_POD_TTL_SECONDS)", query_id, name, delay)
         self._spawn(self._delete_later(name, query_id, delay), f"podq-ttl-{name}")
+
+    async def discard(self, query_id: str) -> bool:
+        """Delete the job's pod now, whatever the TTL, and wait until it is gone: the query's next attempt
+        creates a pod of the same name, which must not meet (and adopt) this one."""
+        name = pod_name(query_id)
+        with self._pods.following(name) as changed:
+            deadline = time.monotonic() + DISCARD_SECONDS
+            await self._delete(name, query_id, "its query runs again")
+            while (state := self._pods.state(name)) is not None and not state.gone:
+                changed.clear()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining)
+        self._pods.forget(name)
+        return True
 
     async def _delete_later(self, name: str, query_id: str, delay: float) -> None:
         await asyncio.sleep(delay)

@@ -24,6 +24,19 @@ def parse_time(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
+def is_terminal(pod: Mapping[str, Any]) -> bool:
+    return pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
+
+
+def finished_at(pod: Mapping[str, Any]) -> float | None:
+    """When the worker container ended (epoch seconds), from its terminated state."""
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        terminated = (status.get("state") or {}).get("terminated")
+        if terminated and terminated.get("finishedAt"):
+            return parse_time(terminated["finishedAt"])
+    return None
+
+
 def worker_status(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     # By name: injected sidecars may stand before or after the worker.
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
@@ -45,16 +58,3 @@ def state(container: Mapping[str, Any] | None, name: str) -> Mapping[str, Any] |
 def condition(pod: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return next((item for item in conditions if item.get("type") == kind), None)
-
-
-def is_terminal(pod: Mapping[str, Any]) -> bool:
-    return pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
-
-
-def finished_at(pod: Mapping[str, Any]) -> float | None:
-    """When the worker container ended (epoch seconds), from its terminated state."""
-    for status in pod.get("status", {}).get("containerStatuses") or []:
-        terminated = (status.get("state") or {}).get("terminated")
-        if terminated and terminated.get("finishedAt"):
-            return parse_time(terminated["finishedAt"])
-    return None

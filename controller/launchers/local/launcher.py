@@ -216,6 +216,10 @@ class LocalLauncher:
     async def release(self, query_id: str) -> None:
         """Nothing to do: `run` cleans up before it returns."""
 
+    async def discard(self, query_id: str) -> bool:
+        """Nothing to do: `run` cleans up before it returns."""
+        return True
+
     def detach(self) -> None:
         """Nothing to do: worker processes die with the controller, so every job is stopped."""
 

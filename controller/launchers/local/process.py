@@ -197,7 +197,8 @@ class WorkerProcess:
             log.info(
                 "query %s: killed %d processes of worker %d's session", self._query_id, len(killed), self.pid
             )
-        while self.kill():
+        # A session found empty needs no second look: only its members could add to it.
+        while killed and (killed := self.kill()):
             if loop.time() > deadline:
                 log.error("query %s: processes of session %d survive SIGKILL", self._query_id, self.pid)
                 break

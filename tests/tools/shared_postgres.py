@@ -1,0 +1,34 @@
+"""One PostgreSQL server for many test processes (tests/mutation.sh's mutants): started as
+tests/support/postgres.py starts the suite's own, its port written to PORT_FILE once it accepts
+connections, stopped and removed on SIGTERM or SIGINT.
+
+    python -m tests.tools.shared_postgres PORT_FILE
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+from tests.support.postgres import PostgresServer, binaries
+
+
+def main(port_file: Path) -> None:
+    bin_dir = binaries()
+    if bin_dir is None:
+        sys.exit("no PostgreSQL binaries (initdb): apt-get install postgresql, or run bash tests/run.sh")
+    ending = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, ending)
+    server = PostgresServer(bin_dir)
+    try:
+        server.init()
+        server.start()
+        port_file.write_text(str(server.port))
+        signal.sigwait(ending)
+    finally:
+        server.remove()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
