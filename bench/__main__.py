@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import api, engine, kube, latency, warmstart
+from bench import api, engine, kube, kube_warm, latency, warmstart
 from bench import results as downloads_bench
 from bench.data import generate
 from bench.machine import describe
@@ -137,12 +137,19 @@ def main() -> None:
             print(f"## 4. Kubernetes mode ({size.kube_runs} latency runs each)\n", flush=True)
             results_kube = kube.measure(target, workdir, size.kube_runs, size.kube_queued)
             print(kube.report(*results_kube, target) + "\n", flush=True)
+            print(f"### Warm pool vs cold pods (issue 15), load average {_load()}\n", flush=True)
+            warm = kube_warm.measure(target, workdir, size.kube_runs, kube_warm.POOL_SIZE)
+            print(kube_warm.report(warm) + f"\n\nload average after: {_load()}\n", flush=True)
         elif not args.only:
             print(f"## 4. Kubernetes mode: not run (needs KUBECONFIG and {kube.IMAGE_ENV})\n", flush=True)
         if "results" in sections:
             print("## 5. Result downloads (median of 5 after a warm-up)\n", flush=True)
             downloads = downloads_bench.measure(workdir, size.result_rows)
             print(downloads_bench.report(downloads, size.result_rows) + "\n", flush=True)
+
+
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def _controller(target: Target, workdir: Path, name: str, *, small: bool, **extr
     return ControllerProcess(workdir / f"kube-{name}-data", settings, workdir / f"kube-{name}.log")
 
 
-def _kube() -> KubeClient:
+def kube_client() -> KubeClient:
     """The bench's own client: its requests are not podq's, so no rate limit worth the name."""
     return KubeClient(load_config(None, None), qps=1000, burst=1000, request_timeout=30)
 
@@ -142,7 +142,7 @@ async def _latency(target: Target, url: str, instance: str, runs: int) -> tuple[
     admitted = admit_query(QueryIn(sql=SQL), settings)
     template = KubernetesOptions.from_settings(settings).pod
     podq, floor, records = Series("podq: submit -> result (HTTP)", []), Series("bare pod (floor)", []), []
-    async with _kube() as kube, httpx.AsyncClient(base_url=url, timeout=60) as api:
+    async with kube_client() as kube, httpx.AsyncClient(base_url=url, timeout=60) as api:
         for run in range(runs + 1):  # the first of each is a warm-up
             elapsed = await bare_pod(kube, template, admitted.request, admitted.limits)
             started = time.perf_counter()
@@ -187,7 +187,7 @@ def _throughput(target: Target, workdir: Path, queued: int, qps: float, burst: i
 
 
 async def pods_gone(target: Target, instance: str) -> None:
-    async with _kube() as kube:
+    async with kube_client() as kube:
         await wait_no_pods(kube, target.namespace.name, selector(instance))
 
 

@@ -21,6 +21,9 @@ from controller.quantity import parse_cpu_millicores, parse_memory_bytes
 from controller.testcrash import parse_crash_at
 from worker_image.netpolicy import parse_networks
 
+# A pool holds its pods' requests on the nodes whether used or not; more than this is a typo.
+MAX_WARM_POOL_SIZE = 100
+
 
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -181,8 +184,10 @@ class Settings(BaseSettings):
         "the first time it reaches this point, for restart tests. `before_finish`: a worker has ended, its "
         "outcome is not stored yet; `after_finish`: right after a query's terminal state is committed; "
         "kubernetes only: `after_create` (a pod was just created), `before_log` (a pod ended, its log is "
-        "not read yet), `before_delete` (an outcome is stored, its pod not deleted yet). `point@N`: the Nth "
-        "time. Never set in production.",
+        "not read yet), `before_delete` (an outcome is stored, its pod not deleted yet), with a warm pool "
+        "`after_claim` (a pool pod claimed, the request not written) and `after_attach` (the request "
+        "written, the worker's output read, nothing stored). `point@N`: the Nth time. Never set in "
+        "production.",
     )
     log_level: str = Field("INFO", description="Python logging level of the controller.")
     log_format: Literal["text", "json"] = Field(
@@ -254,6 +259,16 @@ class Settings(BaseSettings):
         60,
         gt=0,
         description="How long a worker pod may fail to pull its image before the query fails as `image`.",
+    )
+    kube_warm_pool_size: int = Field(
+        0,
+        ge=0,
+        le=MAX_WARM_POOL_SIZE,
+        description="Worker pods kept started ahead of demand at the default limits (`PODQ_DEFAULT_CPU`, "
+        "`PODQ_DEFAULT_MEMORY`); a query with exactly those limits takes one (its request written to the "
+        "waiting worker's stdin through `pods/attach`) instead of waiting for a pod to start, and the pool "
+        "is refilled. Each idle pod holds its CPU and memory requests on a node. Needs `patch` on pods and "
+        "`get`, `create` on `pods/attach`. 0: off, every query starts its own pod.",
     )
     kube_qps: float = Field(
         20,

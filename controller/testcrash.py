@@ -20,8 +20,18 @@ log = logging.getLogger(__name__)
 # before_finish: a worker has ended and its outcome is read, the store has not recorded it.
 # after_finish: the store has just committed a query's terminal state.
 # The kubernetes launcher's own: after_create (a pod was just created), before_log (a pod has ended, its
-# log is not read yet), before_delete (an outcome is stored, its pod not deleted yet).
-CrashPoint = Literal["before_finish", "after_finish", "after_create", "before_log", "before_delete"]
+# log is not read yet), before_delete (an outcome is stored, its pod not deleted yet); with a warm pool,
+# after_claim (a pool pod is claimed, the request not written yet) and after_attach (the request written
+# and the worker's stdout read, nothing followed or stored yet).
+CrashPoint = Literal[
+    "before_finish",
+    "after_finish",
+    "after_create",
+    "before_log",
+    "before_delete",
+    "after_claim",
+    "after_attach",
+]
 
 
 _reached: Counter[str] = Counter()

@@ -1,7 +1,8 @@
 """`python -m worker_image`: run the one operation in the request and report it as one envelope.
 
-See `worker_image.protocol` for the contract: request in ``PODQ_REQUEST``, the envelope as the last line
-of stdout, the exit code, and the termination-message file for errors.
+See `worker_image.protocol` for the contract: request in ``PODQ_REQUEST`` (or, in a warm pod, one line on
+stdin once everything is imported: `worker_image.standby`), the envelope as the last line of stdout, the
+exit code, and the termination-message file for errors.
 
 The operation runs on a thread of its own; the main thread only waits for it, in `Thread.join` with a
 timeout. That keeps two things prompt whatever the operation is doing (inside polars' native
@@ -33,7 +34,9 @@ from worker_image.memwatch import POLL_SECONDS, MemoryWatch
 from worker_image.protocol import (
     DEFAULT_TERMINATION_MESSAGE_PATH,
     EXIT_INTERNAL_ERROR,
+    EXIT_NO_REQUEST,
     EXIT_USER_ERROR,
+    REQUEST_STDIN_ENV,
     TERMINATION_MESSAGE_ENV,
     ErrorInfo,
     ErrorType,
@@ -44,6 +47,7 @@ from worker_image.protocol import (
     error_info,
 )
 from worker_image.request import load_request, read_request
+from worker_image.standby import wait_for_request, warm_up
 from worker_image.testhooks import apply_test_hooks
 
 
@@ -59,9 +63,17 @@ def main() -> int:
     logging.basicConfig(
         stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    stdin_request = None
+    if os.environ.get(REQUEST_STDIN_ENV) == "1":
+        warm_up()
+        # Blocks in read(), which SIGTERM interrupts: the handler runs and the worker exits at once.
+        if (stdin_request := wait_for_request(sys.stdin.buffer)) is None:
+            return EXIT_NO_REQUEST
     watch = MemoryWatch.from_environ(os.environ)
     exit_codes: list[int] = []
-    operation = threading.Thread(target=lambda: exit_codes.append(_operate()), name="operation", daemon=True)
+    operation = threading.Thread(
+        target=lambda: exit_codes.append(_operate(stdin_request)), name="operation", daemon=True
+    )
     operation.start()
     while True:
         operation.join(POLL_SECONDS)
@@ -77,9 +89,9 @@ def main() -> int:
     return exit_codes[0]
 
 
-def _operate() -> int:
+def _operate(stdin_request: str | None) -> int:
     try:
-        envelope = encode_envelope({"ok": True, "result": _execute()})
+        envelope = encode_envelope({"ok": True, "result": _execute(stdin_request)})
     except WorkerError as exc:
         return _fail(exc.info(), EXIT_USER_ERROR)
     except MemoryError as exc:
@@ -96,8 +108,8 @@ def _operate() -> int:
     return 0
 
 
-def _execute() -> dict[str, Any]:
-    request = load_request(read_request(os.environ))
+def _execute(stdin_request: str | None) -> dict[str, Any]:
+    request = load_request(read_request(os.environ) if stdin_request is None else stdin_request)
     # Held, not used: a test hook's allocation stays resident while the operation runs.
     ballast = apply_test_hooks(request.get("debug"), os.environ)
     with tempfile.TemporaryDirectory(prefix="podq-") as directory:

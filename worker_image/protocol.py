@@ -2,7 +2,9 @@
 
 Input is one JSON request (see `WorkerRequest`), passed in the ``PODQ_REQUEST`` environment variable, or
 read to its end from the file descriptor named in ``PODQ_REQUEST_FD`` (`REQUEST_FD_ENV`; the local
-launcher's pipe, so that no request is ever in a process's /proc environ for another to read).
+launcher's pipe, so that no request is ever in a process's /proc environ for another to read), or, with
+``PODQ_REQUEST_STDIN=1`` (a warm pod), as one line on stdin once the worker has imported everything
+(`worker_image.standby`).
 ``PODQ_MEMORY_LIMIT_BYTES`` (`MEMORY_LIMIT_ENV`), when set, is the worker's memory limit in bytes (the
 local launcher's cap; a pod's ``limits.memory`` through the downward API): the worker stops the operation
 once its anonymous resident memory comes within a headroom of it (see `worker_image.memwatch`) and
@@ -20,6 +22,7 @@ file so the launcher can type the error even when the logs are gone.
 
 Exit codes: 0 success; `EXIT_USER_ERROR` when the envelope carries a user error (a ``memory`` error from
 the watch above included); `EXIT_INTERNAL_ERROR` when the worker itself failed but could still say so.
+`EXIT_NO_REQUEST` (nothing printed) when a worker waiting on stdin got no request.
 Any other death is for the launcher to classify. SIGTERM ends the worker at once, whatever the operation
 is doing (exit code 143, no envelope): the operation runs off the main thread, which only waits.
 
@@ -50,10 +53,12 @@ from typing import Any, Literal, NotRequired, TypedDict
 __all__ = [
     "ENVELOPE_MARKER",
     "EXIT_INTERNAL_ERROR",
+    "EXIT_NO_REQUEST",
     "EXIT_USER_ERROR",
     "MEMORY_LIMIT_ENV",
     "REQUEST_ENV",
     "REQUEST_FD_ENV",
+    "REQUEST_STDIN_ENV",
     "TERMINATION_MESSAGE_ENV",
     "TERMINATION_MESSAGE_LIMIT",
     "TEST_HOOKS_ENV",
@@ -70,6 +75,8 @@ __all__ = [
 ENVELOPE_MARKER = "PODQ-RESULT-V1"
 REQUEST_ENV = "PODQ_REQUEST"
 REQUEST_FD_ENV = "PODQ_REQUEST_FD"
+# "1": the worker warms up, then reads its request as one line on stdin (worker_image/standby.py).
+REQUEST_STDIN_ENV = "PODQ_REQUEST_STDIN"
 TERMINATION_MESSAGE_ENV = "PODQ_TERMINATION_MESSAGE_PATH"
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 # Kubernetes keeps at most 4096 bytes of a termination message.
@@ -81,6 +88,8 @@ TEST_HOOKS_ENV = "PODQ_ENABLE_TEST_HOOKS"
 
 EXIT_USER_ERROR = 3
 EXIT_INTERNAL_ERROR = 4
+# A worker waiting on stdin got no request (end of input, or not one line of JSON object); nothing printed.
+EXIT_NO_REQUEST = 5
 
 
 class ErrorType(StrEnum):

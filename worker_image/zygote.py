@@ -42,34 +42,10 @@ from typing import Any
 
 from worker_image.confine import confine
 from worker_image.protocol import EXIT_INTERNAL_ERROR, REQUEST_FD_ENV
+from worker_image.standby import warm_up
 
 _MAX_MESSAGE = 1 << 20
 _REQUEST_FD = 3
-
-
-def _warm_up() -> None:
-    """Import everything a query imports and build what every query builds alike, so a child pays for
-    none of it (tests/integration/test_zygote_warm_up.py checks that a child imports nothing more)."""
-    # What httpcore (anyio's backend, on the first connection) and polars (its parquet options, on the
-    # first scan) import only when a query first needs them.
-    import anyio._backends._asyncio  # noqa: F401
-    import httpx  # noqa: F401
-    import polars
-    import polars._utils.parquet  # noqa: F401
-    import pyarrow.parquet  # noqa: F401
-    import sqlglot  # noqa: F401
-
-    import worker_image.__main__
-    import worker_image.fetch
-    import worker_image.schema
-    import worker_image.sql  # noqa: F401
-    from worker_image.pinned import ssl_context
-    from worker_image.sqlguard import check_query
-
-    # sqlglot loads its dialect (~150 ms) at the first parse; parsing is pure Python and runs no query.
-    check_query("SELECT 1 AS x FROM t", ["t"])
-    # Parsing the CA bundle takes tens of milliseconds; the context is the same for every query.
-    ssl_context()
 
 
 def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -83,7 +59,7 @@ def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = 
 def serve(control_fd: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=control_fd)
-    _warm_up()
+    warm_up()
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)

@@ -46,6 +46,17 @@ ROLE_RULES = [
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
+# With a warm pool: claiming a pool pod (patch) and writing to its worker (pods/attach).
+POOL_ROLE_RULES = [
+    {
+        "apiGroups": [""],
+        "resources": ["pods"],
+        "verbs": ["create", "get", "list", "watch", "delete", "patch"],
+    },
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["pods/attach"], "verbs": ["get", "create"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
 
 
 def kinds(manifests: list[Manifest]) -> list[str]:
@@ -147,9 +158,20 @@ def test_worker_namespace_placement(helm: Helm, worker_namespace: str, expected:
     assert controller_pod_spec(manifests)["serviceAccountName"] == account["name"]
 
 
-@pytest.mark.parametrize("files", [[], [ALL_TOGGLES]], ids=["defaults", "all-toggles"])
-def test_role_grants_exactly_what_the_controller_calls(helm: Helm, files: list[Any]) -> None:
-    assert one(helm.render(files=files), "Role")["rules"] == ROLE_RULES
+@pytest.mark.parametrize(
+    ("files", "values", "rules"),
+    [
+        ([], {}, ROLE_RULES),
+        ([], {"config": {"kubeWarmPoolSize": 1}}, POOL_ROLE_RULES),
+        ([ALL_TOGGLES], {}, POOL_ROLE_RULES),
+        ([ALL_TOGGLES], {"config": {"kubeWarmPoolSize": 0}}, ROLE_RULES),
+    ],
+    ids=["defaults", "warm-pool", "all-toggles", "all-toggles-without-pool"],
+)
+def test_role_grants_exactly_what_the_controller_calls(
+    helm: Helm, files: list[Any], values: dict[str, Any], rules: list[dict[str, Any]]
+) -> None:
+    assert one(helm.render(values, files=files), "Role")["rules"] == rules
 
 
 def test_read_nodes(helm: Helm) -> None:

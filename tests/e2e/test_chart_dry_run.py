@@ -273,6 +273,7 @@ DENIED_IN_WORKER_NAMESPACE = [
     Access("patch", "pods"),
     Access("deletecollection", "pods"),
     Access("create", "pods", "exec"),
+    Access("create", "pods", "attach"),
     Access("create", "pods", "eviction"),
     Access("list", "secrets"),
     Access("get", "secrets"),
@@ -340,6 +341,47 @@ def test_read_nodes_grants_list_nodes_only(
     finally:
         for manifest in cluster_rbac:
             kubectl("delete", kubectl_name(manifest), "--ignore-not-found", "--wait=false")
+
+
+WARM_POOL_GRANTS = [
+    Access("patch", "pods"),
+    Access("get", "pods", "attach"),
+    Access("create", "pods", "attach"),
+]
+
+
+def test_a_warm_pool_adds_patch_and_attach_on_pods_only(
+    helm: Helm, namespaces: Namespaces, controller_account: Account
+) -> None:
+    """The default Role grants neither (DENIED_IN_WORKER_NAMESPACE); a pool of any size grants both, and
+    nothing else more. The default Role is put back afterwards for the module's other tests."""
+    worker = {"namespace": namespaces.worker}
+    pooled = render(helm, namespaces, all_toggles=False, worker=worker, config={"kubeWarmPoolSize": 2})
+    default = render(helm, namespaces, all_toggles=False, worker=worker)
+    try:
+        apply(labelled_objects(pooled, "Role"), dry_run=False)
+
+        def granted(access: Access) -> bool:
+            verb, resource, subresource = access
+            return can_i(controller_account, verb, resource, namespaces.worker, subresource)
+
+        wait_until(
+            lambda: all(granted(access) for access in WARM_POOL_GRANTS),
+            "patch and attach granted with a warm pool",
+            within=RBAC_READY_SECONDS,
+            every=KUBECTL_POLL_SECONDS,
+        )
+        for access in DENIED_IN_WORKER_NAMESPACE:
+            assert granted(access) is (access in WARM_POOL_GRANTS), access
+        assert not can_i(controller_account, "patch", "pods", namespaces.release)
+    finally:
+        apply(labelled_objects(default, "Role"), dry_run=False)
+        wait_until(
+            lambda: not can_i(controller_account, "patch", "pods", namespaces.worker),
+            "the default Role back in effect",
+            within=RBAC_READY_SECONDS,
+            every=KUBECTL_POLL_SECONDS,
+        )
 
 
 @pytest.mark.parametrize(("all_toggles", "postgresql"), SCENARIOS)

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.integration
 # the child then reports the modules it imported and the TLS contexts it built.
 PROBE = """
 import json, os, sys
-from worker_image.zygote import _warm_up
-_warm_up()
+from worker_image.standby import warm_up
+warm_up()
 from worker_image.pinned import ssl_context
 before, built = set(sys.modules), ssl_context.cache_info().misses
 pid = os.fork()

@@ -3,10 +3,12 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from controller.launchers.kubernetes.options import KubernetesOptions
 from controller.launchers.kubernetes.podspec import PodTemplate
-from controller.settings import Settings
+from controller.launchers.kubernetes.pool import SizeClass
+from controller.settings import MAX_WARM_POOL_SIZE, Settings
 
 pytestmark = pytest.mark.unit
 
@@ -58,6 +60,7 @@ def test_the_pod_template_comes_from_the_settings() -> None:
         ("unschedulable_after_seconds", "unschedulable_after_seconds", 23.0),
         ("image_pull_grace_seconds", "image_pull_grace_seconds", 29.0),
         ("worker_owned_by_service_account", "owned_by_service_account", True),
+        ("kube_warm_pool_size", "warm_pool_size", 3),
     ],
 )
 def test_each_option_is_its_setting(setting: str, option: str, value: object) -> None:
@@ -74,3 +77,14 @@ def test_a_crash_point_counts_only_with_test_hooks_on(tmp_path: Path) -> None:
     hooks_on = Settings(test_crash_at="after_create", enable_test_hooks=True, data_dir=tmp_path)
     assert KubernetesOptions.from_settings(hooks_off).crash_at is None
     assert KubernetesOptions.from_settings(hooks_on).crash_at == "after_create"
+
+
+def test_the_warm_pools_size_class_is_the_default_limits() -> None:
+    settings = Settings(default_cpu="250m", default_memory="1Gi")
+    assert KubernetesOptions.from_settings(settings).warm_pool_class == SizeClass(250, 2**30)
+
+
+@pytest.mark.parametrize("size", [-1, MAX_WARM_POOL_SIZE + 1])
+def test_a_warm_pool_size_out_of_range_is_refused(size: int) -> None:
+    with pytest.raises(ValidationError, match="kube_warm_pool_size"):
+        Settings(kube_warm_pool_size=size)

@@ -22,6 +22,7 @@ from controller.launchers.base import QueueDeadline
 from controller.launchers.kubernetes.pod_fate import decide, log_tail, placement
 from controller.launchers.kubernetes.pod_progress import Ended, Failed, Waiting, observe
 from controller.launchers.kubernetes.pod_status import parse_time
+from controller.launchers.kubernetes.podspec import ANNOTATION_TIMEOUT
 from tests.support.outcomes import RESULT, assert_outcome, assert_typed_error
 from worker_image.protocol import (
     ENVELOPE_MARKER,
@@ -1119,6 +1120,18 @@ def test_a_pod_with_only_a_status_is_still_decided(status: dict[str, Any], error
 def test_the_log_tail_keeps_the_last_lines_own_trailing_characters() -> None:
     assert log_tail("first\nindented  \n\n") == "first\nindented  "
     assert log_tail("first\nprogress: XX\n") == "first\nprogress: XX"
+
+
+def test_a_pool_pods_timeout_is_its_querys_own_not_its_deadline() -> None:
+    """A pool pod's activeDeadlineSeconds also counts the time it stood idle before its query claimed it."""
+    pod = load("deadline-exceeded")
+    pod["metadata"].setdefault("annotations", {})[ANNOTATION_TIMEOUT] = "3"
+    pod["spec"]["activeDeadlineSeconds"] = 63
+    error = decide(pod, "").error
+    assert error is not None
+    assert error["error_type"] == "timeout"
+    assert error["message"] == "the query did not finish within its deadline of 3 seconds"
+    assert error["details"]["active_deadline_seconds"] == 63
 
 
 # A pending pod held to its query's queue deadline -----------------------------------------------------------

@@ -7,7 +7,9 @@ whose answer was lost is not run twice). The pod is then followed through `PodWa
 verified, and `decide` (pure) types the outcome. The pod's final status, exit code and a log tail go into
 the outcome's placement, which the dispatcher stores before it calls `release`; only then is the pod
 deleted, at once or after `PODQ_POD_TTL_SECONDS`. podq's decisions are posted as Events on the pod, so
-`kubectl describe pod` tells the story next to the kubelet's.
+`kubectl describe pod` tells the story next to the kubelet's. With a warm pool (warm.py), a query at the
+pool's limits first claims a pool pod and has its request written to the waiting worker; that pod is then
+followed exactly as a cold one, and the query starts cold when no pool pod can be had.
 """
 
 from __future__ import annotations
@@ -24,25 +26,28 @@ from controller.launchers.aio import shielded
 from controller.launchers.base import Job, Limits, Outcome
 from controller.launchers.kubernetes.client.api import KubeClient
 from controller.launchers.kubernetes.client.config import load_config
-from controller.launchers.kubernetes.client.errors import AlreadyExists, KubeError, NotFound, is_transient
+from controller.launchers.kubernetes.client.errors import AlreadyExists, KubeError, is_transient
 from controller.launchers.kubernetes.client.events import make_event
 from controller.launchers.kubernetes.nodes import NodeRooms
 from controller.launchers.kubernetes.options import KubernetesOptions
 from controller.launchers.kubernetes.owner import service_account_owner
 from controller.launchers.kubernetes.pod_fate import decide, placement
+from controller.launchers.kubernetes.pod_log import log_ended, read_log
 from controller.launchers.kubernetes.pod_progress import Ended, Failed, Waiting, observe
 from controller.launchers.kubernetes.pod_status import finished_at, is_terminal
 from controller.launchers.kubernetes.pod_watch import PodWatch
 from controller.launchers.kubernetes.podspec import (
-    CONTAINER_NAME,
     PodTemplate,
     build_pod,
     pod_name,
     query_id_of,
     selector,
 )
+from controller.launchers.kubernetes.pool import is_idle
 from controller.launchers.kubernetes.reasons import Reason
 from controller.launchers.kubernetes.retry import retrying
+from controller.launchers.kubernetes.streamed import streamed_outcome
+from controller.launchers.kubernetes.warm import WarmPool
 from controller.logs import bind_pod
 from controller.settings import Settings
 from controller.testcrash import crash_if
@@ -51,8 +56,6 @@ from worker_image.protocol import ErrorType, error_info
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# A result larger than this is reported as cut, never parsed short (the envelope carries its length).
-MAX_LOG_BYTES = 64 * 2**20
 # How long an ended container's pod may take to show its final phase before podq decides without it.
 PHASE_SETTLE_SECONDS = 15.0
 # How long a failed attempt's pod may take to go before its query's retry is given up.
@@ -72,6 +75,9 @@ class KubernetesLauncher:
         self._node_rooms: NodeRooms | None = None
         self._detached = False
         self._crash_at = options.crash_at
+        self._pool: WarmPool | None = None
+        # Query id -> its pool pod's name (a cold pod's name is `pod_name(query_id)`).
+        self._claimed: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KubernetesLauncher:
@@ -109,6 +115,16 @@ class KubernetesLauncher:
         )
         await self._node_rooms.refresh()
         self._spawn(self._node_rooms.refresh_forever(), "podq-node-rooms")
+        if options.warm_pool_size > 0:
+            self._pool = WarmPool(
+                self._client,
+                self._watch,
+                self._template,
+                size=options.warm_pool_size,
+                size_class=options.warm_pool_class,
+                post_event=self._event,
+            )
+            self._spawn(self._pool.run(), "podq-warm-pool")
         log.info(
             "kubernetes launcher: API server %s from %s, namespace %s, instance %s, image %s",
             config.server,
@@ -125,11 +141,14 @@ class KubernetesLauncher:
         self._detached = True
 
     async def close(self) -> None:
-        """Stop watching. Pods are left to their fate: running ones are adopted by the next controller."""
+        """Stop watching. Pods are left to their fate: running ones are adopted by the next controller; idle
+        pool pods are deleted."""
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks)
+        if self._pool is not None:
+            await self._pool.drain()
         if self._client is not None:
             await self._client.aclose()
 
@@ -156,14 +175,33 @@ class KubernetesLauncher:
     # Jobs -----------------------------------------------------------------------------------------------
 
     async def run(self, job: Job) -> Outcome:
-        name = pod_name(job.query_id)
-        bind_pod(name)  # this query's task: every line logged while it runs names its pod
         await self._pods.synced.wait()
+        if self._pool is not None and (claim := await self._pool.claim(job)) is not None:
+            warm = await self._attempt(job, *claim)
+            if warm is not None:
+                return warm
+        cold = await self._attempt(job, pod_name(job.query_id), None)
+        assert cold is not None
+        return cold
+
+    async def _attempt(self, job: Job, name: str, adopted: bool | None) -> Outcome | None:
+        """Run `job` on the pod `name`: a cold one (`adopted` None) or a pool pod claimed for it now (False)
+        or before a restart (True). None when the pool pod's attach failed (see warm.py)."""
+        bind_pod(name)  # this query's task: every line logged while it runs names its pod
         with self._pods.following(name) as changed:
             try:
-                early = await self._create_or_adopt(job, name)
-                if early is not None:
-                    return early
+                if adopted is None:
+                    if (early := await self._create_or_adopt(job, name)) is not None:
+                        return early
+                else:
+                    assert self._pool is not None
+                    crash_if(self._crash_at, "after_claim")
+                    if (output := await self._pool.send(job, name, adopted=adopted)) is None:
+                        return None
+                    crash_if(self._crash_at, "after_attach")
+                    self._claimed[job.query_id] = name
+                    if (streamed := await self._streamed(job, name, output)) is not None:
+                        return streamed
                 return await self._follow(job, name, changed)
             except asyncio.CancelledError:
                 if not self._detached:
@@ -251,39 +289,22 @@ class KubernetesLauncher:
             await self._report(job, name, pod, outcome)
             return outcome
 
+    async def _streamed(self, job: Job, name: str, output: bytes) -> Outcome | None:
+        state = self._pods.state(name)
+        outcome = None if state is None else streamed_outcome(output, state.pod)
+        if state is not None and outcome is not None:
+            await self._report(job, name, state.pod, outcome)
+        return outcome
+
     async def _conclude(
         self, job: Job, name: str, pod: Mapping[str, Any], ended: Ended, *, gone: bool
     ) -> Outcome:
-        status = pod.get("status", {})
-        log.info(
-            "query %s: pod %s ended (%s): phase=%s reason=%s containers=%s",
-            job.query_id,
-            name,
-            ended.reason,
-            status.get("phase"),
-            status.get("reason"),
-            [
-                {"name": c.get("name"), "state": c.get("state"), "restartCount": c.get("restartCount")}
-                for c in status.get("containerStatuses") or []
-            ],
-        )
+        log_ended(job.query_id, name, pod, ended)
         crash_if(self._crash_at, "before_log")
-        text, problem = (
-            (None, "the pod was deleted before its log was read") if gone else await self._read_log(name)
-        )
+        if gone:
+            return decide(pod, None, log_problem="the pod was deleted before its log was read")
+        text, problem = await read_log(self._api, self._namespace, name)
         return decide(pod, text, log_problem=problem)
-
-    async def _read_log(self, name: str) -> tuple[str | None, str | None]:
-        try:
-            text = await retrying(
-                f"reading the log of pod {name}",
-                lambda: self._api.read_log(self._namespace, name, CONTAINER_NAME, limit_bytes=MAX_LOG_BYTES),
-            )
-        except NotFound:
-            return None, "the pod was deleted before its log was read"
-        except KubeError as exc:
-            return None, f"the pod's log could not be read: {exc}"
-        return text, None
 
     def _where(self, name: str) -> dict[str, Any]:
         return {"kind": "kubernetes", "namespace": self._namespace, "pod": name}
@@ -332,7 +353,7 @@ class KubernetesLauncher:
     # After the outcome is stored ------------------------------------------------------------------------
 
     async def release(self, query_id: str) -> None:
-        name = pod_name(query_id)
+        name = self._claimed.pop(query_id, None) or pod_name(query_id)
         state = self._pods.state(name)
         if state is None or state.gone:
             self._pods.forget(name)
@@ -381,6 +402,8 @@ class KubernetesLauncher:
         adoptable = []
         for pod in self._pods.pods():
             query_id = query_id_of(pod)
+            if self._pool is not None and is_idle(pod):
+                continue  # the pool's own (warm.py)
             if query_id is not None and query_id in keep:
                 adoptable.append(query_id)
             elif is_terminal(pod):

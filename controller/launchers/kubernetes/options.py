@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.launchers.kubernetes.podspec import PodTemplate
+from controller.launchers.kubernetes.pool import SizeClass
+from controller.quantity import parse_cpu_millicores, parse_memory_bytes
 from controller.settings import Settings
 
 
@@ -30,6 +32,9 @@ class KubernetesOptions:
     pod_ttl_seconds: float
     unschedulable_after_seconds: float
     image_pull_grace_seconds: float
+    # The warm pool (warm.py): how many idle pods, at which limits (the default ones); 0: none.
+    warm_pool_size: int
+    warm_pool_class: SizeClass
     # A test-only crash point (see `controller.testcrash`), honoured only with test hooks on.
     crash_at: str | None
 
@@ -61,5 +66,10 @@ class KubernetesOptions:
             pod_ttl_seconds=settings.pod_ttl_seconds,
             unschedulable_after_seconds=settings.unschedulable_after_seconds,
             image_pull_grace_seconds=settings.image_pull_grace_seconds,
+            warm_pool_size=settings.kube_warm_pool_size,
+            warm_pool_class=SizeClass(
+                cpu_millicores=parse_cpu_millicores(settings.default_cpu),
+                memory_bytes=parse_memory_bytes(settings.default_memory),
+            ),
             crash_at=settings.test_crash_at if settings.enable_test_hooks else None,
         )

@@ -26,7 +26,7 @@ from typing import Any
 
 from controller.launchers.base import Outcome
 from controller.launchers.kubernetes.pod_status import condition, container_statuses, state, worker_status
-from controller.launchers.kubernetes.podspec import CONTAINER_NAME
+from controller.launchers.kubernetes.podspec import ANNOTATION_TIMEOUT, CONTAINER_NAME
 from controller.launchers.worker_io import (
     EXCERPT_LINES,
     PROTOCOL_ERROR_CODES,
@@ -120,7 +120,10 @@ def _timeout(pod: Mapping[str, Any]) -> ErrorInfo:
         "reason": status.get("reason"),
         "message": status.get("message"),
     }
-    message = f"the query did not finish within its deadline of {deadline} seconds"
+    # A pool pod's deadline also counts the time it waited for its query, which the query's own timeout
+    # (annotated when it was claimed) does not.
+    timeout = (pod.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_TIMEOUT, deadline)
+    message = f"the query did not finish within its deadline of {timeout} seconds"
     return error_info(ErrorType.TIMEOUT, message, details)
 
 

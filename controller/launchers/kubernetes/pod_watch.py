@@ -80,6 +80,8 @@ class PodWatch:
         self._states: dict[str, PodState] = {}
         self._events: dict[str, asyncio.Event] = {}
         self.synced = asyncio.Event()
+        # Set on every change of any pod (the warm pool clears it and waits on it).
+        self.changed = asyncio.Event()
         self.healthy = False
         self.last_error: str | None = None
 
@@ -115,6 +117,7 @@ class PodWatch:
 
     def _set(self, name: str, state: PodState) -> None:
         self._states[name] = state
+        self.changed.set()
         event = self._events.get(name)
         if event is not None:
             event.set()

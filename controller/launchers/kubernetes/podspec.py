@@ -20,6 +20,8 @@ that happens anyway stays the authority (pod_fate.py). The worker writes a user 
 ``/dev/termination-log`` by default, which is the container's termination-message path, so
 ``PODQ_TERMINATION_MESSAGE_PATH`` is not set.
 A request's ``debug`` section reaches the pod only when test hooks are enabled; otherwise it is dropped.
+A warm pool's pod (`build_pool_pod`, warm.py) is the same pod before any query: no deadline yet, and
+``PODQ_REQUEST_STDIN=1`` with ``stdin``/``stdinOnce`` instead of ``PODQ_REQUEST``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from worker_image.protocol import (
     DEFAULT_TERMINATION_MESSAGE_PATH,
     MEMORY_LIMIT_ENV,
     REQUEST_ENV,
+    REQUEST_STDIN_ENV,
     TEST_HOOKS_ENV,
     WorkerRequest,
 )
@@ -47,6 +50,7 @@ __all__ = [
     "ANNOTATION_OPERATION",
     "ANNOTATION_SQL_SHA256",
     "ANNOTATION_SUBMITTED_AT",
+    "ANNOTATION_TIMEOUT",
     "CONTAINER_NAME",
     "LABEL_INSTANCE",
     "LABEL_MANAGED_BY",
@@ -55,9 +59,12 @@ __all__ = [
     "TERMINATION_GRACE_SECONDS",
     "PodTemplate",
     "build_pod",
+    "build_pool_pod",
+    "job_annotations",
     "pod_name",
     "query_id_of",
     "selector",
+    "worker_request",
 ]
 
 LABEL_NAME = "app.kubernetes.io/name"
@@ -69,6 +76,8 @@ ANNOTATION_SUBMITTED_AT = "podq.dev/submitted-at"
 ANNOTATION_SQL_SHA256 = "podq.dev/sql-sha256"
 ANNOTATION_ATTEMPT = "podq.dev/attempt"
 ANNOTATION_OPERATION = "podq.dev/operation"
+# A pool pod's query's timeout (warm.py): its activeDeadlineSeconds also counts the time it stood idle.
+ANNOTATION_TIMEOUT = "podq.dev/timeout-seconds"
 CONTAINER_NAME = "worker"
 
 WORKER_APP = "podq-worker"
@@ -140,30 +149,72 @@ def query_id_of(pod: Mapping[str, Any]) -> str | None:
 
 def build_pod(job: Job, template: PodTemplate, *, submitted_at: float) -> dict[str, Any]:
     """The pod running `job`; `submitted_at` is the query's submission time (epoch seconds)."""
+    request, test_hooks = worker_request(job, template)
+    env = {REQUEST_ENV: encode_request(request), **({TEST_HOOKS_ENV: "1"} if test_hooks else {})}
+    labels = {**_labels(template), LABEL_QUERY_ID: job.query_id}
+    metadata = _metadata(template, pod_name(job.query_id), labels, job_annotations(job, submitted_at))
+    container = _container(template, job.limits.cpu_millicores, job.limits.memory_bytes, env)
+    return _pod(template, metadata, container, max(1, math.ceil(job.limits.timeout_seconds)))
+
+
+def build_pool_pod(
+    template: PodTemplate, name: str, labels: Mapping[str, str], *, cpu_millicores: int, memory_bytes: int
+) -> dict[str, Any]:
+    """A pod started ahead of any query (`warm.py`): the same pod as `build_pod`'s at these limits, but with
+    no deadline (set when a query claims it) and a worker waiting for its request on stdin (attach)."""
+    env = {REQUEST_STDIN_ENV: "1", **({TEST_HOOKS_ENV: "1"} if template.enable_test_hooks else {})}
+    metadata = _metadata(template, name, {**_labels(template), **labels}, {})
+    container = _container(template, cpu_millicores, memory_bytes, env)
+    container.update({"stdin": True, "stdinOnce": True})
+    return _pod(template, metadata, container, None)
+
+
+def worker_request(job: Job, template: PodTemplate) -> tuple[dict[str, Any], bool]:
+    """The request as the worker gets it, and whether test hooks apply to it."""
+    request: dict[str, Any] = dict(job.request)
+    test_hooks = template.enable_test_hooks and "debug" in request
+    if not test_hooks:
+        # The worker refuses a debug section without its hooks enabled; the query runs without it.
+        request.pop("debug", None)
+    return request, test_hooks
+
+
+def job_annotations(job: Job, submitted_at: float) -> dict[str, str]:
+    return {
+        ANNOTATION_SUBMITTED_AT: _rfc3339(submitted_at),
+        ANNOTATION_SQL_SHA256: hashlib.sha256(_subject(job.request).encode()).hexdigest(),
+        ANNOTATION_ATTEMPT: str(job.attempt),
+        ANNOTATION_OPERATION: job.request["operation"],
+    }
+
+
+def _labels(template: PodTemplate) -> dict[str, str]:
+    return {LABEL_NAME: WORKER_APP, LABEL_MANAGED_BY: MANAGER, LABEL_INSTANCE: template.instance}
+
+
+def _metadata(
+    template: PodTemplate, name: str, labels: Mapping[str, str], annotations: Mapping[str, str]
+) -> dict[str, Any]:
     owners = {"ownerReferences": [dict(template.owner)]} if template.owner else {}
+    return {
+        **owners,
+        "name": name,
+        "namespace": template.namespace,
+        "labels": dict(labels),
+        **({"annotations": dict(annotations)} if annotations else {}),
+    }
+
+
+def _pod(
+    template: PodTemplate, metadata: dict[str, Any], container: dict[str, Any], deadline: int | None
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            **owners,
-            "name": pod_name(job.query_id),
-            "namespace": template.namespace,
-            "labels": {
-                LABEL_NAME: WORKER_APP,
-                LABEL_MANAGED_BY: MANAGER,
-                LABEL_INSTANCE: template.instance,
-                LABEL_QUERY_ID: job.query_id,
-            },
-            "annotations": {
-                ANNOTATION_SUBMITTED_AT: _rfc3339(submitted_at),
-                ANNOTATION_SQL_SHA256: hashlib.sha256(_subject(job.request).encode()).hexdigest(),
-                ANNOTATION_ATTEMPT: str(job.attempt),
-                ANNOTATION_OPERATION: job.request["operation"],
-            },
-        },
+        "metadata": metadata,
         "spec": {
             "restartPolicy": "Never",
-            "activeDeadlineSeconds": max(1, math.ceil(job.limits.timeout_seconds)),
+            **({"activeDeadlineSeconds": deadline} if deadline is not None else {}),
             "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
@@ -174,7 +225,7 @@ def build_pod(job: Job, template: PodTemplate, *, submitted_at: float) -> dict[s
                 "runAsGroup": RUN_AS_ID,
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
-            "containers": [_container(job, template)],
+            "containers": [container],
             "volumes": [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": template.tmp_size}}],
         },
     }
@@ -205,13 +256,15 @@ def _scheduling(template: PodTemplate) -> dict[str, Any]:
     return fields
 
 
-def _container(job: Job, template: PodTemplate) -> dict[str, Any]:
-    resources = {"cpu": f"{job.limits.cpu_millicores}m", "memory": str(job.limits.memory_bytes)}
+def _container(
+    template: PodTemplate, cpu_millicores: int, memory_bytes: int, env: Mapping[str, str]
+) -> dict[str, Any]:
+    resources = {"cpu": f"{cpu_millicores}m", "memory": str(memory_bytes)}
     return {
         "name": CONTAINER_NAME,
         "image": template.image,
         "imagePullPolicy": template.image_pull_policy,
-        "env": _env(job, template),
+        "env": _env(cpu_millicores, env),
         "resources": {"requests": resources, "limits": dict(resources)},
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -225,22 +278,15 @@ def _container(job: Job, template: PodTemplate) -> dict[str, Any]:
     }
 
 
-def _env(job: Job, template: PodTemplate) -> list[dict[str, Any]]:
-    request: dict[str, Any] = dict(job.request)
-    test_hooks = template.enable_test_hooks and "debug" in request
-    if not test_hooks:
-        # The worker refuses a debug section without its hooks enabled; the query runs without it.
-        request.pop("debug", None)
+def _env(cpu_millicores: int, extra: Mapping[str, str]) -> list[dict[str, Any]]:
     env = {
-        REQUEST_ENV: encode_request(request),
-        "POLARS_MAX_THREADS": str(polars_threads(job.limits.cpu_millicores)),
+        **extra,
+        "POLARS_MAX_THREADS": str(polars_threads(cpu_millicores)),
         "HOME": TMP_PATH,
         "PYTHONUNBUFFERED": "1",
         # The envelope's length and checksum are over UTF-8 bytes, whatever locale the image sets.
         "PYTHONUTF8": "1",
     }
-    if test_hooks:
-        env[TEST_HOOKS_ENV] = "1"
     memory_limit = {"resourceFieldRef": {"containerName": CONTAINER_NAME, "resource": "limits.memory"}}
     return [
         *({"name": name, "value": value} for name, value in env.items()),

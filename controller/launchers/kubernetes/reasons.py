@@ -10,3 +10,4 @@ class Reason:
     FAILED = "QueryFailed"
     CANCELLED = "QueryCancelled"
     ORPHANED = "OrphanDeleted"
+    CLAIMED = "QueryClaimed"

@@ -4,8 +4,9 @@ What the package does: configuration and credentials (`client.config`), HTTP and
 models of what podq sends (`V1Pod`, `CoreV1Event`, serialised by `ApiClient.sanitize_for_serialization`).
 What podq adds, because the package lacks it:
 
-- asyncio: every blocking call runs on a bounded thread pool (sized from QPS and burst), and
-  a watch runs on a thread of its own that feeds decoded events to the event loop;
+- asyncio: every blocking call runs on a bounded thread pool (sized from QPS and burst); a watch runs
+  on a thread of its own that feeds decoded events to the event loop, and so does an attach
+  (`client.attach`), which lasts as long as the process it writes to;
 - a `RateLimiter` (client-go's token bucket) in front of every request and watch;
 - a client-side timeout on every request (``_request_timeout=(connect, read)``); a watch reads with
   `request_timeout` above its server-side `timeout_seconds`, so a connection dropped without a FIN ends
@@ -35,8 +36,15 @@ from typing import Any, Self
 from kubernetes import client as k8s
 from kubernetes.watch.watch import iter_resp_lines
 
+from controller.launchers.kubernetes.client.attach import attach, on_a_thread
 from controller.launchers.kubernetes.client.config import KubeConfig
-from controller.launchers.kubernetes.client.errors import KubeError, NotFound, api_error, kube_error
+from controller.launchers.kubernetes.client.errors import (
+    KubeError,
+    NotFound,
+    Unreachable,
+    api_error,
+    kube_error,
+)
 from controller.launchers.kubernetes.client.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -214,9 +222,35 @@ class KubeClient:
         items, _ = await self._list("LIST /api/v1/nodes", self._core.list_node)
         return items
 
-    async def delete_pod(self, namespace: str, name: str, *, grace_period_seconds: int | None = None) -> bool:
-        """Delete a pod; False if it was already gone."""
+    async def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply a JSON merge patch (RFC 7386) to a pod; one carrying ``metadata.resourceVersion`` is applied
+        only to that version of the pod (else `Conflict`)."""
+        what = f"PATCH /api/v1/namespaces/{namespace}/pods/{name}"
+        return _json(
+            await self._call(
+                what,
+                self._core.patch_namespaced_pod,
+                name,
+                namespace,
+                dict(patch),
+                _content_type="application/merge-patch+json",
+            )
+        )
+
+    async def delete_pod(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        grace_period_seconds: int | None = None,
+        resource_version: str | None = None,
+    ) -> bool:
+        """Delete a pod (only that version of it, if `resource_version`: else `Conflict`); False if it was
+        already gone."""
         what = f"DELETE /api/v1/namespaces/{namespace}/pods/{name}"
+        preconditions = (
+            {} if resource_version is None else {"preconditions": {"resourceVersion": resource_version}}
+        )
         try:
             await self._call(
                 what,
@@ -224,6 +258,7 @@ class KubeClient:
                 name,
                 namespace,
                 grace_period_seconds=grace_period_seconds,
+                body=k8s.V1DeleteOptions.from_dict(preconditions) if preconditions else None,
             )
         except NotFound:
             return False
@@ -241,6 +276,45 @@ class KubeClient:
         )
         data: bytes = response.data
         return data.decode(errors="replace")
+
+    async def attach(
+        self,
+        namespace: str,
+        name: str,
+        container: str,
+        data: bytes,
+        *,
+        until_line: bytes,
+        read_seconds: float,
+        limit_bytes: int,
+    ) -> bytes:
+        """`client.attach.attach` (write `data` to the container's stdin, read its stdout for a while), on a
+        thread of its own: it may wait as long as the container runs, and must not hold one of the pool's.
+        The attach and the write must be done within the request timeout."""
+        what = f"ATTACH /api/v1/namespaces/{namespace}/pods/{name}/attach"
+        await self._limiter.acquire()
+        call = functools.partial(
+            attach,
+            self.config.configuration,
+            namespace,
+            name,
+            container,
+            data,
+            until_line=until_line,
+            read_seconds=read_seconds,
+            limit_bytes=limit_bytes,
+        )
+        try:
+            output = await asyncio.wait_for(on_a_thread(call), read_seconds + self._timeout)
+        except TimeoutError:
+            log.info("kubernetes API: %s timed out", what)
+            raise Unreachable(f"{what}: no answer within {self._timeout:g}s") from None
+        except Exception as exc:
+            error = kube_error(exc, what)
+            log.info("kubernetes API: %s %s", what, getattr(error, "status", None) or "-")
+            raise error from error.__cause__
+        log.info("kubernetes API: %s read %d bytes", what, len(output))
+        return output
 
     async def watch_pods(
         self, namespace: str, label_selector: str, resource_version: str, *, timeout_seconds: int

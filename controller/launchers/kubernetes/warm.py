@@ -1,0 +1,202 @@
+"""The warm pool: pods started ahead of demand, each claimed by exactly one query (PODQ_KUBE_WARM_POOL_SIZE).
+
+`run` keeps `size` idle pool pods up or starting, as seen by the launcher's pod watch: it refills after
+every claim, replaces a pod deleted by hand or ended, and deletes idle pods of another template (an older
+image or other settings); the decisions are pool.py's, pure. Every controller of a release shares the same
+pool (the watch shows them all; claims are optimistic), so several replicas may overshoot `size` briefly,
+never undershoot it. A query whose limits are the pool's size class `claim`s the longest-started ready pod
+(pool.py: one merge patch with a resourceVersion precondition, which also sets the deadline); then the
+launcher calls `send`, which attaches to the worker's stdin and writes the request, and follows the pod as
+any other. A pod whose attach failed is deleted, never returned to the pool, and the query starts cold.
+
+A controller that stops deletes the idle pods (`drain`); after a crash, idle pods of the same template are
+simply the pool again (of another, deleted); a claimed pod is `claim`ed back
+by its own query (by label) and its request written once more: a worker that already read one never reads
+another, and one that had not (the controller died between the claim and the attach) gets it now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from controller.launchers.aio import shielded
+from controller.launchers.base import Job
+from controller.launchers.kubernetes.client.api import KubeClient
+from controller.launchers.kubernetes.client.errors import Conflict, KubeError, NotFound
+from controller.launchers.kubernetes.pod_status import is_terminal
+from controller.launchers.kubernetes.pod_watch import Backoff, PodWatch
+from controller.launchers.kubernetes.podspec import CONTAINER_NAME, PodTemplate, worker_request
+from controller.launchers.kubernetes.pool import (
+    SizeClass,
+    claim_patch,
+    claimable,
+    claimed_by,
+    is_idle,
+    plan,
+    pool_pod,
+    template_hash,
+)
+from controller.launchers.kubernetes.reasons import Reason
+from controller.launchers.worker_io import encode_request
+from worker_image.protocol import ENVELOPE_MARKER
+
+log = logging.getLogger(__name__)
+
+# What is read from a worker's stdout at most; a larger result is read from the pod's log, as a cold one's.
+MAX_STREAMED_BYTES = 64 * 2**20
+PostEvent = Callable[[Mapping[str, Any], str, str], Awaitable[None]]
+
+
+class WarmPool:
+    def __init__(
+        self,
+        client: KubeClient,
+        pods: PodWatch,
+        template: PodTemplate,
+        *,
+        size: int,
+        size_class: SizeClass,
+        post_event: PostEvent,
+    ) -> None:
+        self._api = client
+        self._pods = pods
+        self._template = template
+        self._namespace = template.namespace
+        self._size = size
+        self._class = size_class
+        self._hash = template_hash(template, size_class)
+        self._post_event = post_event
+        # Claimed here, though the watch may not show it yet: not to be tried again.
+        self._taken: set[str] = set()
+
+    async def run(self) -> None:
+        """Refill on every change of the pods, until cancelled."""
+        backoff = Backoff()
+        while True:
+            self._pods.changed.clear()
+            try:
+                await self._refill()
+            except KubeError as exc:
+                delay = backoff.next_delay()
+                log.warning("warm pool: %s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            await self._pods.changed.wait()
+
+    async def _refill(self) -> None:
+        pods = self._pods.pods()
+        self._taken &= {str(pod["metadata"]["name"]) for pod in pods}
+        decided = plan(pods, self._hash, self._size)
+        for name, version in decided.delete:
+            log.info("warm pool: deleting idle pod %s (another template, or its worker ended)", name)
+            # Conflict: it changed since (claimed, most likely), so it is not the pool's to delete any more.
+            with contextlib.suppress(Conflict):
+                await self._api.delete_pod(
+                    self._namespace, name, grace_period_seconds=0, resource_version=version
+                )
+        for _ in range(decided.create):
+            pod = await self._api.create_pod(
+                self._namespace, pool_pod(self._template, self._class, secrets.token_hex(5))
+            )
+            log.info("warm pool: created pod %s", pod["metadata"]["name"])
+            self._pods.seen(pod)
+
+    async def drain(self) -> None:
+        """Delete every idle pool pod, the controller stopping (its refill stopped first): an idle pod
+        left behind holds its requests on a node for nothing, and the next controller starts its own."""
+
+        async def delete(pod: Mapping[str, Any]) -> None:
+            name = str(pod["metadata"]["name"])
+            try:
+                while is_idle(pod):
+                    version = str(pod["metadata"]["resourceVersion"])
+                    try:
+                        await self._api.delete_pod(
+                            self._namespace, name, grace_period_seconds=0, resource_version=version
+                        )
+                        return
+                    except Conflict:
+                        # The watch has stopped, so its version may be stale: only claimed ones are kept.
+                        pod = await self._api.get_pod(self._namespace, name)
+            except NotFound:
+                pass
+            except KubeError as exc:
+                log.warning("warm pool: could not delete idle pod %s: %s", name, exc)
+
+        await asyncio.gather(*(delete(pod) for pod in self._pods.pods() if is_idle(pod)))
+
+    async def claim(self, job: Job) -> tuple[str, bool] | None:
+        """A pool pod for `job` and whether it was claimed before (by this query, before a restart); None
+        when the query is to start cold."""
+        previous = claimed_by(self._pods.pods(), job.query_id)
+        if previous is not None:
+            name = str(previous["metadata"]["name"])
+            log.info("query %s: adopted pool pod %s (attempt %d)", job.query_id, name, job.attempt)
+            await self._post_event(previous, Reason.ADOPTED, f"podq follows this pod again ({job.attempt})")
+            return name, True
+        if not self._class.fits(job.limits):
+            log.info("query %s: not the pool's limits; starting a cold pod", job.query_id)
+            return None
+        for pod in claimable(self._pods.pods(), self._hash):
+            name = str(pod["metadata"]["name"])
+            if name in self._taken:
+                continue
+            self._taken.add(name)
+            patch = claim_patch(pod, job, now=time.time())
+            try:
+                # Shielded: a cancelled query still learns whether it claimed the pod, so it can delete it.
+                claimed = await shielded(self._api.patch_pod(self._namespace, name, patch))
+            except (Conflict, NotFound):
+                continue  # another query or controller took it first, or it is gone
+            except KubeError as exc:
+                log.warning("query %s: could not claim pool pod %s: %s", job.query_id, name, exc)
+                return None
+            self._pods.seen(claimed)
+            log.info("query %s: claimed pool pod %s", job.query_id, name)
+            return name, False
+        log.info("query %s: no pool pod ready; starting a cold pod", job.query_id)
+        return None
+
+    async def send(self, job: Job, name: str, *, adopted: bool) -> bytes | None:
+        """Write `job`'s request to the worker of the claimed pod `name`, and read what the worker writes to
+        stdout until its result envelope (see `streamed.py`) or its end. None when the attach failed: the
+        pod is deleted and the query is to start cold. (For an adopted pod, a failure is only logged: its
+        worker may well be running the query; and a worker that already had its request ignores another.)"""
+        state = self._pods.state(name)
+        if state is None or state.gone or is_terminal(state.pod):
+            return b""  # nothing to write to; following it reports how it ended
+        request, _ = worker_request(job, self._template)
+        # Posted while the query runs, not before it: an Event is one more request.
+        posting = asyncio.ensure_future(
+            self._post_event(state.pod, Reason.CLAIMED, f"query {job.query_id}, attempt {job.attempt}")
+        )
+        try:
+            output = await self._api.attach(
+                self._namespace,
+                name,
+                CONTAINER_NAME,
+                (encode_request(request) + "\n").encode(),
+                until_line=ENVELOPE_MARKER.encode(),
+                read_seconds=job.limits.timeout_seconds,
+                limit_bytes=MAX_STREAMED_BYTES,
+            )
+        except KubeError as exc:
+            if adopted:
+                log.info("query %s: request not written again to pod %s: %s", job.query_id, name, exc)
+                return b""
+            log.warning("query %s: attach to pool pod %s failed: %s; deleting it", job.query_id, name, exc)
+            try:
+                await self._api.delete_pod(self._namespace, name, grace_period_seconds=0)
+            except KubeError as error:
+                log.warning("query %s: could not delete pool pod %s: %s", job.query_id, name, error)
+            return None
+        finally:
+            await asyncio.wait([posting])
+        return output

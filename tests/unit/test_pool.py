@@ -1,0 +1,190 @@
+"""The warm pool's pure decisions: what a pool pod is, which pod a query may claim, what a claim writes,
+and how many pods to create or delete."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import pytest
+
+from controller.launchers.base import Job, Limits
+from controller.launchers.kubernetes.pod_status import parse_time
+from controller.launchers.kubernetes.podspec import (
+    ANNOTATION_ATTEMPT,
+    ANNOTATION_SUBMITTED_AT,
+    ANNOTATION_TIMEOUT,
+    LABEL_QUERY_ID,
+    build_pod,
+)
+from controller.launchers.kubernetes.pool import (
+    CLAIMED,
+    IDLE,
+    LABEL_POOL_TEMPLATE,
+    LABEL_WARM,
+    Plan,
+    SizeClass,
+    claim_deadline,
+    claim_patch,
+    claimable,
+    claimed_by,
+    plan,
+    pool_pod,
+    template_hash,
+)
+from tests.unit.test_podspec import BARE, JOB, SUBMITTED
+from worker_image.protocol import REQUEST_ENV, REQUEST_STDIN_ENV, TEST_HOOKS_ENV
+
+pytestmark = pytest.mark.unit
+
+SIZE = SizeClass(cpu_millicores=JOB.limits.cpu_millicores, memory_bytes=JOB.limits.memory_bytes)
+HASH = template_hash(BARE, SIZE)
+STARTED = "2024-05-06T07:00:00Z"
+
+
+def pool_member(
+    suffix: str, *, phase: str = "Running", started: str = STARTED, **labels: str
+) -> dict[str, Any]:
+    """A pool pod as the API server shows it: uid, resourceVersion and a status."""
+    pod = pool_pod(BARE, SIZE, suffix)
+    pod["metadata"].update({"uid": f"uid-{suffix}", "resourceVersion": f"rv-{suffix}"})
+    pod["metadata"]["labels"].update(labels)
+    state = {"running": {"startedAt": started}} if phase == "Running" else {"waiting": {}}
+    pod["status"] = {
+        "phase": phase,
+        "startTime": started,
+        "containerStatuses": [{"name": "worker", "state": state}],
+    }
+    return pod
+
+
+def env(pod: dict[str, Any]) -> dict[str, Any]:
+    return {
+        item["name"]: item.get("value", item.get("valueFrom")) for item in pod["spec"]["containers"][0]["env"]
+    }
+
+
+def test_a_pool_pod_is_a_cold_pod_waiting_on_stdin_without_a_deadline() -> None:
+    warm, cold = pool_pod(BARE, SIZE, "abc"), build_pod(JOB, BARE, submitted_at=SUBMITTED)
+    assert warm["metadata"]["name"] == "podq-warm-abc"
+    assert "activeDeadlineSeconds" not in warm["spec"]
+    assert {k: v for k, v in warm["spec"].items() if k != "containers"} == {
+        k: v for k, v in cold["spec"].items() if k not in ("containers", "activeDeadlineSeconds")
+    }
+    warm_container, cold_container = warm["spec"]["containers"][0], cold["spec"]["containers"][0]
+    assert warm_container.pop("stdin") is True
+    assert warm_container.pop("stdinOnce") is True
+    assert {k: v for k, v in warm_container.items() if k != "env"} == {
+        k: v for k, v in cold_container.items() if k != "env"
+    }
+    assert env(warm) == {**{k: v for k, v in env(cold).items() if k != REQUEST_ENV}, REQUEST_STDIN_ENV: "1"}
+
+
+def test_a_pool_pod_is_labelled_idle_and_for_no_query() -> None:
+    labels = pool_pod(BARE, SIZE, "abc")["metadata"]["labels"]
+    cold_labels = build_pod(JOB, BARE, submitted_at=SUBMITTED)["metadata"]["labels"]
+    assert labels == {
+        **{k: v for k, v in cold_labels.items() if k != LABEL_QUERY_ID},
+        LABEL_WARM: IDLE,
+        LABEL_POOL_TEMPLATE: HASH,
+    }
+
+
+def test_with_test_hooks_every_pool_pod_has_them() -> None:
+    assert (
+        env(pool_pod(dataclasses.replace(BARE, enable_test_hooks=True), SIZE, "abc"))[TEST_HOOKS_ENV] == "1"
+    )
+    assert TEST_HOOKS_ENV not in env(pool_pod(BARE, SIZE, "abc"))
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        (dataclasses.replace(BARE, image="registry.example.test/podq-worker:1.2.4"), SIZE),
+        (dataclasses.replace(BARE, tmp_size="2Gi"), SIZE),
+        (BARE, SizeClass(SIZE.cpu_millicores, SIZE.memory_bytes * 2)),
+    ],
+    ids=["image", "tmp-size", "memory"],
+)
+def test_the_template_hash_changes_with_what_the_pod_is_built_from(other: tuple[Any, SizeClass]) -> None:
+    assert template_hash(*other) != HASH
+    assert template_hash(BARE, SIZE) == HASH
+
+
+def test_only_running_idle_pods_of_this_template_are_claimable_longest_started_first() -> None:
+    newer = pool_member("newer", started="2024-05-06T07:05:00Z")
+    older = pool_member("older", started="2024-05-06T07:01:00Z")
+    deleting = pool_member("deleting")
+    deleting["metadata"]["deletionTimestamp"] = "2024-05-06T07:06:00Z"
+    others = [
+        pool_member("pending", phase="Pending"),
+        pool_member("claimed", **{LABEL_WARM: CLAIMED}),
+        pool_member("stale", **{LABEL_POOL_TEMPLATE: "0" * 16}),
+        deleting,
+        build_pod(JOB, BARE, submitted_at=SUBMITTED),
+    ]
+    assert claimable([newer, *others, older], HASH) == [older, newer]
+
+
+def test_a_query_finds_the_pool_pod_claimed_for_it() -> None:
+    mine = pool_member("mine", **{LABEL_WARM: CLAIMED, LABEL_QUERY_ID: JOB.query_id})
+    other = pool_member("other", **{LABEL_WARM: CLAIMED, LABEL_QUERY_ID: "another"})
+    assert claimed_by([other, mine, pool_member("idle")], JOB.query_id) is mine
+    assert claimed_by([other], JOB.query_id) is None
+
+
+def test_the_plan_tops_the_idle_pods_up_to_the_size() -> None:
+    pods = [pool_member("a"), pool_member("b", phase="Pending"), pool_member("c", **{LABEL_WARM: CLAIMED})]
+    assert plan(pods, HASH, 4) == Plan(create=2, delete=())
+    assert plan(pods, HASH, 2) == Plan(create=0, delete=())
+    assert plan([], HASH, 3) == Plan(create=3, delete=())
+
+
+def test_the_plan_deletes_idle_pods_of_another_template_or_whose_worker_ended() -> None:
+    stale = pool_member("stale", **{LABEL_POOL_TEMPLATE: "0" * 16})
+    ended = pool_member("ended")
+    ended["status"]["phase"] = "Failed"
+    deleting = pool_member("deleting")
+    deleting["metadata"]["deletionTimestamp"] = "2024-05-06T07:06:00Z"
+    assert plan([stale, ended, deleting, pool_member("ok")], HASH, 2) == Plan(
+        create=1, delete=(("podq-warm-stale", "rv-stale"), ("podq-warm-ended", "rv-ended"))
+    )
+
+
+def test_a_claim_is_conditional_relabels_annotates_and_sets_the_deadline() -> None:
+    pod = pool_member("abc")
+    before = copy.deepcopy(pod)
+    now = parse_time(STARTED) + 100.25
+    patch = claim_patch(pod, dataclasses.replace(JOB, submitted_at=SUBMITTED), now=now)
+    assert pod == before
+    meta = patch["metadata"]
+    assert meta["resourceVersion"] == "rv-abc"
+    assert meta["labels"] == {LABEL_WARM: CLAIMED, LABEL_QUERY_ID: JOB.query_id}
+    assert meta["annotations"][ANNOTATION_TIMEOUT] == "30.5"
+    assert meta["annotations"][ANNOTATION_ATTEMPT] == "2"
+    assert meta["annotations"][ANNOTATION_SUBMITTED_AT] == "2024-05-06T07:08:09.123Z"
+    assert patch["spec"] == {"activeDeadlineSeconds": 131}  # ceil(100.25 + 30.5)
+
+
+@pytest.mark.parametrize(
+    ("age", "timeout", "deadline"), [(0.0, 5.0, 5), (59.2, 5.0, 65), (0.0, 0.2, 1), (-3.0, 5.0, 5)]
+)
+def test_the_deadline_is_the_pods_age_plus_the_timeout_in_whole_seconds(
+    age: float, timeout: float, deadline: int
+) -> None:
+    """A negative age is a controller clock behind the kubelet's: the query still gets its timeout."""
+    assert claim_deadline(pool_member("abc"), parse_time(STARTED) + age, timeout) == deadline
+
+
+@pytest.mark.parametrize(
+    ("limits", "fits"),
+    [
+        (JOB.limits, True),
+        (dataclasses.replace(JOB.limits, timeout_seconds=999), True),
+        (dataclasses.replace(JOB.limits, cpu_millicores=500), False),
+        (dataclasses.replace(JOB.limits, memory_bytes=2**30), False),
+    ],
+)
+def test_a_query_fits_the_size_class_only_at_its_exact_cpu_and_memory(limits: Limits, fits: bool) -> None:
+    assert SIZE.fits(Job(query_id="q", attempt=1, request=JOB.request, limits=limits).limits) is fits
