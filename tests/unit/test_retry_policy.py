@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from controller.launchers.base import QueryLimits
 from controller.queue.retry import (
     MIB,
     RETRY_ON,
@@ -17,7 +18,9 @@ from controller.queue.retry import (
     after_failure,
     backoff_seconds,
     format_mib,
+    next_limits,
     next_memory_bytes,
+    not_retried,
 )
 from worker_image.protocol import ErrorType, error_info
 
@@ -146,3 +149,36 @@ def test_backoff_grows_from_one_second_to_a_minute_within_its_upper_half(attempt
 
 def test_format_mib_rounds_up() -> None:
     assert (format_mib(GIB), format_mib(GIB + 1)) == ("1024Mi", "1025Mi")
+
+
+def test_the_error_of_a_query_not_retried_keeps_its_type_and_says_why() -> None:
+    error = error_info(ErrorType.MEMORY, "the query ran out of memory", {"peak_bytes": 5}, retryable=True)
+    reason = "no more memory was allowed (max_memory 1024Mi)"
+    assert not_retried(error, reason) == {
+        "error_type": "memory",
+        "message": f"the query ran out of memory; {reason}",
+        "details": {"peak_bytes": 5, "not_retried": reason},
+        "retryable": True,
+    }
+    assert error["details"] == {"peak_bytes": 5}, "the attempt's own error is left as it was"
+
+
+def test_the_next_attempt_gets_the_grown_memory_written_in_mib_and_nothing_else_changes() -> None:
+    limits = QueryLimits(
+        cpu="500m",
+        memory="256Mi",
+        timeout_seconds=30,
+        cpu_millicores=500,
+        memory_bytes=256 * MIB,
+        queue_timeout_seconds=60,
+    )
+    grown = next_limits(limits, Retry(768 * MIB, 0.0))
+    assert grown == QueryLimits(
+        cpu="500m",
+        memory="768Mi",
+        timeout_seconds=30,
+        cpu_millicores=500,
+        memory_bytes=768 * MIB,
+        queue_timeout_seconds=60,
+    )
+    assert next_limits(limits, Retry(256 * MIB, 2.0)) is limits
