@@ -26,14 +26,6 @@ HELD_FULL = {"max_concurrent": "1", "local_warm_start": "false"}
 LATE = {"sql": "SELECT 1 AS x", "limits": {"queue_timeout_seconds": 1}}
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_settings(request: pytest.FixtureRequest) -> dict[str, str]:
-    if request.param == "sqlite":
-        return {}
-    server = request.getfixturevalue("postgres_server")
-    return {"database_url": server.take_database()}
-
-
 def assert_expired_in_the_queue(record: dict[str, Any]) -> None:
     assert record["status"] == "failed", record
     error = record["error"]

@@ -20,14 +20,6 @@ NEEDS_600_MIB = {"sql": "SELECT 1 AS x", "debug": {"allocate_mb": 600}, "limits"
 MIB = 2**20
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_settings(request: pytest.FixtureRequest) -> dict[str, str]:
-    if request.param == "sqlite":
-        return {}
-    server = request.getfixturevalue("postgres_server")
-    return {"database_url": server.take_database()}
-
-
 def test_out_of_memory_runs_again_with_more_memory_until_it_fits(
     start_controller: StartController, store_settings: dict[str, str]
 ) -> None:

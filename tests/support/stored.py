@@ -111,3 +111,12 @@ def pg_database(postgres_server: PostgresServer) -> Iterator[Database]:
     database = Database("postgres", postgres_server.take_database(), postgres_server)
     yield database
     database.release()
+
+
+@pytest.fixture(params=BACKENDS)
+def store_settings(request: pytest.FixtureRequest) -> dict[str, str]:
+    """A controller's store settings for each backend: SQLite (the default), a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return {}
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return {"database_url": server.take_database()}
