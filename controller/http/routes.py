@@ -126,7 +126,11 @@ def _accepted(services: Services, row: Row, location: str, *, replayed: bool) ->
     headers = {"Location": f"{location}/{row.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    (accepted,) = records(services, [row])
+        (accepted,) = records(services, [row])
+    else:
+        # Just stored, so no attempts yet: a second read here could fail after the insert committed and
+        # answer 503 for a stored query, which the client would then submit again.
+        accepted = record(row, [])
     return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=headers)
 
 

@@ -127,6 +127,24 @@ def test_kill_9_of_one_of_two_controllers_with_8_running_and_20_queued(
     assert "took over from a controller gone silent" in survivor.log_path.read_text()
 
 
+def test_a_submission_is_answered_from_what_it_stored_alone(
+    start_controller: StartController, database_url: str, tmp_path: Any
+) -> None:
+    """A 202 must not hang on any read after the insert commits: if that read failed, the client would be
+    told 503 ("nothing was stored") for a stored query and submit it again. Another session holding the
+    attempts table locked stands in for a database that stops answering right after the commit."""
+    controller = start_controller(data_dir=tmp_path / "a", **REPLICA_SETTINGS, database_url=database_url)
+    with psycopg.connect(database_url) as locker, controller.client() as client:
+        locker.execute("LOCK TABLE attempts IN ACCESS EXCLUSIVE MODE")
+        response = client.post("/v1/queries", json=numbered(7), timeout=20)
+        assert response.status_code == 202, response.text
+        assert response.json()["attempts"] == []
+        assert response.json()["id"] in rows_of(database_url)
+        locker.rollback()
+        record = wait_finished(client, response.headers["location"], timeout=60)
+    assert record["status"] == "succeeded" and record["result"]["rows"] == [[7]], record
+
+
 def test_a_database_restart_under_load_loses_nothing(
     start_controller: StartController, database_url: str, postgres_server: PostgresServer, tmp_path: Any
 ) -> None:
