@@ -181,6 +181,55 @@ class RetryOut(BaseModel):
     max_memory_bytes: int = Field(description="The most memory a retry may give, in bytes.")
 
 
+class PhasesOut(BaseModel):
+    queued: float | None = Field(
+        None,
+        description="Waiting in the queue: from submission (a retry: the previous attempt's end) to start.",
+    )
+    starting: float | None = Field(
+        None,
+        description="Starting the worker: a local process's spawn; on Kubernetes pod creation to the "
+        "container's start (scheduling, image, sandbox). Null for a warm pool pod.",
+    )
+    fetch: float | None = Field(None, description="Downloading the datasets and checking their footers.")
+    execute: float | None = Field(None, description="Running the query (polars).")
+    encode: float | None = Field(None, description="Encoding the result (JSON, Arrow, Parquet).")
+
+
+class DatasetUsageOut(BaseModel):
+    table_name: str
+    bytes_fetched: int = Field(description="Bytes downloaded (decoded).")
+    rows: int = Field(description="Rows, as the parquet footer declares them.")
+    uncompressed_bytes: int = Field(description="The column chunks' uncompressed size, from the footer.")
+
+
+class UsageOut(BaseModel):
+    peak_memory_bytes: int | None = Field(None, description="The attempt's peak memory, in bytes.")
+    peak_memory_source: Literal["worker", "cgroup", "limit"] | None = Field(
+        None,
+        description="`worker`: the worker's own peak of anonymous resident memory (what a memory limit is "
+        "about; read at each phase's bounds and every 20 ms); `cgroup`: the local job cgroup's "
+        "peak (the worker's unknown); `limit`: it failed as `memory` without a measured peak (OOM-killed): "
+        "it reached its limit.",
+    )
+    peak_resident_bytes: int | None = Field(
+        None,
+        description="The worker's resident high-water mark (getrusage): never misses a peak, but counts its "
+        "mapped code (~90 MiB) too.",
+    )
+    cgroup_peak_memory_bytes: int | None = Field(
+        None, description="The local job cgroup's own peak (local launcher, cgroup enforcement)."
+    )
+    cpu_seconds: float | None = Field(
+        None,
+        description="User + system CPU time: the local job cgroup's when there is one, else the worker's.",
+    )
+    phases: PhasesOut = Field(default_factory=PhasesOut, description="Wall time by phase, in seconds.")
+    datasets: list[DatasetUsageOut] = Field(
+        default_factory=list, description="Per dataset: bytes fetched, and rows and size from its footer."
+    )
+
+
 class AttemptOut(BaseModel):
     number: int = Field(description="1 for the first attempt, counting every start of a worker.")
     status: Literal["running", "succeeded", "failed", "cancelled", "interrupted"] = Field(
@@ -194,6 +243,10 @@ class AttemptOut(BaseModel):
     started_at: float
     finished_at: float | None = None
     error: ErrorOut | None = None
+    usage: UsageOut = Field(
+        default_factory=UsageOut,
+        description="What it used; fields are null when unknown (a failure records what was known).",
+    )
 
 
 class RecordOut(BaseModel):
@@ -212,6 +265,7 @@ class RecordOut(BaseModel):
         description="Every attempt at the query, oldest first (the newest 20 are kept); `result` and "
         "`error` are the last one's."
     )
+    usage: UsageOut | None = Field(None, description="The last attempt's usage; null before any attempt.")
     submitted_at: float
     started_at: float | None = None
     finished_at: float | None = None

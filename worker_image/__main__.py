@@ -49,6 +49,7 @@ from worker_image.protocol import (
 from worker_image.request import load_request, read_request
 from worker_image.standby import wait_for_request, warm_up
 from worker_image.testhooks import apply_test_hooks
+from worker_image.usage import Meter
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -70,9 +71,10 @@ def main() -> int:
         if (stdin_request := wait_for_request(sys.stdin.buffer)) is None:
             return EXIT_NO_REQUEST
     watch = MemoryWatch.from_environ(os.environ)
+    meter = Meter()
     exit_codes: list[int] = []
     operation = threading.Thread(
-        target=lambda: exit_codes.append(_operate(stdin_request)), name="operation", daemon=True
+        target=lambda: exit_codes.append(_operate(stdin_request, meter, watch)), name="operation", daemon=True
     )
     operation.start()
     while True:
@@ -80,45 +82,50 @@ def main() -> int:
         if not operation.is_alive():
             break
         if watch is not None and (used := watch.over()) is not None:
-            _out_of_memory(watch, used)
+            _out_of_memory(watch, used, meter)
     if not exit_codes:
         # Only a BaseException `_operate` lets through (KeyboardInterrupt, SystemExit) ends it without a code.
-        return _fail(
-            error_info(ErrorType.INTERNAL, "worker failed: the operation ended abruptly"), EXIT_INTERNAL_ERROR
-        )
+        info = error_info(ErrorType.INTERNAL, "worker failed: the operation ended abruptly")
+        return _fail(info, EXIT_INTERNAL_ERROR, _usage(meter, watch))
     return exit_codes[0]
 
 
-def _operate(stdin_request: str | None) -> int:
+def _usage(meter: Meter, watch: MemoryWatch | None) -> dict[str, Any]:
+    return meter.report(watch.peak_bytes if watch is not None else 0)
+
+
+def _operate(stdin_request: str | None, meter: Meter, watch: MemoryWatch | None) -> int:
     try:
-        envelope = encode_envelope({"ok": True, "result": _execute(stdin_request)})
+        result = _execute(stdin_request, meter)
+        envelope = encode_envelope({"ok": True, "result": result, "usage": _usage(meter, watch)})
     except WorkerError as exc:
-        return _fail(exc.info(), EXIT_USER_ERROR)
+        return _fail(exc.info(), EXIT_USER_ERROR, _usage(meter, watch))
     except MemoryError as exc:
         # Free whatever the failed operation still holds, so that reporting it has memory to work with.
         traceback.clear_frames(exc.__traceback__)
-        return _fail(error_info(ErrorType.MEMORY, "the query ran out of memory"), EXIT_USER_ERROR)
+        info = error_info(ErrorType.MEMORY, "the query ran out of memory")
+        return _fail(info, EXIT_USER_ERROR, _usage(meter, watch))
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # polars panics derive from BaseException
         traceback.print_exc()
         info = error_info(ErrorType.INTERNAL, f"worker failed: {type(exc).__name__}: {exc}")
-        return _fail(info, EXIT_INTERNAL_ERROR)
+        return _fail(info, EXIT_INTERNAL_ERROR, _usage(meter, watch))
     _print(envelope)
     return 0
 
 
-def _execute(stdin_request: str | None) -> dict[str, Any]:
+def _execute(stdin_request: str | None, meter: Meter) -> dict[str, Any]:
     request = load_request(read_request(os.environ) if stdin_request is None else stdin_request)
     # Held, not used: a test hook's allocation stays resident while the operation runs.
     ballast = apply_test_hooks(request.get("debug"), os.environ)
     with tempfile.TemporaryDirectory(prefix="podq-") as directory:
-        result = _run(request, Path(directory))
+        result = _run(request, Path(directory), meter)
     del ballast
     return result
 
 
-def _run(request: WorkerRequest, directory: Path) -> dict[str, Any]:
+def _run(request: WorkerRequest, directory: Path, meter: Meter) -> dict[str, Any]:
     # Imported here so that a refused request never pays for importing polars.
     if request["operation"] == "inspect":
         from worker_image.schema import inspect_dataset
@@ -133,10 +140,11 @@ def _run(request: WorkerRequest, directory: Path) -> dict[str, Any]:
         directory,
         max_rows=request["max_rows"],
         max_result_bytes=request["max_result_bytes"],
+        meter=meter,
     )
 
 
-def _out_of_memory(watch: MemoryWatch, used: int) -> None:
+def _out_of_memory(watch: MemoryWatch, used: int, meter: Meter) -> None:
     """Report the query as out of memory and exit now, whatever the operation's thread is doing."""
     limit = watch.limit_bytes
     message = (
@@ -151,17 +159,19 @@ def _out_of_memory(watch: MemoryWatch, used: int) -> None:
     }
     info = error_info(ErrorType.MEMORY, message, details)
     _write_termination_message(compact_error(info))
+    usage = meter.report(max(used, watch.peak_bytes))
+    envelope = encode_envelope({"ok": False, "error": info, "usage": usage})
     # Straight to the file descriptor: sys.stdout's buffer and lock may be the operation thread's just now.
-    data = ("\n" + encode_envelope({"ok": False, "error": info}) + "\n").encode()
+    data = ("\n" + envelope + "\n").encode()
     with contextlib.suppress(OSError):
         while data:
             data = data[os.write(sys.stdout.fileno(), data) :]
     os._exit(EXIT_USER_ERROR)
 
 
-def _fail(info: ErrorInfo, exit_code: int) -> int:
+def _fail(info: ErrorInfo, exit_code: int, usage: dict[str, Any]) -> int:
     _write_termination_message(compact_error(info))
-    _print(encode_envelope({"ok": False, "error": info}))
+    _print(encode_envelope({"ok": False, "error": info, "usage": usage}))
     return exit_code
 
 

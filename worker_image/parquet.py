@@ -16,6 +16,7 @@ zeros declares a few bytes). The worker's memory limit bounds what a query decod
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,11 +31,18 @@ MAX_FOOTER_BYTES = 64 * 2**20
 MAX_COLUMNS = 10_000
 
 
+class Footer(NamedTuple):
+    """What a checked footer declares: rows, and the bytes of its column chunks once decompressed."""
+
+    rows: int
+    uncompressed_bytes: int
+
+
 def check_parquet(
     path: Path, source: str, *, max_footer_bytes: int = MAX_FOOTER_BYTES, max_columns: int = MAX_COLUMNS
-) -> int:
-    """Raises `WorkerError` unless `path` is a readable, self-consistent parquet file; returns its row
-    count."""
+) -> Footer:
+    """Raises `WorkerError` unless `path` is a readable, self-consistent parquet file; returns what its
+    footer declares."""
     size = path.stat().st_size
     if size < _MIN_SIZE:
         raise _invalid(source, f"only {size} bytes")
@@ -58,18 +66,19 @@ def check_parquet(
         raise _invalid(source, f"its footer cannot be read: {exc}") from None
     if metadata.num_columns > max_columns:
         raise _invalid(source, f"it has {metadata.num_columns} columns, above the limit of {max_columns}")
-    _check_sizes(metadata, data_end, source)
-    rows: int = metadata.num_rows
-    return rows
+    uncompressed = _check_sizes(metadata, data_end, source)
+    return Footer(rows=metadata.num_rows, uncompressed_bytes=uncompressed)
 
 
-def _check_sizes(metadata: pq.FileMetaData, data_end: int, source: str) -> None:
+def _check_sizes(metadata: pq.FileMetaData, data_end: int, source: str) -> int:
+    """The sum of the column chunks' uncompressed sizes, once each is checked."""
     group_rows = [metadata.row_group(index).num_rows for index in range(metadata.num_row_groups)]
     if any(rows < 0 for rows in group_rows) or metadata.num_rows != sum(group_rows):
         raise _invalid(
             source,
             f"its footer claims {metadata.num_rows} rows but its row groups hold {sum(group_rows)}",
         )
+    uncompressed = 0
     for group_index in range(metadata.num_row_groups):
         group = metadata.row_group(group_index)
         for column_index in range(group.num_columns):
@@ -85,6 +94,8 @@ def _check_sizes(metadata: pq.FileMetaData, data_end: int, source: str) -> None:
                     f"its footer places {where} at bytes {start}..{start + chunk.total_compressed_size}, "
                     f"outside the file's data (bytes {len(MAGIC)}..{data_end})",
                 )
+            uncompressed += chunk.total_uncompressed_size
+    return uncompressed
 
 
 def _invalid(source: str, reason: str) -> WorkerError:

@@ -17,8 +17,9 @@ Output is exactly one envelope on the last line of stdout::
 ``length`` is the byte length of the UTF-8 ``json`` and ``sha256`` its digest, so a log that was cut or
 garbled on the way is reported as such and never parsed as a smaller result. The JSON is either
 ``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": {...}}`` where the error follows the
-taxonomy below. A user error is also written, compactly (at most 4 KiB), to the termination-message
-file so the launcher can type the error even when the logs are gone.
+taxonomy below; either may carry ``"usage"``, what the worker measured of its run (worker_image/usage.py;
+a controller accepts an envelope without it). A user error is also written, compactly (at most 4 KiB), to
+the termination-message file so the launcher can type the error even when the logs are gone.
 
 Exit codes: 0 success; `EXIT_USER_ERROR` when the envelope carries a user error (a ``memory`` error from
 the watch above included); `EXIT_INTERNAL_ERROR` when the worker itself failed but could still say so.

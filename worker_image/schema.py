@@ -15,7 +15,7 @@ from worker_image.protocol import ErrorType, FetchOptions, WorkerError
 
 def inspect_dataset(url: str, options: FetchOptions, directory: Path) -> dict[str, Any]:
     [path] = fetch_all([url], options, directory)
-    row_count = check_parquet(path, url)
+    row_count = check_parquet(path, url).rows
     try:
         schema = pl.scan_parquet(path).collect_schema()
     except pl.exceptions.PolarsError as exc:

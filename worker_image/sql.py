@@ -37,6 +37,7 @@ import polars as pl
 from worker_image.encode import describe_columns, json_bytes, typed_within
 from worker_image.protocol import DatasetRef, ErrorType, FetchOptions, WorkerError
 from worker_image.sqlguard import check_query, table_key
+from worker_image.usage import Meter
 
 # How polars 2.1 begins the message of a parquet file it cannot decode.
 _MALFORMED_DATA = "parquet: File out of specification"
@@ -51,30 +52,43 @@ def run_query(
     *,
     max_rows: int,
     max_result_bytes: int,
+    meter: Meter | None = None,
 ) -> dict[str, Any]:
+    meter = meter or Meter()
     names = [dataset["table_name"] for dataset in datasets]
     _check_unique(names)
     check_query(sql, names)
-    paths = _fetch_checked(datasets, options, directory) if datasets else []
+    with meter.phase("fetch"):
+        paths = _fetch_checked(datasets, options, directory, meter) if datasets else []
     context = pl.SQLContext({name: pl.scan_parquet(path) for name, path in zip(names, paths, strict=True)})
     try:
-        query = context.execute(sql)
-        head = query.head(max_rows).collect()
-        total_rows: int = head.height
-        if total_rows == max_rows:
-            total_rows = query.select(pl.len()).collect().item()
+        with meter.phase("execute"):
+            query = context.execute(sql)
+            head = query.head(max_rows).collect()
+            total_rows: int = head.height
+            if total_rows == max_rows:
+                total_rows = query.select(pl.len()).collect().item()
     except pl.exceptions.PolarsError as exc:
         raise _sql_error(exc) from None
-    return _result(head, total_rows, max_result_bytes)
+    with meter.phase("encode"):
+        return _result(head, total_rows, max_result_bytes)
 
 
-def _fetch_checked(datasets: Sequence[DatasetRef], options: FetchOptions, directory: Path) -> list[Path]:
+def _fetch_checked(
+    datasets: Sequence[DatasetRef], options: FetchOptions, directory: Path, meter: Meter
+) -> list[Path]:
     from worker_image.fetch import fetch_all
     from worker_image.parquet import check_parquet
 
     paths = fetch_all([dataset["url"] for dataset in datasets], options, directory)
     for path, dataset in zip(paths, datasets, strict=True):
-        check_parquet(path, dataset["url"])
+        footer = check_parquet(path, dataset["url"])
+        meter.dataset(
+            dataset["table_name"],
+            bytes_fetched=path.stat().st_size,
+            rows=footer.rows,
+            uncompressed_bytes=footer.uncompressed_bytes,
+        )
     return paths
 
 

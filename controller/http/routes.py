@@ -70,6 +70,7 @@ health = APIRouter(tags=["operations"])
 
 def record(row: Row, attempts: list[Attempt]) -> RecordOut:
     request: dict[str, Any] = row.request
+    shown = [_attempt(attempt, queued_since(row, attempts, index)) for index, attempt in enumerate(attempts)]
     return RecordOut.model_validate(
         {
             "id": row.id,
@@ -83,7 +84,8 @@ def record(row: Row, attempts: list[Attempt]) -> RecordOut:
             "retry": row.retry,
             "result": row.result,
             "error": row.error,
-            "attempts": [_attempt(attempt) for attempt in attempts],
+            "attempts": shown,
+            "usage": shown[-1]["usage"] if shown else None,
             "submitted_at": row.submitted_at,
             "started_at": row.started_at,
             "finished_at": row.finished_at,
@@ -92,7 +94,18 @@ def record(row: Row, attempts: list[Attempt]) -> RecordOut:
     )
 
 
-def _attempt(attempt: Attempt) -> dict[str, Any]:
+def queued_since(row: Row, attempts: list[Attempt], index: int) -> float | None:
+    """When the attempt at `index` was queued: at submission for the first, at the end of the one before
+    for the others; None when the one before is no longer kept."""
+    if attempts[index].number == 1:
+        return row.submitted_at
+    return attempts[index - 1].finished_at if index > 0 else None
+
+
+def _attempt(attempt: Attempt, queued_at: float | None) -> dict[str, Any]:
+    usage = dict(attempt.usage or {})
+    if queued_at is not None:
+        usage["phases"] = {**usage.get("phases", {}), "queued": max(0.0, attempt.started_at - queued_at)}
     return {
         "number": attempt.number,
         "status": attempt.status,
@@ -101,6 +114,7 @@ def _attempt(attempt: Attempt) -> dict[str, Any]:
         "started_at": attempt.started_at,
         "finished_at": attempt.finished_at,
         "error": attempt.error,
+        "usage": usage,
     }
 
 

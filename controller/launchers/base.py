@@ -98,6 +98,8 @@ class Outcome:
     error: ErrorInfo | None = None
     # Where it ran and what was seen, for the record: e.g. {"kind": "local", "pid": 123, "exit_code": 0}.
     placement: dict[str, Any] = field(default_factory=dict)
+    # What the attempt used (controller/launchers/usage.py); None when nothing is known.
+    usage: dict[str, Any] | None = None
 
 
 def queue_timeout(queue_timeout_seconds: float, **details: Any) -> ErrorInfo:

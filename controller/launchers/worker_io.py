@@ -10,12 +10,14 @@ trusted only when it is a valid `ErrorInfo` JSON, never as free text.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 from collections.abc import Mapping
 from typing import Any
 
 from controller.launchers.base import Outcome
+from controller.launchers.usage import from_worker
 from worker_image.protocol import (
     EXIT_INTERNAL_ERROR,
     EXIT_USER_ERROR,
@@ -42,6 +44,8 @@ EXCERPT_LINES = 20
 EXCERPT_CHARS = 2000
 _ERROR_TYPES = frozenset(item.value for item in ErrorType)
 
+log = logging.getLogger(__name__)
+
 
 def encode_request(request: Mapping[str, Any]) -> str:
     """The request as the worker gets it: compact, and UTF-8 rather than escapes (an env var is bounded)."""
@@ -60,18 +64,21 @@ def envelope_outcome(output: str | None, *, exit_code: int | None, death: str) -
     if output is None:
         raise EnvelopeError("no result envelope in the worker output")
     payload = decode_envelope(output)
+    usage, dropped = from_worker(payload.get("usage"))
+    if dropped:
+        log.warning("the worker's usage report has invalid fields, dropped: %s", ", ".join(dropped))
     if payload["ok"] is True:
         result = payload.get("result")
         if not isinstance(result, dict):
             raise EnvelopeError("the result envelope holds no result")
         if exit_code == 0:
-            return Outcome(result=result)
+            return Outcome(result=result, usage=usage)
         raise EnvelopeError(f"the worker wrote a result but {death}")
     info = as_error_info(payload.get("error"))
     if info is None:
         raise EnvelopeError("the error envelope holds no valid error")
     if exit_code in PROTOCOL_ERROR_CODES:
-        return Outcome(error=info)
+        return Outcome(error=info, usage=usage)
     raise EnvelopeError(f"the worker wrote an error but {death}")
 
 

@@ -16,7 +16,6 @@ import logging
 import random
 import time
 from dataclasses import dataclass, replace
-from typing import Any
 
 from controller.launchers.base import Launcher, Outcome
 from controller.logs import bind_query
@@ -221,10 +220,11 @@ class Dispatcher:
         finally:
             self._running.pop(row.id, None)
             self.notify()
+        self._metrics.observe_attempt(outcome.usage, row.limits.memory_bytes)
         if outcome.error is not None and row.retry is not None:
             decided = self._after(row, RetryPolicy.from_stored(row.retry), outcome.error)
             if isinstance(decided, Retry) and await self._discard(row.id):
-                await self._retry_when_possible(row, outcome.error, outcome.placement, decided)
+                await self._retry_when_possible(row, outcome, decided)
                 return
             if isinstance(decided, Retry):
                 decided = Stop("not retried: the failed attempt's worker could not be removed")
@@ -260,10 +260,10 @@ class Dispatcher:
             jitter=random.random(),
         )
 
-    async def _retry_when_possible(
-        self, row: Row, error: ErrorInfo, placement: dict[str, Any], retry: Retry
-    ) -> None:
+    async def _retry_when_possible(self, row: Row, outcome: Outcome, retry: Retry) -> None:
         """Record the failed attempt and queue the query again; while the store cannot write, try again."""
+        assert outcome.error is not None
+        error = outcome.error
         limits = next_limits(row.limits, retry)
         while True:
             try:
@@ -271,7 +271,8 @@ class Dispatcher:
                     row.id,
                     limits,
                     error=error,
-                    placement=placement,
+                    placement=outcome.placement,
+                    usage=outcome.usage,
                     not_before=time.time() + retry.delay_seconds,
                 )
                 break
@@ -327,6 +328,7 @@ class Dispatcher:
             result=outcome.result,
             error=outcome.error,
             placement=outcome.placement,
+            usage=outcome.usage,
             running_here=True,
         )
         crash_if(self._crash_at, "after_finish")

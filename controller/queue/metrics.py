@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from controller.launchers.usage import PHASES, memory_ratio
 from controller.queue.store import Row, Store
 
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_PHASE_BUCKETS = (0.01, 0.025, 0.05, *_LATENCY_BUCKETS)
+# Peak memory over the limit: how much of its memory an attempt used (1 and above: it reached it).
+_RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25)
 
 
 class _QueueCollector(Collector):
@@ -51,6 +58,21 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.peak_memory_ratio = Histogram(
+            "podq_attempt_peak_memory_ratio",
+            "Each attempt's peak memory divided by its memory limit.",
+            buckets=_RATIO_BUCKETS,
+            registry=self.registry,
+        )
+        self.phase_time = Histogram(
+            "podq_attempt_phase_seconds",
+            "Wall time of each attempt by phase: queued (first attempts), starting, fetch, execute, encode.",
+            ["phase"],
+            buckets=_PHASE_BUCKETS,
+            registry=self.registry,
+        )
+        for phase in PHASES:
+            self.phase_time.labels(phase)
         self.info = Gauge("podq_max_concurrent", "Configured concurrency cap.", registry=self.registry)
 
     def observe_submitted(self, operation: str) -> None:
@@ -59,6 +81,17 @@ class Metrics:
     def observe_started(self, row: Row) -> None:
         if row.started_at is not None:
             self.queue_wait.observe(max(0.0, row.started_at - row.submitted_at))
+            if row.attempts == 1:
+                self.phase_time.labels("queued").observe(max(0.0, row.started_at - row.submitted_at))
+
+    def observe_attempt(self, usage: Mapping[str, Any] | None, memory_limit_bytes: int) -> None:
+        """An attempt's usage, once its launcher has returned."""
+        ratio = memory_ratio(usage, memory_limit_bytes)
+        if ratio is not None:
+            self.peak_memory_ratio.observe(ratio)
+        for phase, seconds in ((usage or {}).get("phases") or {}).items():
+            if phase != "queued" and isinstance(seconds, float):
+                self.phase_time.labels(phase).observe(seconds)
 
     def observe_finished(self, row: Row) -> None:
         error_type = row.error["error_type"] if row.error else ""

@@ -121,6 +121,8 @@ class Attempt:
     started_at: float
     finished_at: float | None
     error: ErrorInfo | None
+    # What it used (README, "A record": peak memory, CPU seconds, phases, datasets); empty when unknown.
+    usage: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Attempt:
@@ -132,6 +134,7 @@ class Attempt:
             started_at=data["started_at"],
             finished_at=data.get("finished_at"),
             error=ErrorInfo.from_json(data["error"]) if data.get("error") else None,
+            usage=dict(data.get("usage") or {}),
         )
 
 
@@ -173,6 +176,8 @@ class Record:
     error: ErrorInfo | None
     placement: dict[str, Any]
     raw: dict[str, Any] = field(repr=False, compare=False)
+    # The last attempt's usage; None before any.
+    usage: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:
@@ -198,6 +203,7 @@ class Record:
             error=ErrorInfo.from_json(data["error"]) if data.get("error") else None,
             placement=dict(data.get("placement") or {}),
             raw=data,
+            usage=data.get("usage"),
         )
 
 

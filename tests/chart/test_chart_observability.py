@@ -68,6 +68,8 @@ def test_dashboard_is_labelled_for_the_grafana_sidecar(helm: Helm) -> None:
         "Submitted",
         "Queue wait",
         "Run time",
+        "Peak memory / limit",
+        "Attempt phases (p95)",
     ]
     assert board["uid"] == "podq-overview"
     moved, _ = dashboard(
@@ -100,6 +102,8 @@ def test_dashboard_and_alerts_query_only_metrics_the_controller_exports(helm: He
     wanted = {"podq_queue_depth", "podq_running", "podq_queries_finished_total"}
     assert wanted <= used and any("podq_queue_wait_seconds_bucket" in e for e in board_exprs)
     assert any("podq_run_seconds_bucket" in e for e in board_exprs)
+    assert any("podq_attempt_peak_memory_ratio_bucket" in e for e in board_exprs)
+    assert any("podq_attempt_phase_seconds_bucket" in e for e in board_exprs)
 
 
 def test_rules_pass_promtool_check(helm: Helm, promtool: Promtool, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.e2e
 
 Controllers = tuple[KubeControllers, StartKubeController]
+MIB = 2**20
 NEEDS_600_MIB = {
     "sql": "SELECT 1 AS x",
     "debug": {"allocate_mb": 600},
@@ -43,6 +44,18 @@ def test_out_of_memory_runs_again_in_a_new_pod_with_more_memory(kube_controllers
     assert all(a["placement"]["pod"] == name for a in attempts), attempts
     assert all(a["error"]["error_type"] == "memory" for a in attempts[:2]), attempts
     assert record["result"]["rows"] == [[1]]
+    # Usage: the OOM'd attempts reached their limits (stopped by the worker's own watch within 1/8 of it,
+    # or OOMKilled: the limit it hit), the last held its 600 MiB below its own; each pod's start is timed.
+    for attempt, limit in zip(attempts, (256 * MIB, 512 * MIB, 1024 * MIB), strict=True):
+        usage = attempt["usage"]
+        assert usage["phases"]["starting"] > 0 and usage["phases"]["queued"] >= 0, usage
+        if attempt["status"] == "failed":
+            assert 0.8 * limit <= usage["peak_memory_bytes"] <= limit, usage
+            assert usage["peak_memory_source"] in ("worker", "limit"), usage
+        else:
+            assert 600 * MIB <= usage["peak_memory_bytes"] < limit, usage
+            assert usage["peak_memory_source"] == "worker" and usage["cpu_seconds"] > 0, usage
+    assert record["usage"] == attempts[-1]["usage"]
     # The pod kept for its TTL is the last attempt's.
     assert [(p["metadata"]["name"], p["metadata"]["annotations"]["podq.dev/attempt"]) for p in kept] == [
         (name, "3")

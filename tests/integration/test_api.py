@@ -387,6 +387,21 @@ def test_health_readiness_metrics_and_openapi(running_controller: ControllerProc
     assert {"/v1/queries", "/v1/queries/{query_id}", "/v1/inspections", "/healthz"} <= set(openapi["paths"])
     queue_timeout = openapi["components"]["schemas"]["LimitsIn"]["properties"]["queue_timeout_seconds"]
     assert "Queue deadline" in queue_timeout["description"]
+    schemas = openapi["components"]["schemas"]
+    assert "usage" in schemas["AttemptOut"]["properties"] and "usage" in schemas["RecordOut"]["properties"]
+    documented = {name: prop.get("description") for name, prop in schemas["UsageOut"]["properties"].items()}
+    assert set(documented) == {
+        "peak_memory_bytes",
+        "peak_memory_source",
+        "peak_resident_bytes",
+        "cgroup_peak_memory_bytes",
+        "cpu_seconds",
+        "phases",
+        "datasets",
+    }
+    assert all(documented.values()), documented
+    assert set(schemas["PhasesOut"]["properties"]) == {"queued", "starting", "fetch", "execute", "encode"}
+    assert all(prop.get("description") for prop in schemas["PhasesOut"]["properties"].values())
     json.dumps(openapi)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller.testing.process import ControllerProcess
 from tests.support.api import run
@@ -27,6 +28,7 @@ def test_out_of_memory_runs_again_with_more_memory_until_it_fits(
     retry = {"on": ["memory"], "memory_factor": 2, "max_memory": "1Gi"}
     with controller.client() as client:
         record = run(client, {**NEEDS_600_MIB, "retry": retry}, timeout=120)
+        metrics = client.get("/metrics").text
 
     assert record["status"] == "succeeded", record
     assert record["result"]["rows"] == [[1]] and record["error"] is None
@@ -42,6 +44,8 @@ def test_out_of_memory_runs_again_with_more_memory_until_it_fits(
         assert failed["started_at"] <= failed["finished_at"]
     assert attempts[0]["error"]["details"]["limit_bytes"] == 256 * MIB
     assert attempts[2]["error"] is None and attempts[2]["placement"] == record["placement"]
+    assert_usage(attempts, record)
+    assert_observed(metrics, attempts)
     assert record["limits"]["memory"] == "1024Mi", "the record's limits are the last attempt's"
     assert record["retry"] == {
         "max_attempts": 3,
@@ -49,6 +53,40 @@ def test_out_of_memory_runs_again_with_more_memory_until_it_fits(
         "memory_factor": 2,
         "max_memory_bytes": 1024 * MIB,
     }
+
+
+def assert_usage(attempts: list[dict[str, Any]], record: dict[str, Any]) -> None:
+    """Each attempt's usage: the OOM'd ones reached their limit, the last held its 600 MiB below its own."""
+    for attempt in attempts:
+        usage, limit = attempt["usage"], attempt["error"] and attempt["error"]["details"]["limit_bytes"]
+        assert usage["peak_memory_source"] in ("worker", "cgroup"), usage
+        assert usage["cpu_seconds"] > 0 and usage["phases"]["starting"] >= 0, usage
+        assert usage["phases"]["queued"] >= 0 and usage["datasets"] == [], usage
+        if attempt["status"] == "failed":
+            # Stopped by its own watch within 1/8 of its limit, or killed by the kernel at it.
+            assert 0.8 * limit <= usage["peak_memory_bytes"] <= 1.05 * limit, usage
+    last = attempts[-1]["usage"]
+    assert 600 * MIB <= last["peak_memory_bytes"] < 1024 * MIB, last
+    assert last["phases"]["execute"] is not None and last["phases"]["encode"] is not None, last
+    assert record["usage"] == last
+    # A retry waits from the previous attempt's end: its backoff.
+    assert attempts[1]["usage"]["phases"]["queued"] == pytest.approx(
+        attempts[1]["started_at"] - attempts[0]["finished_at"]
+    )
+
+
+def assert_observed(metrics: str, attempts: list[dict[str, Any]]) -> None:
+    """/metrics observed each attempt's peak memory ratio and phases."""
+    samples = {
+        (sample.name, sample.labels.get("phase")): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+    }
+    assert samples[("podq_attempt_peak_memory_ratio_count", None)] == len(attempts)
+    for phase in ("starting", "execute"):
+        known = [a for a in attempts if a["usage"]["phases"][phase] is not None]
+        assert samples[("podq_attempt_phase_seconds_count", phase)] == len(known), phase
+    assert samples[("podq_attempt_phase_seconds_count", "queued")] == 1, "first attempts only"
 
 
 def test_without_room_for_more_memory_it_fails_after_one_attempt_saying_so(

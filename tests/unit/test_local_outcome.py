@@ -499,3 +499,43 @@ def test_rlimit_an_allocation_failure_the_worker_survived_is_not_a_memory_error(
         assert outcome.error is None and outcome.result == RESULT
     else:
         assert outcome.error == SQL_ERROR
+
+
+# ---------------------------------------------------------------- usage
+
+WORKER_USAGE = {"peak_memory_bytes": 100 * 2**20, "cpu_seconds": 0.5, "phases": {"execute": 0.2}}
+
+
+def test_the_workers_usage_is_completed_by_the_cgroups_figures() -> None:
+    envelope = encode_envelope({"ok": True, "result": RESULT, "usage": WORKER_USAGE})
+    evidence = MemoryEvidence("cgroup", LIMIT, peak_bytes=110 * 2**20)
+    end = worker_end(envelope_line=envelope, memory=evidence, cpu_seconds=0.75, starting_seconds=0.01)
+
+    usage = classify(end).usage
+
+    assert usage is not None
+    assert usage["peak_memory_bytes"] == WORKER_USAGE["peak_memory_bytes"]
+    assert usage["peak_memory_source"] == "worker"
+    assert usage["cgroup_peak_memory_bytes"] == evidence.peak_bytes
+    assert usage["cpu_seconds"] == end.cpu_seconds, "the cgroup's CPU time counts everything the job ran"
+    assert usage["phases"]["starting"] == end.starting_seconds
+    assert usage["phases"]["execute"] == WORKER_USAGE["phases"]["execute"]
+
+
+def test_a_worker_the_kernel_killed_at_its_limit_gets_the_cgroups_peak() -> None:
+    evidence = MemoryEvidence("cgroup", LIMIT, oom_kills=1, failcnt=3, peak_bytes=LIMIT)
+    outcome = classify(worker_end(returncode=KILLED, envelope_line=None, memory=evidence))
+
+    assert outcome.error is not None and outcome.error["error_type"] == "memory"
+    assert outcome.usage is not None
+    assert (outcome.usage["peak_memory_bytes"], outcome.usage["peak_memory_source"]) == (LIMIT, "cgroup")
+
+
+def test_an_allocation_refused_under_rlimit_records_the_limit() -> None:
+    end = worker_end(returncode=-signal.SIGABRT, envelope_line=None, stderr_tail=RUST_OOM, memory=RLIMIT)
+    outcome = classify(end)
+
+    assert outcome.error is not None and outcome.error["error_type"] == "memory"
+    assert outcome.usage is not None
+    assert (outcome.usage["peak_memory_bytes"], outcome.usage["peak_memory_source"]) == (LIMIT, "limit")
+    assert outcome.usage["cgroup_peak_memory_bytes"] is None

@@ -24,7 +24,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("name", ["simple", "empty", "wide", "large", "types"])
 def test_generated_parquet_passes_with_its_row_count(files: Path, name: str) -> None:
     path = files / f"{name}.parquet"
-    assert check_parquet(path, "src") == pl.read_parquet(path).height
+    assert check_parquet(path, "src").rows == pl.read_parquet(path).height
 
 
 def refusal(path: Path) -> WorkerError:
@@ -66,7 +66,7 @@ def test_footer_length_pointing_outside_the_file_is_refused(tmp_path: Path) -> N
 
 def test_more_columns_than_the_cap_are_refused(files: Path) -> None:
     path = files / "wide.parquet"  # 100 columns
-    assert check_parquet(path, "src", max_columns=100) == 5
+    assert check_parquet(path, "src", max_columns=100).rows == 5
     with pytest.raises(WorkerError) as caught:
         check_parquet(path, "src", max_columns=99)
     assert caught.value.error_type is ErrorType.VALIDATION
@@ -76,7 +76,7 @@ def test_more_columns_than_the_cap_are_refused(files: Path) -> None:
 def test_a_footer_over_the_cap_is_refused_before_it_is_parsed(files: Path) -> None:
     path = files / "wide.parquet"
     footer = int.from_bytes(path.read_bytes()[-8:-4], "little")
-    assert check_parquet(path, "src", max_footer_bytes=footer) == 5
+    assert check_parquet(path, "src", max_footer_bytes=footer).rows == 5
     with pytest.raises(WorkerError) as caught:
         check_parquet(path, "src", max_footer_bytes=footer - 1)
     assert f"its footer is {footer} bytes, above the limit of {footer - 1}" in caught.value.message

@@ -1175,3 +1175,39 @@ def test_a_pod_whose_worker_runs_or_ran_is_past_the_queue_phase(name: str) -> No
     pod = load(name)
     deadline = QueueDeadline(at=created(pod) + 1, seconds=1)
     assert held_to(pod, created(pod) + 3600, deadline) == held_to(pod, created(pod) + 3600, None)
+
+
+# ---------------------------------------------------------------- usage
+
+
+def started(pod: dict[str, Any]) -> float:
+    [worker] = pod["status"]["containerStatuses"]
+    return parse_time(worker["state"]["terminated"]["startedAt"])
+
+
+def test_an_ended_pod_adds_its_starting_phase_to_the_workers_usage() -> None:
+    pod = load("succeeded")
+    worker_usage = {"peak_memory_bytes": 2**27, "cpu_seconds": 0.5, "phases": {"execute": 0.25}}
+    outcome = decide(pod, "\n" + encode_envelope({"ok": True, "result": RESULT, "usage": worker_usage}))
+
+    assert outcome.usage is not None
+    assert outcome.usage["phases"]["starting"] == pytest.approx(started(pod) - created(pod))
+    assert outcome.usage["phases"]["execute"] == 0.25
+    assert (outcome.usage["peak_memory_bytes"], outcome.usage["peak_memory_source"]) == (2**27, "worker")
+
+
+def test_an_oom_killed_pod_records_the_limit_it_hit_as_its_peak() -> None:
+    pod = load("oomkilled")
+    outcome = decide(pod, NOISE)
+
+    assert outcome.error is not None and outcome.usage is not None
+    assert outcome.usage["peak_memory_bytes"] == outcome.error["details"]["limit_bytes"]
+    assert outcome.usage["peak_memory_source"] == "limit"
+    assert outcome.usage["phases"]["starting"] == pytest.approx(started(pod) - created(pod))
+
+
+def test_a_pod_without_timestamps_has_no_starting_phase() -> None:
+    pod = load("succeeded")
+    del pod["metadata"]["creationTimestamp"]
+    outcome = decide(pod, OK)
+    assert outcome.usage is not None and outcome.usage["phases"]["starting"] is None

@@ -157,3 +157,36 @@ def test_the_queries_of_the_schema_before_get_their_one_attempt(
     assert (done.started_at, done.finished_at, done.limits) == (2.0, 3.0, LIMITS.stored())
     assert [(a.number, a.status) for a in kept["running"]] == [(2, "running")]
     assert kept["queued"] == []
+
+
+USAGE = {"peak_memory_bytes": 300 * 2**20, "peak_memory_source": "worker", "cpu_seconds": 1.5}
+
+
+def test_each_attempt_keeps_its_own_usage(store: Store) -> None:
+    store.insert("a", "query", REQUEST, LIMITS)
+    store.claim_next()
+    assert store.retry("a", MORE, error=ERROR, placement=PLACEMENT, usage=USAGE, not_before=0)
+    store.claim_next()
+    (_, running) = store.attempts(["a"])["a"]
+    assert running.usage is None, "nothing is known of a running attempt"
+    last = {**USAGE, "peak_memory_bytes": 700 * 2**20}
+    store.finish("a", "succeeded", result={"rows": []}, placement=PLACEMENT, usage=last, running_here=True)
+    assert [attempt.usage for attempt in store.attempts(["a"])["a"]] == [USAGE, last]
+
+
+def test_an_attempt_ended_before_usage_was_kept_has_none(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SqliteStore, "_migrations", SQLITE[:4])
+    monkeypatch.setattr(PostgresStore, "_migrations", POSTGRES[:4])
+    database.open().close()
+    mark = "?" if database.backend == "sqlite" else "%s"
+    database.execute(
+        "INSERT INTO attempts (query_id, number, limits, status, error, placement, started_at, finished_at)"
+        f" VALUES ({', '.join([mark] * 8)})",
+        ("a", 1, json.dumps(LIMITS.stored()), "failed", json.dumps(ERROR), json.dumps(PLACEMENT), 1.0, 2.0),
+    )
+    monkeypatch.undo()
+
+    (ended,) = database.open().attempts(["a"])["a"]
+    assert (ended.status, ended.error, ended.usage) == ("failed", ERROR, None)

@@ -67,3 +67,12 @@ def test_without_a_verified_envelope_the_pods_end_decides(output: bytes) -> None
 )
 def test_the_attach_reads_until_a_whole_envelope_line(out: bytes, whole: bool) -> None:
     assert has_line(out, MARKER) is whole
+
+
+def test_a_pool_pods_usage_is_the_workers_without_a_starting_phase() -> None:
+    usage = {"peak_memory_bytes": 2**26, "cpu_seconds": 0.1, "phases": {"execute": 0.01}}
+    outcome = streamed_outcome(streamed({"ok": True, "result": RESULT, "usage": usage}), POD)
+    assert outcome is not None and outcome.usage is not None
+    assert (outcome.usage["peak_memory_bytes"], outcome.usage["peak_memory_source"]) == (2**26, "worker")
+    assert outcome.usage["phases"]["execute"] == 0.01
+    assert outcome.usage["phases"]["starting"] is None, "the pod started before its query was claimed"

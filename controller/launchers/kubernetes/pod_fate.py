@@ -25,8 +25,15 @@ from dataclasses import replace
 from typing import Any
 
 from controller.launchers.base import Outcome
-from controller.launchers.kubernetes.pod_status import condition, container_statuses, state, worker_status
+from controller.launchers.kubernetes.pod_status import (
+    condition,
+    container_statuses,
+    parse_time,
+    state,
+    worker_status,
+)
 from controller.launchers.kubernetes.podspec import ANNOTATION_TIMEOUT, CONTAINER_NAME
+from controller.launchers.usage import settle
 from controller.launchers.worker_io import (
     EXCERPT_LINES,
     PROTOCOL_ERROR_CODES,
@@ -38,7 +45,7 @@ from controller.launchers.worker_io import (
 from controller.quantity import QuantityError, parse_memory_bytes
 from worker_image.protocol import ENVELOPE_MARKER, EnvelopeError, ErrorInfo, ErrorType, error_info
 
-__all__ = ["decide", "log_tail", "placement"]
+__all__ = ["decide", "log_tail", "placement", "starting_seconds", "usage"]
 
 # Pod reasons (status.reason) and DisruptionTarget condition reasons: who took the pod away.
 _DISRUPTIONS = {
@@ -65,7 +72,31 @@ def decide(pod: Mapping[str, Any], log: str | None, *, log_problem: str | None =
     """The outcome of an ended pod, given its log (None when it could not be read, `log_problem` says why)."""
     error = _pod_fate(pod) or _out_of_memory(pod) or _start_error(pod)
     verdict = Outcome(error=error) if error is not None else _from_worker(pod, log, log_problem)
-    return replace(verdict, placement={**placement(pod), "log_tail": log_tail(log or "")})
+    return replace(
+        verdict, placement={**placement(pod), "log_tail": log_tail(log or "")}, usage=usage(pod, verdict)
+    )
+
+
+def usage(pod: Mapping[str, Any], verdict: Outcome) -> dict[str, Any]:
+    """The verdict's usage with what the pod tells: its starting phase, and for an OOM kill the limit."""
+    oom_limit = None
+    if verdict.error is not None and verdict.error["error_type"] == ErrorType.MEMORY:
+        oom_limit = verdict.error["details"].get("limit_bytes") or _bytes(_memory_limit(pod, CONTAINER_NAME))
+    return settle(verdict.usage or {}, starting_seconds=starting_seconds(pod), oom_limit_bytes=oom_limit)
+
+
+def starting_seconds(pod: Mapping[str, Any]) -> float | None:
+    """From the pod's creation to its worker container's start (scheduling, image, sandbox), if both are
+    known."""
+    created = (pod.get("metadata") or {}).get("creationTimestamp")
+    worker = worker_status(pod)
+    started = (state(worker, "terminated") or state(worker, "running") or {}).get("startedAt")
+    if not created or not started:
+        return None
+    try:
+        return max(0.0, parse_time(started) - parse_time(created))
+    except ValueError:
+        return None
 
 
 def log_tail(text: str) -> str:

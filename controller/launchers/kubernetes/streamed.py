@@ -17,6 +17,7 @@ from typing import Any
 
 from controller.launchers.base import Outcome
 from controller.launchers.kubernetes.pod_fate import placement
+from controller.launchers.usage import from_worker, settle
 from controller.launchers.worker_io import as_error_info
 from worker_image.protocol import EnvelopeError, decode_envelope
 
@@ -28,8 +29,10 @@ def streamed_outcome(output: bytes, pod: Mapping[str, Any]) -> Outcome | None:
     except EnvelopeError:
         return None
     where = {**placement(pod), "result_from": "attach"}
+    # A pool pod started before its query was claimed: it has no starting phase of the query's.
+    usage = settle(from_worker(payload.get("usage"))[0])
     result = payload.get("result")
     if payload.get("ok") is True and isinstance(result, dict):
-        return Outcome(result=result, placement=where)
+        return Outcome(result=result, placement=where, usage=usage)
     info = as_error_info(payload.get("error")) if payload.get("ok") is False else None
-    return None if info is None else Outcome(error=info, placement=where)
+    return None if info is None else Outcome(error=info, placement=where, usage=usage)

@@ -27,6 +27,7 @@ import re
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,6 +291,7 @@ class LocalLauncher:
         procs = [cgroup.procs_file] if cgroup is not None else []
         procs += entry.cpu.procs_files if entry.cpu is not None else []
         zygote = self._zygotes.get(threads) if self._zygotes is not None else None
+        starting = time.monotonic()
         # Shielded: a spawn cancelled halfway would leave asyncio waiting for the worker's pipes to close.
         worker, entry.zygote = await shielded(
             start_worker(
@@ -304,6 +306,7 @@ class LocalLauncher:
             )
         )
         entry.worker = worker
+        starting_seconds = time.monotonic() - starting
         start: Literal["warm", "cold"] = "warm" if entry.zygote is not None else "cold"
         log.info(
             "query %s: worker pid %d started %s (attempt %d, %d threads, memory %d bytes by %s, "
@@ -331,6 +334,7 @@ class LocalLauncher:
                 cgroup.kill()
             returncode = await shielded(worker.reap(self._kill_grace))
         counters = cgroup.counters() if cgroup is not None else MemoryCounters(0, 0, None)
+        cpu_ns = entry.cpu.usage_ns() if entry.cpu is not None else None
         killed_for = entry.killed_for
         if returncode is None:
             # A warm worker whose zygote died, or never reported it: its exit status is lost.
@@ -356,6 +360,8 @@ class LocalLauncher:
                 failcnt=counters.failcnt,
                 peak_bytes=counters.peak_bytes,
             ),
+            cpu_seconds=None if cpu_ns is None else cpu_ns / 1e9,
+            starting_seconds=starting_seconds,
         )
 
     async def _clean_up(self, entry: _Running, job_dir: Path, cgroup: JobCgroup | None) -> None:

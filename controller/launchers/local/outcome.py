@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from controller.launchers.base import Outcome
+from controller.launchers.usage import settle
 from controller.launchers.worker_io import (
     PROTOCOL_ERROR_CODES,
     envelope_outcome,
@@ -81,6 +82,10 @@ class WorkerEnd:
     stderr_tail: str
     termination_message: str | None
     memory: MemoryEvidence
+    # The job cgroup's CPU time (cpuacct), when it has one.
+    cpu_seconds: float | None = None
+    # From the launcher's start of the worker until the worker process was there.
+    starting_seconds: float | None = None
 
 
 def classify(end: WorkerEnd) -> Outcome:
@@ -91,7 +96,16 @@ def classify(end: WorkerEnd) -> Outcome:
         "memory_enforcement": end.memory.enforcement,
         "start": end.start,
     }
-    return replace(_decide(end), placement=placement)
+    outcome = _decide(end)
+    memory_error = outcome.error is not None and outcome.error["error_type"] == ErrorType.MEMORY
+    usage = settle(
+        outcome.usage or {},
+        cgroup_peak_bytes=end.memory.peak_bytes if end.memory.enforcement == "cgroup" else None,
+        cgroup_cpu_seconds=end.cpu_seconds,
+        starting_seconds=end.starting_seconds,
+        oom_limit_bytes=end.memory.limit_bytes if memory_error else None,
+    )
+    return replace(outcome, placement=placement, usage=usage)
 
 
 def _decide(end: WorkerEnd) -> Outcome:

@@ -34,6 +34,8 @@ class Attempt:
     placement: dict[str, Any]
     started_at: float
     finished_at: float | None
+    # What it used (controller/launchers/usage.py); None when nothing was recorded.
+    usage: dict[str, Any] | None = None
 
 
 def begin(db: Connection, query_id: str, limits: str, now: float) -> None:
@@ -59,15 +61,16 @@ def end(
     now: float,
     error: Mapping[str, object] | None = None,
     placement: Mapping[str, Any] | None = None,
+    usage: Mapping[str, Any] | None = None,
 ) -> None:
     """End the running attempt of each query with `status` (and what is known of it)."""
     if not query_ids:
         return
     marks = ", ".join("?" * len(query_ids))
     db.execute(
-        "UPDATE attempts SET status = ?, error = ?, placement = COALESCE(?, placement), finished_at = ?"
-        f" WHERE finished_at IS NULL AND query_id IN ({marks})",
-        (status, dumps(error), dumps(placement), now, *query_ids),
+        "UPDATE attempts SET status = ?, error = ?, placement = COALESCE(?, placement), usage = ?,"
+        f" finished_at = ? WHERE finished_at IS NULL AND query_id IN ({marks})",
+        (status, dumps(error), dumps(placement), dumps(usage), now, *query_ids),
     )
 
 
@@ -90,6 +93,7 @@ def of(db: Connection, query_ids: Sequence[str]) -> dict[str, list[Attempt]]:
                 placement=loads(raw["placement"]),
                 started_at=raw["started_at"],
                 finished_at=raw["finished_at"],
+                usage=loads(raw["usage"]),
             )
         )
     return found

@@ -75,6 +75,11 @@ _RETRY_V4 = """
     ALTER TABLE queries ADD COLUMN not_before {time}
 """
 
+# Version 5: what each attempt used (controller/launchers/usage.py), as JSON; NULL for the attempts before.
+_USAGE_V5 = """
+    ALTER TABLE attempts ADD COLUMN usage TEXT
+"""
+
 # Version 1 is the schema of every podq before versioning, written with IF NOT EXISTS so that a file from
 # then (with or without the idempotency keys) is adopted as it stands.
 SQLITE = [
@@ -84,6 +89,7 @@ SQLITE = [
     _QUEUE_DEADLINE_V2.format(time="REAL"),
     _ATTEMPTS_V3.format(time="REAL"),
     _RETRY_V4.format(time="REAL"),
+    _USAGE_V5,
 ]
 
 # A replica's heartbeat is the database server's clock: staleness is judged on one clock whatever the
@@ -106,6 +112,7 @@ POSTGRES = [
     _QUEUE_DEADLINE_V2.format(time="DOUBLE PRECISION"),
     _ATTEMPTS_V3.format(time="DOUBLE PRECISION"),
     _RETRY_V4.format(time="DOUBLE PRECISION"),
+    _USAGE_V5,
 ]
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

@@ -233,6 +233,7 @@ class Store(Reads):
         result: dict[str, Any] | None = None,
         error: Mapping[str, object] | None = None,
         placement: dict[str, Any] | None = None,
+        usage: dict[str, Any] | None = None,
         running_here: bool = False,
     ) -> Row | None:
         """Record the terminal state unless the query already has one: the finished row if this call
@@ -249,7 +250,7 @@ class Store(Reads):
                 (status, dumps(result), dumps(error), dumps(placement), now, query_id, *mine),
             ).fetchone()
             if raw is not None:
-                attempts.end(db, [query_id], status, now=now, error=error, placement=placement)
+                attempts.end(db, [query_id], status, now=now, error=error, placement=placement, usage=usage)
                 self._notify(db, FINISHED, [query_id])
         return None if raw is None else row_from(raw)
 
@@ -296,6 +297,7 @@ class Store(Reads):
         error: Mapping[str, object],
         placement: dict[str, Any],
         not_before: float,
+        usage: dict[str, Any] | None = None,
     ) -> bool:
         """Record a running query's failed attempt and queue it again with `limits`, to start no earlier
         than `not_before`; False (nothing written) unless this replica runs it."""
@@ -310,7 +312,9 @@ class Store(Reads):
                 == 1
             )
             if changed:
-                attempts.end(db, [query_id], "failed", now=time.time(), error=error, placement=placement)
+                attempts.end(
+                    db, [query_id], "failed", now=time.time(), error=error, placement=placement, usage=usage
+                )
                 self._notify(db, QUEUED, [query_id])
         return changed
 
