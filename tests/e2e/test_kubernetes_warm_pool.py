@@ -41,12 +41,19 @@ def pool_pods(controllers: KubeControllers, state: str) -> dict[str, dict[str, A
     }
 
 
+def running_idle(controllers: KubeControllers) -> dict[str, dict[str, Any]]:
+    return {
+        name: pod
+        for name, pod in pool_pods(controllers, IDLE).items()
+        if pod["status"].get("phase") == "Running"
+    }
+
+
 def ready_pool(controllers: KubeControllers, size: int = 2) -> dict[str, dict[str, Any]]:
     """The idle pool pods once `size` of them run."""
 
     def ready() -> dict[str, dict[str, Any]]:
-        idle = pool_pods(controllers, IDLE)
-        running = {name: pod for name, pod in idle.items() if pod["status"].get("phase") == "Running"}
+        running = running_idle(controllers)
         return running if len(running) >= size else {}
 
     return wait_until(ready, f"{size} idle pool pods running", within=POD_TIMEOUT, every=KUBECTL_POLL_SECONDS)
@@ -168,6 +175,59 @@ def test_the_pool_replaces_pods_deleted_by_hand(kube_controllers: Controllers) -
     )
     assert not pool_pods(controllers, CLAIMED)
     stop_and_drain(controllers, controller)
+
+
+MAX_IDLE_SECONDS = 15
+
+
+def created(pod: dict[str, Any]) -> float:
+    return parse_time(pod["metadata"]["creationTimestamp"])
+
+
+def test_an_idle_pool_pod_is_replaced_at_its_maximum_idle_age(kube_controllers: Controllers) -> None:
+    """No pod changes while the pool waits: the pool wakes when its oldest pod ages out."""
+    controllers, start = kube_controllers
+    controller = start(**POOL, kube_warm_pool_max_idle_seconds=MAX_IDLE_SECONDS)
+    first = ready_pool(controllers)
+
+    def replaced() -> dict[str, dict[str, Any]]:
+        idle, running = set(pool_pods(controllers, IDLE)), running_idle(controllers)
+        return running if not set(first) & idle and len(running) == 2 else {}
+
+    new = wait_until(
+        replaced,
+        "the first idle pool pods replaced by two new running ones",
+        within=POD_TIMEOUT,
+        every=KUBECTL_POLL_SECONDS,
+    )
+    # Replaced when they aged out, not before (timestamps in whole seconds).
+    aged_out = min(created(pod) for pod in first.values()) + MAX_IDLE_SECONDS
+    assert all(created(pod) >= aged_out - 1 for pod in new.values()), (first, new)
+    stop_and_drain(controllers, controller)
+
+
+def test_a_controller_restarted_with_a_smaller_pool_deletes_the_idle_pods_beyond_it(
+    kube_controllers: Controllers,
+) -> None:
+    """The crashed controller's two idle pods are adopted; at size 1 one of them goes and none is made."""
+    controllers, start = kube_controllers
+    first = start(**POOL)
+    idle = set(ready_pool(controllers))
+    first.kill()
+    second = start(**{**POOL, "kube_warm_pool_size": 1})
+
+    def one_left() -> set[str]:
+        pods = set(pool_pods(controllers, IDLE))
+        return pods if len(pods) == 1 else set()
+
+    left = wait_until(
+        one_left,
+        "one idle pool pod left",
+        within=POD_TIMEOUT,
+        every=KUBECTL_POLL_SECONDS,
+    )
+    assert left <= idle, (sorted(left), sorted(idle))
+    stop_and_drain(controllers, second)
 
 
 def test_after_kill_9_the_pool_is_adopted_and_a_claimed_pod_ends_its_query_once(

@@ -122,6 +122,7 @@ class KubernetesLauncher:
                 self._template,
                 size=options.warm_pool_size,
                 size_class=options.warm_pool_class,
+                max_idle_seconds=options.warm_pool_max_idle_seconds,
                 post_event=self._event,
             )
             self._spawn(self._pool.run(), "podq-warm-pool")

@@ -53,6 +53,8 @@ class Plan:
     create: int
     # (name, resourceVersion): deleted only if unchanged since, so never a pod claimed meanwhile.
     delete: tuple[tuple[str, str], ...]
+    # When the oldest pod kept reaches its maximum idle age (epoch seconds); None: no pod kept.
+    recheck_at: float | None = None
 
 
 def template_hash(template: PodTemplate, size: SizeClass) -> str:
@@ -120,20 +122,45 @@ def claimed_by(pods: Iterable[Mapping[str, Any]], query_id: str) -> Mapping[str,
     return None
 
 
-def plan(pods: Iterable[Mapping[str, Any]], template: str, size: int) -> Plan:
+def _created(pod: Mapping[str, Any]) -> float:
+    created = (pod.get("metadata") or {}).get("creationTimestamp")
+    return parse_time(created) if isinstance(created, str) else math.inf
+
+
+def _name_and_version(pod: Mapping[str, Any]) -> tuple[str, str]:
+    meta = pod.get("metadata") or {}
+    return str(meta.get("name")), str(meta.get("resourceVersion"))
+
+
+def _keep_first(pod: Mapping[str, Any]) -> tuple[bool, float, str]:
+    # Running before starting (a started worker is what a query needs), then the youngest (the oldest is
+    # recycled soonest anyway); the name so that replicas seeing the same pods pick the same ones.
+    return (not _running(pod), -_created(pod), str((pod.get("metadata") or {}).get("name")))
+
+
+def plan(
+    pods: Iterable[Mapping[str, Any]], template: str, size: int, *, now: float, max_idle_seconds: float
+) -> Plan:
     """How many pods to create so that `size` idle pods of this template are up or on their way, and which
-    idle pods to delete: another template's, or one whose worker has ended (it got no request)."""
-    live = 0
+    idle pods to delete: another template's, one whose worker has ended (it got no request), one idle
+    longer than `max_idle_seconds` since it was created (replaced by a new one), and those beyond `size`
+    (the size was lowered, or replicas overshot it)."""
+    live = []
     delete = []
     for pod in pods:
         if not is_idle(pod) or _deleting(pod):
             continue
-        if _labels(pod).get(LABEL_POOL_TEMPLATE) != template or is_terminal(pod):
-            meta = pod.get("metadata") or {}
-            delete.append((str(meta.get("name")), str(meta.get("resourceVersion"))))
+        stale = _labels(pod).get(LABEL_POOL_TEMPLATE) != template or is_terminal(pod)
+        if stale or now - _created(pod) >= max_idle_seconds:
+            delete.append(_name_and_version(pod))
         else:
-            live += 1
-    return Plan(create=max(0, size - live), delete=tuple(delete))
+            live.append(pod)
+    live.sort(key=_keep_first)
+    kept, beyond = live[:size], live[size:]
+    delete += [_name_and_version(pod) for pod in beyond]
+    ages_out = [_created(pod) + max_idle_seconds for pod in kept]
+    recheck_at = min((at for at in ages_out if math.isfinite(at)), default=None)
+    return Plan(create=size - len(kept), delete=tuple(delete), recheck_at=recheck_at)
 
 
 def claim_deadline(pod: Mapping[str, Any], now: float, timeout_seconds: float) -> int:

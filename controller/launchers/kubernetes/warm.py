@@ -1,10 +1,12 @@
 """The warm pool: pods started ahead of demand, each claimed by exactly one query (PODQ_KUBE_WARM_POOL_SIZE).
 
 `run` keeps `size` idle pool pods up or starting, as seen by the launcher's pod watch: it refills after
-every claim, replaces a pod deleted by hand or ended, and deletes idle pods of another template (an older
-image or other settings); the decisions are pool.py's, pure. Every controller of a release shares the same
-pool (the watch shows them all; claims are optimistic), so several replicas may overshoot `size` briefly,
-never undershoot it. A query whose limits are the pool's size class `claim`s the longest-started ready pod
+every claim, replaces a pod deleted by hand or ended, replaces an idle pod that reached
+PODQ_KUBE_WARM_POOL_MAX_IDLE_SECONDS (waking at that moment, even if no pod changes), deletes idle pods
+beyond `size` (a size lowered across a restart) and idle pods of another template (an older image or other
+settings); the decisions are pool.py's, pure. Every controller of a release shares the same pool (the watch
+shows them all; claims are optimistic), so several replicas may overshoot `size` briefly, and then delete
+the same excess pods. A query whose limits are the pool's size class `claim`s the longest-started ready pod
 (pool.py: one merge patch with a resourceVersion precondition, which also sets the deadline); then the
 launcher calls `send`, which attaches to the worker's stdin and writes the request, and follows the pod as
 any other. A pod whose attach failed is deleted, never returned to the pool, and the query starts cold.
@@ -62,6 +64,7 @@ class WarmPool:
         *,
         size: int,
         size_class: SizeClass,
+        max_idle_seconds: float,
         post_event: PostEvent,
     ) -> None:
         self._api = client
@@ -70,32 +73,40 @@ class WarmPool:
         self._namespace = template.namespace
         self._size = size
         self._class = size_class
+        self._max_idle = max_idle_seconds
         self._hash = template_hash(template, size_class)
         self._post_event = post_event
         # Claimed here, though the watch may not show it yet: not to be tried again.
         self._taken: set[str] = set()
 
     async def run(self) -> None:
-        """Refill on every change of the pods, until cancelled."""
+        """Refill on every change of the pods, and when the oldest idle pod ages out, until cancelled."""
         backoff = Backoff()
         while True:
             self._pods.changed.clear()
             try:
-                await self._refill()
+                recheck_at = await self._refill()
             except KubeError as exc:
                 delay = backoff.next_delay()
                 log.warning("warm pool: %s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
-            await self._pods.changed.wait()
+            timeout = None if recheck_at is None else max(0.0, recheck_at - time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pods.changed.wait(), timeout)
 
-    async def _refill(self) -> None:
+    async def _refill(self) -> float | None:
+        """Create and delete pool pods as `plan` says; when to look again even if no pod changes."""
         pods = self._pods.pods()
         self._taken &= {str(pod["metadata"]["name"]) for pod in pods}
-        decided = plan(pods, self._hash, self._size)
+        decided = plan(pods, self._hash, self._size, now=time.time(), max_idle_seconds=self._max_idle)
         for name, version in decided.delete:
-            log.info("warm pool: deleting idle pod %s (another template, or its worker ended)", name)
+            log.info(
+                "warm pool: deleting idle pod %s (another template, its worker ended, idle past "
+                "PODQ_KUBE_WARM_POOL_MAX_IDLE_SECONDS or beyond the pool's size)",
+                name,
+            )
             # Conflict: it changed since (claimed, most likely), so it is not the pool's to delete any more.
             with contextlib.suppress(Conflict):
                 await self._api.delete_pod(
@@ -107,6 +118,7 @@ class WarmPool:
             )
             log.info("warm pool: created pod %s", pod["metadata"]["name"])
             self._pods.seen(pod)
+        return decided.recheck_at
 
     async def drain(self) -> None:
         """Delete every idle pool pod, the controller stopping (its refill stopped first): an idle pod
