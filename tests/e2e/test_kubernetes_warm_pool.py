@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller.launchers.kubernetes.pod_status import parse_time
 from controller.launchers.kubernetes.pool import CLAIMED, IDLE, LABEL_WARM, POOL_POD_PREFIX
@@ -70,6 +71,17 @@ def stop_and_drain(controllers: KubeControllers, controller: ControllerProcess) 
     )
 
 
+def pool_metrics(client: httpx.Client) -> dict[tuple[str, str], float]:
+    """The controller's warm pool series, by (name, reason)."""
+    text = client.get("/metrics").raise_for_status().text
+    return {
+        (sample.name, sample.labels.get("reason", "")): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("podq_warm_pool")
+        for sample in family.samples
+    }
+
+
 def test_select_1_runs_in_a_pool_pod_used_once_and_the_pool_refills(kube_controllers: Controllers) -> None:
     controllers, start = kube_controllers
     controller = start(**POOL)
@@ -77,6 +89,10 @@ def test_select_1_runs_in_a_pool_pod_used_once_and_the_pool_refills(kube_control
         before = ready_pool(controllers)
         first = run(client, {"sql": "SELECT 1 AS one"})
         second = run(client, {"sql": "SELECT 2 AS two"})
+        metrics = pool_metrics(client)
+    assert metrics[("podq_warm_pool_claims_total", "")] == 2, metrics
+    assert metrics[("podq_warm_pool_size", "")] == 2, metrics
+    assert metrics[("podq_warm_pool_misses_total", "empty")] == 0, metrics
     assert first["status"] == "succeeded", first
     assert first["result"]["rows"] == [[1]]
     assert second["result"]["rows"] == [[2]], second
@@ -102,6 +118,10 @@ def test_a_query_at_other_limits_starts_a_cold_pod(kube_controllers: Controllers
     with controller.client() as client:
         idle = ready_pool(controllers)
         record = run(client, {"sql": "SELECT 1 AS one", "limits": {"memory": "256Mi"}})
+        metrics = pool_metrics(client)
+    assert metrics[("podq_warm_pool_misses_total", "size")] == 1, metrics
+    assert metrics[("podq_warm_pool_claims_total", "")] == 0, metrics
+    assert metrics[("podq_warm_pool_idle", "")] == 2, metrics
     assert record["result"]["rows"] == [[1]], record
     assert record["placement"]["pod"] == f"podq-{record['id']}"
     assert set(pool_pods(controllers, IDLE)) == set(idle)
@@ -227,6 +247,8 @@ def test_a_controller_restarted_with_a_smaller_pool_deletes_the_idle_pods_beyond
         every=KUBECTL_POLL_SECONDS,
     )
     assert left <= idle, (sorted(left), sorted(idle))
+    with second.client() as client:
+        assert pool_metrics(client)[("podq_warm_pool_size", "")] == 1
     stop_and_drain(controllers, second)
 
 

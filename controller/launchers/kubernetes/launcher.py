@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 from controller.launchers.aio import shielded
-from controller.launchers.base import Job, Limits, Outcome
+from controller.launchers.base import Job, Limits, Outcome, PoolStats
 from controller.launchers.kubernetes.client.api import KubeClient
 from controller.launchers.kubernetes.client.config import load_config
 from controller.launchers.kubernetes.client.errors import AlreadyExists, KubeError, is_transient
@@ -140,6 +140,9 @@ class KubernetesLauncher:
 
     def detach(self) -> None:
         self._detached = True
+
+    def pool_stats(self) -> PoolStats | None:
+        return None if self._pool is None else self._pool.stats()
 
     async def close(self) -> None:
         """Stop watching. Pods are left to their fate: running ones are adopted by the next controller; idle

@@ -10,6 +10,7 @@ the same excess pods. A query whose limits are the pool's size class `claim`s th
 (pool.py: one merge patch with a resourceVersion precondition, which also sets the deadline); then the
 launcher calls `send`, which attaches to the worker's stdin and writes the request, and follows the pod as
 any other. A pod whose attach failed is deleted, never returned to the pool, and the query starts cold.
+`stats` is what /metrics shows: the pool's size, its ready idle pods, claims, and misses by reason.
 
 A controller that stops deletes the idle pods (`drain`); after a crash, idle pods of the same template are
 simply the pool again (of another, deleted); a claimed pod is `claim`ed back
@@ -24,11 +25,12 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from controller.launchers.aio import shielded
-from controller.launchers.base import Job
+from controller.launchers.base import Job, PoolMiss, PoolStats
 from controller.launchers.kubernetes.client.api import KubeClient
 from controller.launchers.kubernetes.client.errors import Conflict, KubeError, NotFound
 from controller.launchers.kubernetes.pod_status import is_terminal
@@ -78,6 +80,20 @@ class WarmPool:
         self._post_event = post_event
         # Claimed here, though the watch may not show it yet: not to be tried again.
         self._taken: set[str] = set()
+        self._claims = 0
+        self._misses: Counter[PoolMiss] = Counter()
+
+    def stats(self) -> PoolStats:
+        ready = [
+            pod
+            for pod in claimable(self._pods.pods(), self._hash)
+            if pod["metadata"]["name"] not in self._taken
+        ]
+        return PoolStats(size=self._size, idle=len(ready), claims=self._claims, misses=dict(self._misses))
+
+    def missed(self, reason: PoolMiss) -> None:
+        """A query starts cold: why, for /metrics."""
+        self._misses[reason] += 1
 
     async def run(self) -> None:
         """Refill on every change of the pods, and when the oldest idle pod ages out, until cancelled."""
@@ -155,6 +171,7 @@ class WarmPool:
             return name, True
         if not self._class.fits(job.limits):
             log.info("query %s: not the pool's limits; starting a cold pod", job.query_id)
+            self.missed("size")
             return None
         for pod in claimable(self._pods.pods(), self._hash):
             name = str(pod["metadata"]["name"])
@@ -169,11 +186,14 @@ class WarmPool:
                 continue  # another query or controller took it first, or it is gone
             except KubeError as exc:
                 log.warning("query %s: could not claim pool pod %s: %s", job.query_id, name, exc)
+                self.missed("error")
                 return None
             self._pods.seen(claimed)
+            self._claims += 1
             log.info("query %s: claimed pool pod %s", job.query_id, name)
             return name, False
         log.info("query %s: no pool pod ready; starting a cold pod", job.query_id)
+        self.missed("empty")
         return None
 
     async def send(self, job: Job, name: str, *, adopted: bool) -> bytes | None:
@@ -204,6 +224,7 @@ class WarmPool:
                 log.info("query %s: request not written again to pod %s: %s", job.query_id, name, exc)
                 return b""
             log.warning("query %s: attach to pool pod %s failed: %s; deleting it", job.query_id, name, exc)
+            self.missed("error")
             try:
                 await self._api.delete_pod(self._namespace, name, grace_period_seconds=0)
             except KubeError as error:
