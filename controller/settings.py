@@ -186,8 +186,9 @@ class Settings(BaseSettings):
         "outcome is not stored yet; `after_finish`: right after a query's terminal state is committed; "
         "kubernetes only: `after_create` (a pod was just created), `before_log` (a pod ended, its log is "
         "not read yet), `before_delete` (an outcome is stored, its pod not deleted yet), with a warm pool "
-        "`after_claim` (a pool pod claimed, the request not written) and `after_attach` (the request "
-        "written, the worker's output read, nothing stored). `point@N`: the Nth time. Never set in "
+        "`after_claim` (a pool pod claimed, the request not written), `mid_attach` (the attach to its worker "
+        "open, the request not written) and `after_attach` (the request written, the worker's output read, "
+        "nothing stored). `point@N`: the Nth time. Never set in "
         "production.",
     )
     log_level: str = Field("INFO", description="Python logging level of the controller.")

@@ -307,3 +307,42 @@ def test_a_crash_between_claim_attach_and_outcome_ends_the_query_once_on_its_poo
     assert list(claimed) == [record["placement"]["pod"]], (record["placement"], sorted(claimed))
     assert not pod_events(controllers.namespace, f"podq-{record['id']}"), "a cold pod was started too"
     stop_and_drain(controllers, second)
+
+
+def test_a_crash_mid_attach_ends_the_query_once_and_leaves_no_pool_pod_behind(
+    kube_controllers: Controllers,
+) -> None:
+    """The controller dies with the attach open and nothing written: the worker's stdin (stdinOnce) closes
+    empty, the worker exits without output, and the next controller deletes that pod and runs the query on
+    a cold pod; the fixture checks that no pod is left once the controllers stop."""
+    controllers, start = kube_controllers
+    first = start(**POOL, test_crash_at="mid_attach")
+    ready_pool(controllers)
+    with first.client() as client:
+        location = submit(client, {"sql": "SELECT 1 AS one"})
+    assert first.process is not None
+    first.process.wait(timeout=POD_TIMEOUT)
+    assert "test crash point mid_attach" in first.log(), first.log()
+    claimed = pool_pods(controllers, CLAIMED)
+    assert len(claimed) == 1, sorted(claimed)
+    second = start(**POOL)
+    with second.client() as client:
+        record = wait_finished(client, location, timeout=POD_TIMEOUT)
+        metrics = pool_metrics(client)
+    assert record["status"] == "succeeded", record
+    assert record["result"]["rows"] == [[1]]
+    assert [attempt["status"] for attempt in record["attempts"]][:1] == ["interrupted"], record["attempts"]
+    assert len(record["attempts"]) == 2, record["attempts"]
+    assert record["placement"]["pod"] == f"podq-{record['id']}", record["placement"]
+    [pool_pod] = claimed
+    reasons = {event["reason"] for event in pod_events(controllers.namespace, pool_pod)}
+    assert {"QueryClaimed", "QueryAdopted", "QueryNotDelivered"} <= reasons, reasons
+    assert "QuerySucceeded" not in reasons, reasons
+    assert metrics[("podq_warm_pool_misses_total", "error")] == 1, metrics
+    wait_until(
+        lambda: pool_pod not in {pod["metadata"]["name"] for pod in controllers.pods()},
+        "the undelivered pool pod deleted",
+        within=POD_TIMEOUT,
+        every=KUBECTL_POLL_SECONDS,
+    )
+    stop_and_drain(controllers, second)

@@ -31,12 +31,15 @@ from controller.launchers.kubernetes.pool import (
     claim_patch,
     claimable,
     claimed_by,
+    got_no_request,
     plan,
     pool_pod,
     template_hash,
 )
 from tests.unit.test_podspec import BARE, JOB, SUBMITTED
 from worker_image.protocol import (
+    EXIT_NO_REQUEST,
+    EXIT_USER_ERROR,
     REQUEST_ENV,
     REQUEST_STDIN_ENV,
     TEST_HOOKS_ENV,
@@ -286,3 +289,32 @@ def test_the_deadline_is_the_pods_age_plus_the_timeout_in_whole_seconds(
 )
 def test_a_query_fits_the_size_class_only_at_its_exact_cpu_and_memory(limits: Limits, fits: bool) -> None:
     assert SIZE.fits(Job(query_id="q", attempt=1, request=JOB.request, limits=limits).limits) is fits
+
+
+def ended(pod: dict[str, Any], exit_code: int, reason: str = "Error") -> dict[str, Any]:
+    pod["status"]["phase"] = "Failed"
+    pod["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": exit_code, "reason": reason}}
+    return pod
+
+
+def test_a_pool_pod_whose_worker_exited_for_want_of_a_request_got_none() -> None:
+    """The attach was interrupted (stdin closed empty) or malformed: the query never ran there."""
+    assert got_no_request(ended(pool_member("a", **{LABEL_WARM: CLAIMED}), EXIT_NO_REQUEST))
+
+
+@pytest.mark.parametrize(
+    "pod",
+    [
+        ended(pool_member("user-error", **{LABEL_WARM: CLAIMED}), EXIT_USER_ERROR),
+        ended(pool_member("oom", **{LABEL_WARM: CLAIMED}), EXIT_NO_REQUEST, reason="OOMKilled"),
+        ended(
+            build_pod(JOB, BARE, submitted_at=SUBMITTED)
+            | {"status": copy.deepcopy(pool_member("x")["status"])},
+            EXIT_NO_REQUEST,
+        ),
+        pool_member("running", **{LABEL_WARM: CLAIMED}),
+    ],
+    ids=["another-exit", "oom-killed", "a-cold-pod", "still-running"],
+)
+def test_any_other_end_is_the_querys_own(pod: dict[str, Any]) -> None:
+    assert not got_no_request(pod)

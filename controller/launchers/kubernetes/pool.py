@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.launchers.base import Job, Limits
-from controller.launchers.kubernetes.pod_status import is_terminal, parse_time
+from controller.launchers.kubernetes.pod_status import is_terminal, parse_time, state, worker_status
 from controller.launchers.kubernetes.podspec import (
     ANNOTATION_TIMEOUT,
     LABEL_QUERY_ID,
@@ -29,6 +29,7 @@ from controller.launchers.kubernetes.podspec import (
     build_pool_pod,
     job_annotations,
 )
+from worker_image.protocol import EXIT_NO_REQUEST
 
 LABEL_WARM = "podq.dev/warm"
 LABEL_POOL_TEMPLATE = "podq.dev/pool-template"
@@ -111,6 +112,20 @@ def claimable(pods: Iterable[Mapping[str, Any]], template: str) -> list[Mapping[
         and _running(pod)
     ]
     return sorted(ready, key=_started)
+
+
+def got_no_request(pod: Mapping[str, Any]) -> bool:
+    """Whether this is a pool pod whose worker ended by itself without a request: its stdin closed (an attach
+    interrupted before the request was whole, by a controller's crash) or held no valid request. Its query
+    never ran there."""
+    if LABEL_WARM not in _labels(pod):
+        return False
+    terminated = state(worker_status(pod), "terminated")
+    return (
+        terminated is not None
+        and terminated.get("exitCode") == EXIT_NO_REQUEST
+        and terminated.get("reason") != "OOMKilled"
+    )
 
 
 def claimed_by(pods: Iterable[Mapping[str, Any]], query_id: str) -> Mapping[str, Any] | None:

@@ -9,8 +9,9 @@ shows them all; claims are optimistic), so several replicas may overshoot `size`
 the same excess pods. A query whose limits are the pool's size class `claim`s the longest-started ready pod
 (pool.py: one merge patch with a resourceVersion precondition, which also sets the deadline); then the
 launcher calls `send`, which attaches to the worker's stdin and writes the request, and follows the pod as
-any other. A pod whose attach failed is deleted, never returned to the pool, and the query starts cold.
-`stats` is what /metrics shows: the pool's size, its ready idle pods, claims, and misses by reason.
+any other. A pod whose attach failed, or whose worker ended without the request (an attach interrupted),
+is deleted (`give_up`), never returned to the pool, and the query starts cold. `stats` is what /metrics
+shows: the pool's size, its ready idle pods, claims, and misses by reason.
 
 A controller that stops deletes the idle pods (`drain`); after a crash, idle pods of the same template are
 simply the pool again (of another, deleted); a claimed pod is `claim`ed back
@@ -47,6 +48,7 @@ from controller.launchers.kubernetes.pool import (
     template_hash,
 )
 from controller.launchers.kubernetes.reasons import Reason
+from controller.launchers.kubernetes.retry import retrying
 from controller.launchers.worker_io import encode_request
 from worker_image.protocol import ENVELOPE_MARKER
 
@@ -136,6 +138,20 @@ class WarmPool:
             self._pods.seen(pod)
         return decided.recheck_at
 
+    async def give_up(self, job: Job, name: str) -> None:
+        """The request did not reach the worker of the claimed pod `name` (the attach failed, or was
+        interrupted and the worker got none): the pod is deleted, never returned to the pool, and the query
+        starts cold."""
+        self.missed("error")
+        try:
+            await retrying(
+                f"query {job.query_id}: deleting pool pod {name}",
+                lambda: self._api.delete_pod(self._namespace, name, grace_period_seconds=0),
+            )
+        except KubeError as exc:
+            # Claimed, it is never taken again; its deadline ends it, and the next start deletes it.
+            log.warning("query %s: could not delete pool pod %s: %s", job.query_id, name, exc)
+
     async def drain(self) -> None:
         """Delete every idle pool pod, the controller stopping (its refill stopped first): an idle pod
         left behind holds its requests on a node for nothing, and the next controller starts its own."""
@@ -196,7 +212,9 @@ class WarmPool:
         self.missed("empty")
         return None
 
-    async def send(self, job: Job, name: str, *, adopted: bool) -> bytes | None:
+    async def send(
+        self, job: Job, name: str, *, adopted: bool, opened: Callable[[], None] | None = None
+    ) -> bytes | None:
         """Write `job`'s request to the worker of the claimed pod `name`, and read what the worker writes to
         stdout until its result envelope (see `streamed.py`) or its end. None when the attach failed: the
         pod is deleted and the query is to start cold. (For an adopted pod, a failure is only logged: its
@@ -218,17 +236,14 @@ class WarmPool:
                 until_line=ENVELOPE_MARKER.encode(),
                 read_seconds=job.limits.timeout_seconds,
                 limit_bytes=MAX_STREAMED_BYTES,
+                opened=opened,
             )
         except KubeError as exc:
             if adopted:
                 log.info("query %s: request not written again to pod %s: %s", job.query_id, name, exc)
                 return b""
             log.warning("query %s: attach to pool pod %s failed: %s; deleting it", job.query_id, name, exc)
-            self.missed("error")
-            try:
-                await self._api.delete_pod(self._namespace, name, grace_period_seconds=0)
-            except KubeError as error:
-                log.warning("query %s: could not delete pool pod %s: %s", job.query_id, name, error)
+            await self.give_up(job, name)
             return None
         finally:
             await asyncio.wait([posting])
