@@ -93,7 +93,7 @@ class WarmPool:
         ]
         return PoolStats(size=self._size, idle=len(ready), claims=self._claims, misses=dict(self._misses))
 
-    def missed(self, reason: PoolMiss) -> None:
+    def _missed(self, reason: PoolMiss) -> None:
         """A query starts cold: why, for /metrics."""
         self._misses[reason] += 1
 
@@ -142,7 +142,7 @@ class WarmPool:
         """The request did not reach the worker of the claimed pod `name` (the attach failed, or was
         interrupted and the worker got none): the pod is deleted, never returned to the pool, and the query
         starts cold."""
-        self.missed("error")
+        self._missed("error")
         try:
             await retrying(
                 f"query {job.query_id}: deleting pool pod {name}",
@@ -187,7 +187,7 @@ class WarmPool:
             return name, True
         if not self._class.fits(job.limits):
             log.info("query %s: not the pool's limits; starting a cold pod", job.query_id)
-            self.missed("size")
+            self._missed("size")
             return None
         for pod in claimable(self._pods.pods(), self._hash):
             name = str(pod["metadata"]["name"])
@@ -202,14 +202,14 @@ class WarmPool:
                 continue  # another query or controller took it first, or it is gone
             except KubeError as exc:
                 log.warning("query %s: could not claim pool pod %s: %s", job.query_id, name, exc)
-                self.missed("error")
+                self._missed("error")
                 return None
             self._pods.seen(claimed)
             self._claims += 1
             log.info("query %s: claimed pool pod %s", job.query_id, name)
             return name, False
         log.info("query %s: no pool pod ready; starting a cold pod", job.query_id)
-        self.missed("empty")
+        self._missed("empty")
         return None
 
     async def send(
