@@ -1,7 +1,8 @@
 """`python -m bench --size smoke|small|full`: run the sections and print their tables as Markdown.
 
 smoke keeps the code alive (seconds, for CI); small is the 1M-row fact table, 50 latency runs, 10,000
-stored queries, and on Kubernetes 20 latency runs and 200 queued queries; full adds the 10M-row fact table.
+stored queries, and on Kubernetes 20 latency runs, 200 queued queries and a burst of 20 with and without a
+warm pool (8 at smoke); full adds the 10M-row fact table.
 The results section (one 100,000-row result downloaded as JSON, CSV, Arrow and Parquet) is the same at
 every size but smoke, which downloads 10,000 rows.
 The kube section runs when asked for (`--only kube`), or by default when both `KUBECONFIG` and a worker
@@ -17,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import api, engine, kube, kube_warm, latency, warmstart
+from bench import api, engine, kube, kube_burst, kube_warm, latency, warmstart
 from bench import results as downloads_bench
 from bench.data import generate
 from bench.machine import describe
@@ -36,6 +37,8 @@ class Size:
     result_rows: int = 100_000
     # `SELECT 1` queries for the warm-vs-cold throughput run (cap 4).
     throughput_queries: int = 200
+    # `SELECT 1` queries of the Kubernetes burst, warm pool vs cold pods (cap 8).
+    kube_burst: int = 20
 
 
 SIZES = {
@@ -48,6 +51,7 @@ SIZES = {
         kube_queued=16,
         result_rows=10_000,
         throughput_queries=20,
+        kube_burst=8,
     ),
     "small": Size(
         fact_rows=(1_000_000,), repeats=3, latency_runs=50, stored=10_000, kube_runs=20, kube_queued=200
@@ -134,18 +138,26 @@ def main() -> None:
             results_api = api.measure(workdir, size.stored, clients=20, runs=200)
             print(api.report(results_api) + "\n", flush=True)
         if target is not None:
-            print(f"## 4. Kubernetes mode ({size.kube_runs} latency runs each)\n", flush=True)
-            results_kube = kube.measure(target, workdir, size.kube_runs, size.kube_queued)
-            print(kube.report(*results_kube, target) + "\n", flush=True)
-            print(f"### Warm pool vs cold pods (issue 15), load average {_load()}\n", flush=True)
-            warm = kube_warm.measure(target, workdir, size.kube_runs, kube_warm.POOL_SIZE)
-            print(kube_warm.report(warm) + f"\n\nload average after: {_load()}\n", flush=True)
+            _kube_section(target, workdir, size)
         elif not args.only:
             print(f"## 4. Kubernetes mode: not run (needs KUBECONFIG and {kube.IMAGE_ENV})\n", flush=True)
         if "results" in sections:
             print("## 5. Result downloads (median of 5 after a warm-up)\n", flush=True)
             downloads = downloads_bench.measure(workdir, size.result_rows)
             print(downloads_bench.report(downloads, size.result_rows) + "\n", flush=True)
+
+
+def _kube_section(target: kube.Target, workdir: Path, size: Size) -> None:
+    print(f"## 4. Kubernetes mode ({size.kube_runs} latency runs each)\n", flush=True)
+    results_kube = kube.measure(target, workdir, size.kube_runs, size.kube_queued)
+    print(kube.report(*results_kube, target) + "\n", flush=True)
+    print(f"### Warm pool vs cold pods (issue 15), load average {_load()}\n", flush=True)
+    warm = kube_warm.measure(target, workdir, size.kube_runs, kube_warm.POOL_SIZE)
+    print(kube_warm.report(warm) + f"\n\nload average after: {_load()}\n", flush=True)
+    queries = size.kube_burst
+    print(f"### A burst of {queries}, warm pool vs cold pods, load average {_load()}\n", flush=True)
+    bursts = kube_burst.measure(target, workdir, queries)
+    print(kube_burst.report(bursts, queries) + f"\n\nload average after: {_load()}\n", flush=True)
 
 
 def _load() -> str:

@@ -31,11 +31,11 @@ COLD, WARM = "bench-cold", "bench-warm"
 POOL_SIZE = 2
 
 
-async def _pool_ready(kube: KubeClient, namespace: str, size: int) -> None:
-    """Until exactly `size` pods of the warm controller exist, all of them idle and running."""
+async def pool_ready(kube: KubeClient, namespace: str, instance: str, size: int) -> None:
+    """Until exactly `size` pods of the controller `instance` exist, all of them idle and running."""
     deadline = time.monotonic() + POD_GONE_SECONDS
     while True:
-        pods, _ = await kube.list_pods(namespace, selector(WARM))
+        pods, _ = await kube.list_pods(namespace, selector(instance))
         idle = [p for p in pods if p["metadata"]["labels"].get(LABEL_WARM) == IDLE]
         running = [p for p in idle if (p.get("status") or {}).get("phase") == "Running"]
         if len(pods) == len(running) == size:
@@ -59,7 +59,7 @@ async def _alternate(namespace: str, cold_url: str, warm_url: str, runs: int, si
         httpx.AsyncClient(base_url=warm_url, timeout=60) as warm_api,
     ):
         for run in range(runs + 1):  # the first of each is a warm-up
-            await _pool_ready(kube, namespace, size)
+            await pool_ready(kube, namespace, WARM, size)
             warm_seconds = await _served(warm_api)
             await wait_no_pods(kube, namespace, selector(COLD))
             cold_seconds = await _served(cold_api)

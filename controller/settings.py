@@ -23,6 +23,7 @@ from worker_image.netpolicy import parse_networks
 
 # A pool holds its pods' requests on the nodes whether used or not; more than this is a typo.
 MAX_WARM_POOL_SIZE = 100
+MIN_WARM_POOL_IDLE_SECONDS = 10
 
 
 def _default_data_dir() -> Path:
@@ -185,8 +186,9 @@ class Settings(BaseSettings):
         "outcome is not stored yet; `after_finish`: right after a query's terminal state is committed; "
         "kubernetes only: `after_create` (a pod was just created), `before_log` (a pod ended, its log is "
         "not read yet), `before_delete` (an outcome is stored, its pod not deleted yet), with a warm pool "
-        "`after_claim` (a pool pod claimed, the request not written) and `after_attach` (the request "
-        "written, the worker's output read, nothing stored). `point@N`: the Nth time. Never set in "
+        "`after_claim` (a pool pod claimed, the request not written), `mid_attach` (the attach to its worker "
+        "open, the request not written) and `after_attach` (the request written, the worker's output read, "
+        "nothing stored). `point@N`: the Nth time. Never set in "
         "production.",
     )
     log_level: str = Field("INFO", description="Python logging level of the controller.")
@@ -269,6 +271,14 @@ class Settings(BaseSettings):
         "waiting worker's stdin through `pods/attach`) instead of waiting for a pod to start, and the pool "
         "is refilled. Each idle pod holds its CPU and memory requests on a node. Needs `patch` on pods and "
         "`get`, `create` on `pods/attach`. 0: off, every query starts its own pod.",
+    )
+    kube_warm_pool_max_idle_seconds: float = Field(
+        600,
+        ge=MIN_WARM_POOL_IDLE_SECONDS,
+        description="An idle warm pool pod this many seconds old is deleted and replaced by a new one, so no "
+        "pod pins its node (and its requests) for ever and a replacement lands where the scheduler would "
+        "place a pod now. 10 minutes: a pod costs ~3 s to start, so recycling it costs little; at least 10, "
+        "since a pool replaced faster than its pods start would never be ready.",
     )
     kube_qps: float = Field(
         20,

@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = handed.pop() if handed else open_store(settings)
         launcher = make_launcher(settings)
-        metrics = Metrics(store)
+        metrics = Metrics(store, launcher.pool_stats)
         metrics.info.set(settings.max_concurrent)
         dispatcher = Dispatcher(
             store,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self, get_args
 
 from worker_image.protocol import ErrorInfo, ErrorType, WorkerRequest, error_info
 
@@ -116,6 +116,27 @@ def queue_timeout(queue_timeout_seconds: float, **details: Any) -> ErrorInfo:
     )
 
 
+# Why a query started cold although the launcher keeps a pool of warm workers: none was ready (`empty`), its
+# limits are not the pool's (`size`), or taking one failed (`error`: the claim or the attach was refused).
+PoolMiss = Literal["empty", "size", "error"]
+POOL_MISSES: tuple[PoolMiss, ...] = get_args(PoolMiss)
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A launcher's pool of warm workers, for /metrics; every count since the controller started."""
+
+    size: int  # idle workers it keeps
+    idle: int  # idle workers ready now
+    claims: int  # taken by a query
+    misses: Mapping[PoolMiss, int] = field(default_factory=dict)
+
+    @classmethod
+    def none(cls) -> PoolStats:
+        """A launcher without a pool."""
+        return cls(size=0, idle=0, claims=0)
+
+
 class Launcher(Protocol):
     name: str
 
@@ -147,6 +168,9 @@ class Launcher(Protocol):
     async def discard(self, query_id: str) -> bool:
         """The job failed and its query runs again: remove what it left at once (a finished pod, whatever
         its TTL) so the next attempt starts afresh. False if that could not be done."""
+
+    def pool_stats(self) -> PoolStats | None:
+        """The figures of the launcher's pool of warm workers, read at each scrape; None without a pool."""
 
     def detach(self) -> None:
         """The controller is stopping: from now on, cancelled jobs leave work that survives the controller in

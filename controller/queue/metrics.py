@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from controller.launchers.base import POOL_MISSES, PoolStats
 from controller.launchers.usage import PHASES, memory_ratio
 from controller.queue.store import Row, Store
 
@@ -33,10 +34,36 @@ class _QueueCollector(Collector):
         return [depth, running]
 
 
+class _PoolCollector(Collector):
+    """The launcher's warm pool, read at scrape time; zeros without a pool, so the series always exist."""
+
+    def __init__(self, pool_stats: Callable[[], PoolStats | None]) -> None:
+        self._pool_stats = pool_stats
+
+    def collect(self) -> list[Metric]:
+        stats = self._pool_stats() or PoolStats.none()
+        size = GaugeMetricFamily("podq_warm_pool_size", "Idle warm workers the pool keeps (configured).")
+        size.add_metric([], stats.size)
+        idle = GaugeMetricFamily("podq_warm_pool_idle", "Idle warm workers ready to be claimed now.")
+        idle.add_metric([], stats.idle)
+        claims = CounterMetricFamily("podq_warm_pool_claims", "Queries that took a warm worker.")
+        claims.add_metric([], stats.claims)
+        misses = CounterMetricFamily(
+            "podq_warm_pool_misses",
+            "Queries that started cold although the pool is on, by reason: empty (none ready), size (other "
+            "limits than the pool's), error (the claim or the attach failed).",
+            labels=["reason"],
+        )
+        for reason in POOL_MISSES:
+            misses.add_metric([reason], stats.misses.get(reason, 0))
+        return [size, idle, claims, misses]
+
+
 class Metrics:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, pool_stats: Callable[[], PoolStats | None] = lambda: None) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_QueueCollector(store))
+        self.registry.register(_PoolCollector(pool_stats))
         self.submitted = Counter(
             "podq_queries_submitted", "Queries accepted.", ["operation"], registry=self.registry
         )

@@ -70,6 +70,8 @@ def test_dashboard_is_labelled_for_the_grafana_sidecar(helm: Helm) -> None:
         "Run time",
         "Peak memory / limit",
         "Attempt phases (p95)",
+        "Warm pool",
+        "Warm pool claims and misses",
     ]
     assert board["uid"] == "podq-overview"
     moved, _ = dashboard(

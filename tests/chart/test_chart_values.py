@@ -124,6 +124,11 @@ REFUSED = [
     pytest.param({"database": {"existingSecretKey": ""}}, "existingSecretKey", id="database-empty-key"),
     pytest.param({"config": {"heartbeatSeconds": 0}}, "heartbeatSeconds", id="heartbeat-zero"),
     pytest.param({"config": {"databasePoolSize": 0}}, "databasePoolSize", id="pool-empty"),
+    pytest.param(
+        {"config": {"kubeWarmPoolMaxIdleSeconds": 5}},
+        "kubeWarmPoolMaxIdleSeconds",
+        id="warm-pool-idle-too-short",
+    ),
 ]
 
 

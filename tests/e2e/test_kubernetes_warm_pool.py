@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller.launchers.kubernetes.pod_status import parse_time
 from controller.launchers.kubernetes.pool import CLAIMED, IDLE, LABEL_WARM, POOL_POD_PREFIX
@@ -41,12 +42,19 @@ def pool_pods(controllers: KubeControllers, state: str) -> dict[str, dict[str, A
     }
 
 
+def running_idle(controllers: KubeControllers) -> dict[str, dict[str, Any]]:
+    return {
+        name: pod
+        for name, pod in pool_pods(controllers, IDLE).items()
+        if pod["status"].get("phase") == "Running"
+    }
+
+
 def ready_pool(controllers: KubeControllers, size: int = 2) -> dict[str, dict[str, Any]]:
     """The idle pool pods once `size` of them run."""
 
     def ready() -> dict[str, dict[str, Any]]:
-        idle = pool_pods(controllers, IDLE)
-        running = {name: pod for name, pod in idle.items() if pod["status"].get("phase") == "Running"}
+        running = running_idle(controllers)
         return running if len(running) >= size else {}
 
     return wait_until(ready, f"{size} idle pool pods running", within=POD_TIMEOUT, every=KUBECTL_POLL_SECONDS)
@@ -63,6 +71,17 @@ def stop_and_drain(controllers: KubeControllers, controller: ControllerProcess) 
     )
 
 
+def pool_metrics(client: httpx.Client) -> dict[tuple[str, str], float]:
+    """The controller's warm pool series, by (name, reason)."""
+    text = client.get("/metrics").raise_for_status().text
+    return {
+        (sample.name, sample.labels.get("reason", "")): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("podq_warm_pool")
+        for sample in family.samples
+    }
+
+
 def test_select_1_runs_in_a_pool_pod_used_once_and_the_pool_refills(kube_controllers: Controllers) -> None:
     controllers, start = kube_controllers
     controller = start(**POOL)
@@ -70,6 +89,10 @@ def test_select_1_runs_in_a_pool_pod_used_once_and_the_pool_refills(kube_control
         before = ready_pool(controllers)
         first = run(client, {"sql": "SELECT 1 AS one"})
         second = run(client, {"sql": "SELECT 2 AS two"})
+        metrics = pool_metrics(client)
+    assert metrics[("podq_warm_pool_claims_total", "")] == 2, metrics
+    assert metrics[("podq_warm_pool_size", "")] == 2, metrics
+    assert metrics[("podq_warm_pool_misses_total", "empty")] == 0, metrics
     assert first["status"] == "succeeded", first
     assert first["result"]["rows"] == [[1]]
     assert second["result"]["rows"] == [[2]], second
@@ -95,6 +118,10 @@ def test_a_query_at_other_limits_starts_a_cold_pod(kube_controllers: Controllers
     with controller.client() as client:
         idle = ready_pool(controllers)
         record = run(client, {"sql": "SELECT 1 AS one", "limits": {"memory": "256Mi"}})
+        metrics = pool_metrics(client)
+    assert metrics[("podq_warm_pool_misses_total", "size")] == 1, metrics
+    assert metrics[("podq_warm_pool_claims_total", "")] == 0, metrics
+    assert metrics[("podq_warm_pool_idle", "")] == 2, metrics
     assert record["result"]["rows"] == [[1]], record
     assert record["placement"]["pod"] == f"podq-{record['id']}"
     assert set(pool_pods(controllers, IDLE)) == set(idle)
@@ -170,6 +197,61 @@ def test_the_pool_replaces_pods_deleted_by_hand(kube_controllers: Controllers) -
     stop_and_drain(controllers, controller)
 
 
+MAX_IDLE_SECONDS = 15
+
+
+def created(pod: dict[str, Any]) -> float:
+    return parse_time(pod["metadata"]["creationTimestamp"])
+
+
+def test_an_idle_pool_pod_is_replaced_at_its_maximum_idle_age(kube_controllers: Controllers) -> None:
+    """No pod changes while the pool waits: the pool wakes when its oldest pod ages out."""
+    controllers, start = kube_controllers
+    controller = start(**POOL, kube_warm_pool_max_idle_seconds=MAX_IDLE_SECONDS)
+    first = ready_pool(controllers)
+
+    def replaced() -> dict[str, dict[str, Any]]:
+        idle, running = set(pool_pods(controllers, IDLE)), running_idle(controllers)
+        return running if not set(first) & idle and len(running) == 2 else {}
+
+    new = wait_until(
+        replaced,
+        "the first idle pool pods replaced by two new running ones",
+        within=POD_TIMEOUT,
+        every=KUBECTL_POLL_SECONDS,
+    )
+    # Replaced when they aged out, not before (timestamps in whole seconds).
+    aged_out = min(created(pod) for pod in first.values()) + MAX_IDLE_SECONDS
+    assert all(created(pod) >= aged_out - 1 for pod in new.values()), (first, new)
+    stop_and_drain(controllers, controller)
+
+
+def test_a_controller_restarted_with_a_smaller_pool_deletes_the_idle_pods_beyond_it(
+    kube_controllers: Controllers,
+) -> None:
+    """The crashed controller's two idle pods are adopted; at size 1 one of them goes and none is made."""
+    controllers, start = kube_controllers
+    first = start(**POOL)
+    idle = set(ready_pool(controllers))
+    first.kill()
+    second = start(**{**POOL, "kube_warm_pool_size": 1})
+
+    def one_left() -> set[str]:
+        pods = set(pool_pods(controllers, IDLE))
+        return pods if len(pods) == 1 else set()
+
+    left = wait_until(
+        one_left,
+        "one idle pool pod left",
+        within=POD_TIMEOUT,
+        every=KUBECTL_POLL_SECONDS,
+    )
+    assert left <= idle, (sorted(left), sorted(idle))
+    with second.client() as client:
+        assert pool_metrics(client)[("podq_warm_pool_size", "")] == 1
+    stop_and_drain(controllers, second)
+
+
 def test_after_kill_9_the_pool_is_adopted_and_a_claimed_pod_ends_its_query_once(
     kube_controllers: Controllers,
 ) -> None:
@@ -224,4 +306,43 @@ def test_a_crash_between_claim_attach_and_outcome_ends_the_query_once_on_its_poo
     assert len(record["attempts"]) == 2, record["attempts"]
     assert list(claimed) == [record["placement"]["pod"]], (record["placement"], sorted(claimed))
     assert not pod_events(controllers.namespace, f"podq-{record['id']}"), "a cold pod was started too"
+    stop_and_drain(controllers, second)
+
+
+def test_a_crash_mid_attach_ends_the_query_once_and_leaves_no_pool_pod_behind(
+    kube_controllers: Controllers,
+) -> None:
+    """The controller dies with the attach open and nothing written: the worker's stdin (stdinOnce) closes
+    empty, the worker exits without output, and the next controller deletes that pod and runs the query on
+    a cold pod; the fixture checks that no pod is left once the controllers stop."""
+    controllers, start = kube_controllers
+    first = start(**POOL, test_crash_at="mid_attach")
+    ready_pool(controllers)
+    with first.client() as client:
+        location = submit(client, {"sql": "SELECT 1 AS one"})
+    assert first.process is not None
+    first.process.wait(timeout=POD_TIMEOUT)
+    assert "test crash point mid_attach" in first.log(), first.log()
+    claimed = pool_pods(controllers, CLAIMED)
+    assert len(claimed) == 1, sorted(claimed)
+    second = start(**POOL)
+    with second.client() as client:
+        record = wait_finished(client, location, timeout=POD_TIMEOUT)
+        metrics = pool_metrics(client)
+    assert record["status"] == "succeeded", record
+    assert record["result"]["rows"] == [[1]]
+    assert [attempt["status"] for attempt in record["attempts"]][:1] == ["interrupted"], record["attempts"]
+    assert len(record["attempts"]) == 2, record["attempts"]
+    assert record["placement"]["pod"] == f"podq-{record['id']}", record["placement"]
+    [pool_pod] = claimed
+    reasons = {event["reason"] for event in pod_events(controllers.namespace, pool_pod)}
+    assert {"QueryClaimed", "QueryAdopted", "QueryNotDelivered"} <= reasons, reasons
+    assert "QuerySucceeded" not in reasons, reasons
+    assert metrics[("podq_warm_pool_misses_total", "error")] == 1, metrics
+    wait_until(
+        lambda: pool_pod not in {pod["metadata"]["name"] for pod in controllers.pods()},
+        "the undelivered pool pod deleted",
+        within=POD_TIMEOUT,
+        every=KUBECTL_POLL_SECONDS,
+    )
     stop_and_drain(controllers, second)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.launchers.base import Job, Limits, Outcome
+from controller.launchers.base import Job, Limits, Outcome, PoolStats
 from controller.queue.dispatcher import Dispatcher
 from controller.queue.metrics import Metrics
 from controller.queue.retry import RetryPolicy
@@ -88,6 +88,9 @@ class GatedLauncher:
 
     async def discard(self, query_id: str) -> bool:
         return True
+
+    def pool_stats(self) -> PoolStats | None:
+        return None
 
     def detach(self) -> None:
         self.detached = True

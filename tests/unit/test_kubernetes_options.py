@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from controller.launchers.kubernetes.options import KubernetesOptions
 from controller.launchers.kubernetes.podspec import PodTemplate
 from controller.launchers.kubernetes.pool import SizeClass
-from controller.settings import MAX_WARM_POOL_SIZE, Settings
+from controller.settings import MAX_WARM_POOL_SIZE, MIN_WARM_POOL_IDLE_SECONDS, Settings
 
 pytestmark = pytest.mark.unit
 
@@ -61,6 +61,7 @@ def test_the_pod_template_comes_from_the_settings() -> None:
         ("image_pull_grace_seconds", "image_pull_grace_seconds", 29.0),
         ("worker_owned_by_service_account", "owned_by_service_account", True),
         ("kube_warm_pool_size", "warm_pool_size", 3),
+        ("kube_warm_pool_max_idle_seconds", "warm_pool_max_idle_seconds", 31.0),
     ],
 )
 def test_each_option_is_its_setting(setting: str, option: str, value: object) -> None:
@@ -88,3 +89,9 @@ def test_the_warm_pools_size_class_is_the_default_limits() -> None:
 def test_a_warm_pool_size_out_of_range_is_refused(size: int) -> None:
     with pytest.raises(ValidationError, match="kube_warm_pool_size"):
         Settings(kube_warm_pool_size=size)
+
+
+@pytest.mark.parametrize("seconds", [0, -1, MIN_WARM_POOL_IDLE_SECONDS - 0.5])
+def test_a_warm_pool_idle_age_below_the_minimum_is_refused(seconds: float) -> None:
+    with pytest.raises(ValidationError, match="kube_warm_pool_max_idle_seconds"):
+        Settings(kube_warm_pool_max_idle_seconds=seconds)

@@ -8,6 +8,8 @@ import dataclasses
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from controller.launchers.base import Job, Limits
 from controller.launchers.kubernetes.pod_status import parse_time
@@ -29,12 +31,19 @@ from controller.launchers.kubernetes.pool import (
     claim_patch,
     claimable,
     claimed_by,
+    got_no_request,
     plan,
     pool_pod,
     template_hash,
 )
 from tests.unit.test_podspec import BARE, JOB, SUBMITTED
-from worker_image.protocol import REQUEST_ENV, REQUEST_STDIN_ENV, TEST_HOOKS_ENV
+from worker_image.protocol import (
+    EXIT_NO_REQUEST,
+    EXIT_USER_ERROR,
+    REQUEST_ENV,
+    REQUEST_STDIN_ENV,
+    TEST_HOOKS_ENV,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -46,9 +55,11 @@ STARTED = "2024-05-06T07:00:00Z"
 def pool_member(
     suffix: str, *, phase: str = "Running", started: str = STARTED, **labels: str
 ) -> dict[str, Any]:
-    """A pool pod as the API server shows it: uid, resourceVersion and a status."""
+    """A pool pod as the API server shows it: uid, resourceVersion, creation time and a status."""
     pod = pool_pod(BARE, SIZE, suffix)
-    pod["metadata"].update({"uid": f"uid-{suffix}", "resourceVersion": f"rv-{suffix}"})
+    pod["metadata"].update(
+        {"uid": f"uid-{suffix}", "resourceVersion": f"rv-{suffix}", "creationTimestamp": started}
+    )
     pod["metadata"]["labels"].update(labels)
     state = {"running": {"startedAt": started}} if phase == "Running" else {"waiting": {}}
     pod["status"] = {
@@ -89,6 +100,14 @@ def test_a_pool_pod_is_labelled_idle_and_for_no_query() -> None:
         LABEL_WARM: IDLE,
         LABEL_POOL_TEMPLATE: HASH,
     }
+
+
+def test_a_pool_pod_has_the_owner_every_worker_pod_has() -> None:
+    """Owned by the controller's service account, the pool goes with the Helm release (owner.py)."""
+    owner = {"apiVersion": "v1", "kind": "ServiceAccount", "name": "podq", "uid": "0f1e2d3c"}
+    owned = dataclasses.replace(BARE, owner=owner)
+    assert pool_pod(owned, SIZE, "abc")["metadata"]["ownerReferences"] == [owner]
+    assert "ownerReferences" not in pool_pod(BARE, SIZE, "abc")["metadata"]
 
 
 def test_with_test_hooks_every_pool_pod_has_them() -> None:
@@ -134,11 +153,21 @@ def test_a_query_finds_the_pool_pod_claimed_for_it() -> None:
     assert claimed_by([other], JOB.query_id) is None
 
 
+# Long after every pod of these tests was created, and long before any ages out.
+NOW = parse_time(STARTED) + 30
+MAX_IDLE = 600.0
+
+
+def planned(pods: list[dict[str, Any]], size: int, *, now: float = NOW) -> Plan:
+    return plan(pods, HASH, size, now=now, max_idle_seconds=MAX_IDLE)
+
+
 def test_the_plan_tops_the_idle_pods_up_to_the_size() -> None:
     pods = [pool_member("a"), pool_member("b", phase="Pending"), pool_member("c", **{LABEL_WARM: CLAIMED})]
-    assert plan(pods, HASH, 4) == Plan(create=2, delete=())
-    assert plan(pods, HASH, 2) == Plan(create=0, delete=())
-    assert plan([], HASH, 3) == Plan(create=3, delete=())
+    ages_out = parse_time(STARTED) + MAX_IDLE
+    assert planned(pods, 4) == Plan(create=2, delete=(), recheck_at=ages_out)
+    assert planned(pods, 2) == Plan(create=0, delete=(), recheck_at=ages_out)
+    assert planned([], 3) == Plan(create=3, delete=(), recheck_at=None)
 
 
 def test_the_plan_deletes_idle_pods_of_another_template_or_whose_worker_ended() -> None:
@@ -147,9 +176,81 @@ def test_the_plan_deletes_idle_pods_of_another_template_or_whose_worker_ended() 
     ended["status"]["phase"] = "Failed"
     deleting = pool_member("deleting")
     deleting["metadata"]["deletionTimestamp"] = "2024-05-06T07:06:00Z"
-    assert plan([stale, ended, deleting, pool_member("ok")], HASH, 2) == Plan(
-        create=1, delete=(("podq-warm-stale", "rv-stale"), ("podq-warm-ended", "rv-ended"))
+    decided = planned([stale, ended, deleting, pool_member("ok")], 2)
+    assert (decided.create, decided.delete) == (
+        1,
+        (("podq-warm-stale", "rv-stale"), ("podq-warm-ended", "rv-ended")),
     )
+
+
+def test_an_idle_pod_past_its_maximum_idle_age_is_replaced_and_the_next_one_due_is_rechecked() -> None:
+    old = pool_member("old", started="2024-05-06T07:00:00Z")
+    young = pool_member("young", started="2024-05-06T07:04:00Z")
+    claimed = pool_member("claimed", started="2024-05-06T06:00:00Z", **{LABEL_WARM: CLAIMED})
+    created = parse_time("2024-05-06T07:00:00Z")
+    decided = planned([old, young, claimed], 2, now=created + MAX_IDLE)
+    assert decided == Plan(
+        create=1,
+        delete=(("podq-warm-old", "rv-old"),),
+        recheck_at=parse_time("2024-05-06T07:04:00Z") + MAX_IDLE,
+    )
+    # A moment earlier, nothing is due, and the old pod is the next to look at.
+    assert planned([old, young, claimed], 2, now=created + MAX_IDLE - 0.5) == Plan(
+        create=0, delete=(), recheck_at=created + MAX_IDLE
+    )
+
+
+def test_beyond_the_size_starting_pods_go_first_then_the_oldest() -> None:
+    """A lowered size after a restart, or replicas that overshot it: the pool shrinks to its size."""
+    oldest = pool_member("oldest", started="2024-05-06T07:00:00Z")
+    newest = pool_member("newest", started="2024-05-06T07:03:00Z")
+    middle = pool_member("middle", started="2024-05-06T07:02:00Z")
+    starting = pool_member("starting", phase="Pending", started="2024-05-06T07:04:00Z")
+    pods = [oldest, starting, newest, middle]
+    assert set(planned(pods, 2).delete) == {
+        ("podq-warm-starting", "rv-starting"),
+        ("podq-warm-oldest", "rv-oldest"),
+    }
+    assert planned(pods, 2).create == 0
+    assert planned(pods, 0).create == 0 and len(planned(pods, 0).delete) == 4
+    assert planned(pods, 4) == Plan(create=0, delete=(), recheck_at=parse_time(STARTED) + MAX_IDLE)
+
+
+def test_two_replicas_seeing_the_same_pods_in_another_order_delete_the_same_ones() -> None:
+    pods = [pool_member(name) for name in ("a", "b", "c", "d")]
+    assert planned(pods, 2) == planned(list(reversed(pods)), 2)
+
+
+POOL_PODS = st.lists(
+    st.builds(
+        lambda n, phase, state, template, created: pool_member(
+            f"p{n}",
+            phase=phase,
+            started=f"2024-05-06T07:{created:02d}:00Z",
+            **{LABEL_WARM: state, LABEL_POOL_TEMPLATE: template},
+        ),
+        st.integers(0, 10**6),
+        st.sampled_from(["Pending", "Running", "Failed"]),
+        st.sampled_from([IDLE, CLAIMED]),
+        st.sampled_from([HASH, "0" * 16]),
+        st.integers(0, 59),
+    ),
+    max_size=12,
+    unique_by=lambda pod: str(pod["metadata"]["name"]),
+)
+
+
+@given(pods=POOL_PODS, size=st.integers(0, 8), minutes=st.integers(0, 70))
+def test_the_plan_leaves_exactly_size_idle_pods_and_touches_only_idle_ones(
+    pods: list[dict[str, Any]], size: int, minutes: int
+) -> None:
+    decided = plan(pods, HASH, size, now=parse_time(STARTED) + 60 * minutes, max_idle_seconds=MAX_IDLE)
+    deleted = {name for name, _ in decided.delete}
+    idle = {str(pod["metadata"]["name"]) for pod in pods if pod["metadata"]["labels"][LABEL_WARM] == IDLE}
+    assert deleted <= idle
+    assert len(deleted) == len(decided.delete)
+    left = len(idle - deleted)
+    assert left <= size and decided.create == size - left
 
 
 def test_a_claim_is_conditional_relabels_annotates_and_sets_the_deadline() -> None:
@@ -188,3 +289,32 @@ def test_the_deadline_is_the_pods_age_plus_the_timeout_in_whole_seconds(
 )
 def test_a_query_fits_the_size_class_only_at_its_exact_cpu_and_memory(limits: Limits, fits: bool) -> None:
     assert SIZE.fits(Job(query_id="q", attempt=1, request=JOB.request, limits=limits).limits) is fits
+
+
+def ended(pod: dict[str, Any], exit_code: int, reason: str = "Error") -> dict[str, Any]:
+    pod["status"]["phase"] = "Failed"
+    pod["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": exit_code, "reason": reason}}
+    return pod
+
+
+def test_a_pool_pod_whose_worker_exited_for_want_of_a_request_got_none() -> None:
+    """The attach was interrupted (stdin closed empty) or malformed: the query never ran there."""
+    assert got_no_request(ended(pool_member("a", **{LABEL_WARM: CLAIMED}), EXIT_NO_REQUEST))
+
+
+@pytest.mark.parametrize(
+    "pod",
+    [
+        ended(pool_member("user-error", **{LABEL_WARM: CLAIMED}), EXIT_USER_ERROR),
+        ended(pool_member("oom", **{LABEL_WARM: CLAIMED}), EXIT_NO_REQUEST, reason="OOMKilled"),
+        ended(
+            build_pod(JOB, BARE, submitted_at=SUBMITTED)
+            | {"status": copy.deepcopy(pool_member("x")["status"])},
+            EXIT_NO_REQUEST,
+        ),
+        pool_member("running", **{LABEL_WARM: CLAIMED}),
+    ],
+    ids=["another-exit", "oom-killed", "a-cold-pod", "still-running"],
+)
+def test_any_other_end_is_the_querys_own(pod: dict[str, Any]) -> None:
+    assert not got_no_request(pod)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 from controller.launchers.aio import shielded
-from controller.launchers.base import Job, Limits, Outcome
+from controller.launchers.base import Job, Limits, Outcome, PoolStats
 from controller.launchers.kubernetes.client.api import KubeClient
 from controller.launchers.kubernetes.client.config import load_config
 from controller.launchers.kubernetes.client.errors import AlreadyExists, KubeError, is_transient
@@ -43,7 +43,7 @@ from controller.launchers.kubernetes.podspec import (
     query_id_of,
     selector,
 )
-from controller.launchers.kubernetes.pool import is_idle
+from controller.launchers.kubernetes.pool import got_no_request, is_idle
 from controller.launchers.kubernetes.reasons import Reason
 from controller.launchers.kubernetes.retry import retrying
 from controller.launchers.kubernetes.streamed import streamed_outcome
@@ -122,6 +122,7 @@ class KubernetesLauncher:
                 self._template,
                 size=options.warm_pool_size,
                 size_class=options.warm_pool_class,
+                max_idle_seconds=options.warm_pool_max_idle_seconds,
                 post_event=self._event,
             )
             self._spawn(self._pool.run(), "podq-warm-pool")
@@ -139,6 +140,9 @@ class KubernetesLauncher:
 
     def detach(self) -> None:
         self._detached = True
+
+    def pool_stats(self) -> PoolStats | None:
+        return None if self._pool is None else self._pool.stats()
 
     async def close(self) -> None:
         """Stop watching. Pods are left to their fate: running ones are adopted by the next controller; idle
@@ -196,13 +200,18 @@ class KubernetesLauncher:
                 else:
                     assert self._pool is not None
                     crash_if(self._crash_at, "after_claim")
-                    if (output := await self._pool.send(job, name, adopted=adopted)) is None:
+                    output = await self._pool.send(
+                        job, name, adopted=adopted, opened=lambda: crash_if(self._crash_at, "mid_attach")
+                    )
+                    if output is None:
                         return None
                     crash_if(self._crash_at, "after_attach")
                     self._claimed[job.query_id] = name
                     if (streamed := await self._streamed(job, name, output)) is not None:
                         return streamed
-                return await self._follow(job, name, changed)
+                if (outcome := await self._follow(job, name, changed)) is None:
+                    await self._undelivered(job, name)
+                return outcome
             except asyncio.CancelledError:
                 if not self._detached:
                     await shielded(self._cancel(job, name))
@@ -243,7 +252,8 @@ class KubernetesLauncher:
         await self._event(pod, Reason.STARTED, f"query {job.query_id}, attempt {job.attempt}")
         return None
 
-    async def _follow(self, job: Job, name: str, changed: asyncio.Event) -> Outcome:
+    async def _follow(self, job: Job, name: str, changed: asyncio.Event) -> Outcome | None:
+        """The pod's outcome once it has ended; None for a pool pod whose worker never got the request."""
         options = self._options
         last_reason = ""
         settle_until: float | None = None
@@ -281,6 +291,8 @@ class KubernetesLauncher:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(changed.wait(), settle_until - time.time())
                     continue
+            if pod is not None and got_no_request(pod):
+                return None
             if isinstance(verdict, Failed):
                 outcome = Outcome(error=verdict.error, placement=placement(pod) if pod else self._where(name))
             else:
@@ -288,6 +300,20 @@ class KubernetesLauncher:
                 outcome = await self._conclude(job, name, pod, verdict, gone=bool(state and state.gone))
             await self._report(job, name, pod, outcome)
             return outcome
+
+    async def _undelivered(self, job: Job, name: str) -> None:
+        """A pool pod's worker ended without the request (see `got_no_request`): the query never ran there,
+        so the pod is deleted and the query starts cold."""
+        assert self._pool is not None
+        log.warning(
+            "query %s: pool pod %s ended without its request; starting a cold pod", job.query_id, name
+        )
+        if (state := self._pods.state(name)) is not None and not state.gone:
+            await self._event(
+                state.pod, Reason.UNDELIVERED, "its worker got no request; the query starts on a cold pod"
+            )
+        self._claimed.pop(job.query_id, None)
+        await self._pool.give_up(job, name)
 
     async def _streamed(self, job: Job, name: str, output: bytes) -> Outcome | None:
         state = self._pods.state(name)

@@ -32,9 +32,11 @@ class KubernetesOptions:
     pod_ttl_seconds: float
     unschedulable_after_seconds: float
     image_pull_grace_seconds: float
-    # The warm pool (warm.py): how many idle pods, at which limits (the default ones); 0: none.
+    # The warm pool (warm.py): how many idle pods, at which limits (the default ones), replaced at which
+    # age; 0: none.
     warm_pool_size: int
     warm_pool_class: SizeClass
+    warm_pool_max_idle_seconds: float
     # A test-only crash point (see `controller.testcrash`), honoured only with test hooks on.
     crash_at: str | None
 
@@ -71,5 +73,6 @@ class KubernetesOptions:
                 cpu_millicores=parse_cpu_millicores(settings.default_cpu),
                 memory_bytes=parse_memory_bytes(settings.default_memory),
             ),
+            warm_pool_max_idle_seconds=settings.kube_warm_pool_max_idle_seconds,
             crash_at=settings.test_crash_at if settings.enable_test_hooks else None,
         )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.launchers.base import Job, Limits
-from controller.launchers.kubernetes.pod_status import is_terminal, parse_time
+from controller.launchers.kubernetes.pod_status import is_terminal, parse_time, state, worker_status
 from controller.launchers.kubernetes.podspec import (
     ANNOTATION_TIMEOUT,
     LABEL_QUERY_ID,
@@ -29,6 +29,7 @@ from controller.launchers.kubernetes.podspec import (
     build_pool_pod,
     job_annotations,
 )
+from worker_image.protocol import EXIT_NO_REQUEST
 
 LABEL_WARM = "podq.dev/warm"
 LABEL_POOL_TEMPLATE = "podq.dev/pool-template"
@@ -53,6 +54,8 @@ class Plan:
     create: int
     # (name, resourceVersion): deleted only if unchanged since, so never a pod claimed meanwhile.
     delete: tuple[tuple[str, str], ...]
+    # When the oldest pod kept reaches its maximum idle age (epoch seconds); None: no pod kept.
+    recheck_at: float | None = None
 
 
 def template_hash(template: PodTemplate, size: SizeClass) -> str:
@@ -111,6 +114,20 @@ def claimable(pods: Iterable[Mapping[str, Any]], template: str) -> list[Mapping[
     return sorted(ready, key=_started)
 
 
+def got_no_request(pod: Mapping[str, Any]) -> bool:
+    """Whether this is a pool pod whose worker ended by itself without a request: its stdin closed (an attach
+    interrupted before the request was whole, by a controller's crash) or held no valid request. Its query
+    never ran there."""
+    if LABEL_WARM not in _labels(pod):
+        return False
+    terminated = state(worker_status(pod), "terminated")
+    return (
+        terminated is not None
+        and terminated.get("exitCode") == EXIT_NO_REQUEST
+        and terminated.get("reason") != "OOMKilled"
+    )
+
+
 def claimed_by(pods: Iterable[Mapping[str, Any]], query_id: str) -> Mapping[str, Any] | None:
     """The pool pod claimed for this query (by a predecessor of this controller), if any."""
     for pod in pods:
@@ -120,20 +137,45 @@ def claimed_by(pods: Iterable[Mapping[str, Any]], query_id: str) -> Mapping[str,
     return None
 
 
-def plan(pods: Iterable[Mapping[str, Any]], template: str, size: int) -> Plan:
+def _created(pod: Mapping[str, Any]) -> float:
+    created = (pod.get("metadata") or {}).get("creationTimestamp")
+    return parse_time(created) if isinstance(created, str) else math.inf
+
+
+def _name_and_version(pod: Mapping[str, Any]) -> tuple[str, str]:
+    meta = pod.get("metadata") or {}
+    return str(meta.get("name")), str(meta.get("resourceVersion"))
+
+
+def _keep_first(pod: Mapping[str, Any]) -> tuple[bool, float, str]:
+    # Running before starting (a started worker is what a query needs), then the youngest (the oldest is
+    # recycled soonest anyway); the name so that replicas seeing the same pods pick the same ones.
+    return (not _running(pod), -_created(pod), str((pod.get("metadata") or {}).get("name")))
+
+
+def plan(
+    pods: Iterable[Mapping[str, Any]], template: str, size: int, *, now: float, max_idle_seconds: float
+) -> Plan:
     """How many pods to create so that `size` idle pods of this template are up or on their way, and which
-    idle pods to delete: another template's, or one whose worker has ended (it got no request)."""
-    live = 0
+    idle pods to delete: another template's, one whose worker has ended (it got no request), one idle
+    longer than `max_idle_seconds` since it was created (replaced by a new one), and those beyond `size`
+    (the size was lowered, or replicas overshot it)."""
+    live = []
     delete = []
     for pod in pods:
         if not is_idle(pod) or _deleting(pod):
             continue
-        if _labels(pod).get(LABEL_POOL_TEMPLATE) != template or is_terminal(pod):
-            meta = pod.get("metadata") or {}
-            delete.append((str(meta.get("name")), str(meta.get("resourceVersion"))))
+        stale = _labels(pod).get(LABEL_POOL_TEMPLATE) != template or is_terminal(pod)
+        if stale or now - _created(pod) >= max_idle_seconds:
+            delete.append(_name_and_version(pod))
         else:
-            live += 1
-    return Plan(create=max(0, size - live), delete=tuple(delete))
+            live.append(pod)
+    live.sort(key=_keep_first)
+    kept, beyond = live[:size], live[size:]
+    delete += [_name_and_version(pod) for pod in beyond]
+    ages_out = [_created(pod) + max_idle_seconds for pod in kept]
+    recheck_at = min((at for at in ages_out if math.isfinite(at)), default=None)
+    return Plan(create=size - len(kept), delete=tuple(delete), recheck_at=recheck_at)
 
 
 def claim_deadline(pod: Mapping[str, Any], now: float, timeout_seconds: float) -> int:

@@ -11,3 +11,4 @@ class Reason:
     CANCELLED = "QueryCancelled"
     ORPHANED = "OrphanDeleted"
     CLAIMED = "QueryClaimed"
+    UNDELIVERED = "QueryNotDelivered"

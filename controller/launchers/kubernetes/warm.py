@@ -1,13 +1,17 @@
 """The warm pool: pods started ahead of demand, each claimed by exactly one query (PODQ_KUBE_WARM_POOL_SIZE).
 
 `run` keeps `size` idle pool pods up or starting, as seen by the launcher's pod watch: it refills after
-every claim, replaces a pod deleted by hand or ended, and deletes idle pods of another template (an older
-image or other settings); the decisions are pool.py's, pure. Every controller of a release shares the same
-pool (the watch shows them all; claims are optimistic), so several replicas may overshoot `size` briefly,
-never undershoot it. A query whose limits are the pool's size class `claim`s the longest-started ready pod
+every claim, replaces a pod deleted by hand or ended, replaces an idle pod that reached
+PODQ_KUBE_WARM_POOL_MAX_IDLE_SECONDS (waking at that moment, even if no pod changes), deletes idle pods
+beyond `size` (a size lowered across a restart) and idle pods of another template (an older image or other
+settings); the decisions are pool.py's, pure. Every controller of a release shares the same pool (the watch
+shows them all; claims are optimistic), so several replicas may overshoot `size` briefly, and then delete
+the same excess pods. A query whose limits are the pool's size class `claim`s the longest-started ready pod
 (pool.py: one merge patch with a resourceVersion precondition, which also sets the deadline); then the
 launcher calls `send`, which attaches to the worker's stdin and writes the request, and follows the pod as
-any other. A pod whose attach failed is deleted, never returned to the pool, and the query starts cold.
+any other. A pod whose attach failed, or whose worker ended without the request (an attach interrupted),
+is deleted (`give_up`), never returned to the pool, and the query starts cold. `stats` is what /metrics
+shows: the pool's size, its ready idle pods, claims, and misses by reason.
 
 A controller that stops deletes the idle pods (`drain`); after a crash, idle pods of the same template are
 simply the pool again (of another, deleted); a claimed pod is `claim`ed back
@@ -22,11 +26,12 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from controller.launchers.aio import shielded
-from controller.launchers.base import Job
+from controller.launchers.base import Job, PoolMiss, PoolStats
 from controller.launchers.kubernetes.client.api import KubeClient
 from controller.launchers.kubernetes.client.errors import Conflict, KubeError, NotFound
 from controller.launchers.kubernetes.pod_status import is_terminal
@@ -43,6 +48,7 @@ from controller.launchers.kubernetes.pool import (
     template_hash,
 )
 from controller.launchers.kubernetes.reasons import Reason
+from controller.launchers.kubernetes.retry import retrying
 from controller.launchers.worker_io import encode_request
 from worker_image.protocol import ENVELOPE_MARKER
 
@@ -62,6 +68,7 @@ class WarmPool:
         *,
         size: int,
         size_class: SizeClass,
+        max_idle_seconds: float,
         post_event: PostEvent,
     ) -> None:
         self._api = client
@@ -70,32 +77,54 @@ class WarmPool:
         self._namespace = template.namespace
         self._size = size
         self._class = size_class
+        self._max_idle = max_idle_seconds
         self._hash = template_hash(template, size_class)
         self._post_event = post_event
         # Claimed here, though the watch may not show it yet: not to be tried again.
         self._taken: set[str] = set()
+        self._claims = 0
+        self._misses: Counter[PoolMiss] = Counter()
+
+    def stats(self) -> PoolStats:
+        ready = [
+            pod
+            for pod in claimable(self._pods.pods(), self._hash)
+            if pod["metadata"]["name"] not in self._taken
+        ]
+        return PoolStats(size=self._size, idle=len(ready), claims=self._claims, misses=dict(self._misses))
+
+    def _missed(self, reason: PoolMiss) -> None:
+        """A query starts cold: why, for /metrics."""
+        self._misses[reason] += 1
 
     async def run(self) -> None:
-        """Refill on every change of the pods, until cancelled."""
+        """Refill on every change of the pods, and when the oldest idle pod ages out, until cancelled."""
         backoff = Backoff()
         while True:
             self._pods.changed.clear()
             try:
-                await self._refill()
+                recheck_at = await self._refill()
             except KubeError as exc:
                 delay = backoff.next_delay()
                 log.warning("warm pool: %s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
-            await self._pods.changed.wait()
+            timeout = None if recheck_at is None else max(0.0, recheck_at - time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pods.changed.wait(), timeout)
 
-    async def _refill(self) -> None:
+    async def _refill(self) -> float | None:
+        """Create and delete pool pods as `plan` says; when to look again even if no pod changes."""
         pods = self._pods.pods()
         self._taken &= {str(pod["metadata"]["name"]) for pod in pods}
-        decided = plan(pods, self._hash, self._size)
+        decided = plan(pods, self._hash, self._size, now=time.time(), max_idle_seconds=self._max_idle)
         for name, version in decided.delete:
-            log.info("warm pool: deleting idle pod %s (another template, or its worker ended)", name)
+            log.info(
+                "warm pool: deleting idle pod %s (another template, its worker ended, idle past "
+                "PODQ_KUBE_WARM_POOL_MAX_IDLE_SECONDS or beyond the pool's size)",
+                name,
+            )
             # Conflict: it changed since (claimed, most likely), so it is not the pool's to delete any more.
             with contextlib.suppress(Conflict):
                 await self._api.delete_pod(
@@ -107,6 +136,21 @@ class WarmPool:
             )
             log.info("warm pool: created pod %s", pod["metadata"]["name"])
             self._pods.seen(pod)
+        return decided.recheck_at
+
+    async def give_up(self, job: Job, name: str) -> None:
+        """The request did not reach the worker of the claimed pod `name` (the attach failed, or was
+        interrupted and the worker got none): the pod is deleted, never returned to the pool, and the query
+        starts cold."""
+        self._missed("error")
+        try:
+            await retrying(
+                f"query {job.query_id}: deleting pool pod {name}",
+                lambda: self._api.delete_pod(self._namespace, name, grace_period_seconds=0),
+            )
+        except KubeError as exc:
+            # Claimed, it is never taken again; its deadline ends it, and the next start deletes it.
+            log.warning("query %s: could not delete pool pod %s: %s", job.query_id, name, exc)
 
     async def drain(self) -> None:
         """Delete every idle pool pod, the controller stopping (its refill stopped first): an idle pod
@@ -143,6 +187,7 @@ class WarmPool:
             return name, True
         if not self._class.fits(job.limits):
             log.info("query %s: not the pool's limits; starting a cold pod", job.query_id)
+            self._missed("size")
             return None
         for pod in claimable(self._pods.pods(), self._hash):
             name = str(pod["metadata"]["name"])
@@ -157,14 +202,19 @@ class WarmPool:
                 continue  # another query or controller took it first, or it is gone
             except KubeError as exc:
                 log.warning("query %s: could not claim pool pod %s: %s", job.query_id, name, exc)
+                self._missed("error")
                 return None
             self._pods.seen(claimed)
+            self._claims += 1
             log.info("query %s: claimed pool pod %s", job.query_id, name)
             return name, False
         log.info("query %s: no pool pod ready; starting a cold pod", job.query_id)
+        self._missed("empty")
         return None
 
-    async def send(self, job: Job, name: str, *, adopted: bool) -> bytes | None:
+    async def send(
+        self, job: Job, name: str, *, adopted: bool, opened: Callable[[], None] | None = None
+    ) -> bytes | None:
         """Write `job`'s request to the worker of the claimed pod `name`, and read what the worker writes to
         stdout until its result envelope (see `streamed.py`) or its end. None when the attach failed: the
         pod is deleted and the query is to start cold. (For an adopted pod, a failure is only logged: its
@@ -186,16 +236,14 @@ class WarmPool:
                 until_line=ENVELOPE_MARKER.encode(),
                 read_seconds=job.limits.timeout_seconds,
                 limit_bytes=MAX_STREAMED_BYTES,
+                opened=opened,
             )
         except KubeError as exc:
             if adopted:
                 log.info("query %s: request not written again to pod %s: %s", job.query_id, name, exc)
                 return b""
             log.warning("query %s: attach to pool pod %s failed: %s; deleting it", job.query_id, name, exc)
-            try:
-                await self._api.delete_pod(self._namespace, name, grace_period_seconds=0)
-            except KubeError as error:
-                log.warning("query %s: could not delete pool pod %s: %s", job.query_id, name, error)
+            await self.give_up(job, name)
             return None
         finally:
             await asyncio.wait([posting])

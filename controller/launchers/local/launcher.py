@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from controller.launchers.aio import shielded
-from controller.launchers.base import Job, Limits, Outcome
+from controller.launchers.base import Job, Limits, Outcome, PoolStats
 from controller.launchers.local.cgroups import CgroupUnavailable, JobCgroup, JobCgroups, MemoryCounters
 from controller.launchers.local.child import (
     DEFAULT_INHERITED_ENV,
@@ -220,6 +220,10 @@ class LocalLauncher:
     async def discard(self, query_id: str) -> bool:
         """Nothing to do: `run` cleans up before it returns."""
         return True
+
+    def pool_stats(self) -> PoolStats | None:
+        """None: the zygotes fork a child per query, so there is no pool to run dry (see /readyz)."""
+        return None
 
     def detach(self) -> None:
         """Nothing to do: worker processes die with the controller, so every job is stopped."""

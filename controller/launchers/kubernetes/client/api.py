@@ -287,6 +287,7 @@ class KubeClient:
         until_line: bytes,
         read_seconds: float,
         limit_bytes: int,
+        opened: Callable[[], None] | None = None,
     ) -> bytes:
         """`client.attach.attach` (write `data` to the container's stdin, read its stdout for a while), on a
         thread of its own: it may wait as long as the container runs, and must not hold one of the pool's.
@@ -303,6 +304,7 @@ class KubeClient:
             until_line=until_line,
             read_seconds=read_seconds,
             limit_bytes=limit_bytes,
+            opened=opened,
         )
         try:
             output = await asyncio.wait_for(on_a_thread(call), read_seconds + self._timeout)

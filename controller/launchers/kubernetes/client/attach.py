@@ -57,11 +57,13 @@ def attach(
     until_line: bytes,
     read_seconds: float,
     limit_bytes: int,
+    opened: Callable[[], None] | None = None,
 ) -> bytes:
     """Attach to the container, write `data` to its stdin, then read its stdout until a whole line starting
     with `until_line` has come, the stream ends (the process exited), `read_seconds` have passed or
     `limit_bytes` were read; what was read. Stdin stays open: closing it would end the stream with protocol
-    v4. Raises if the attach or the write fails; a failure while reading only ends the reading."""
+    v4. Raises if the attach or the write fails; a failure while reading only ends the reading. `opened` is
+    called once the stream is open, before the write (a test crash point)."""
     # `stream` swaps its ApiClient's transport while it connects, so it gets an ApiClient of its own,
     # never the one KubeClient's threads share.
     with k8s.ApiClient(configuration) as api_client:
@@ -78,6 +80,8 @@ def attach(
             binary=True,
         )
         try:
+            if opened is not None:
+                opened()
             connection.write_stdin(data)
             return _read(connection, until_line, time.monotonic() + read_seconds, limit_bytes)
         finally:
