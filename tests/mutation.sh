@@ -87,7 +87,7 @@ for entry in "${modules[@]}"; do
 source_paths = ["controller", "worker_image"]
 only_mutate = ["$module"]
 pytest_add_cli_args_test_selection = $(toml_list "${test_files[@]}")
-pytest_add_cli_args = ["-m", "unit", "-p", "no:cacheprovider", "--hypothesis-profile=mutation"]
+pytest_add_cli_args = ["-m", "unit", "-p", "no:cacheprovider", "-p", "tests.tools.mutant_tests", "--hypothesis-profile=mutation"]
 process_isolation = "forkserver"
 timeout_multiplier = 5
 use_git_change_detection = false

@@ -111,12 +111,18 @@ class PostgresServer:
         """An empty database of its own (no tables, no schema version) for a test."""
         if self._free:
             url = self._free.pop()
-            self.execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+            self._empty(url)
             return url
+        return self._new_database()
+
+    def _new_database(self) -> str:
         name = f"{self._prefix}{next(self._names)}"
         with psycopg.connect(self.url(), autocommit=True) as db:
             db.execute(f"CREATE DATABASE {name}".encode())
         return self.url(name)
+
+    def _empty(self, url: str) -> None:
+        self.execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
 
     def give_back(self, url: str) -> None:
         """Every connection to the database is closed: the next test may take it."""
@@ -134,13 +140,46 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+# The databases tests/tools/shared_postgres.py creates with the shared server. A test process takes one
+# for as long as it runs, holding an advisory lock (in the `postgres` database) of this class and the
+# database's number: the lock goes with the process's connection, however the process ends.
+POOL = tuple(f"pool{number}" for number in range(8))
+_POOL_LOCKS = 0x706F6471  # "podq"
+
+
 class SharedPostgresServer(PostgresServer):
-    """A server another process started and stops: this process only creates and drops its databases."""
+    """A server another process started and stops: this process takes databases of its pool, or, when all
+    are taken, creates databases of its own and drops them at its end."""
 
     def __init__(self, bin_dir: Path, port: int) -> None:
         super().__init__(bin_dir)
         self.port = port
         self._prefix = f"p{os.getpid()}db"  # no LIKE wildcard in it
+        self._locks: psycopg.Connection[Any] | None = None
+        self._held: set[int] = set()
+
+    def _new_database(self) -> str:
+        for number, name in enumerate(POOL):
+            # A session takes an advisory lock again as often as it asks: skip what this one holds.
+            if number not in self._held and self._lock(number):
+                self._held.add(number)
+                # A process killed while it held the database (mutmut's timeout) may have left connections.
+                self.execute(
+                    self.url(),
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (name,),
+                )
+                url = self.url(name)
+                self._empty(url)
+                return url
+        return super()._new_database()
+
+    def _lock(self, number: int) -> bool:
+        """Whether this process now holds the pool's database `number` (until its connection goes)."""
+        if self._locks is None:
+            self._locks = psycopg.connect(self.url(), autocommit=True)
+        taken = self._locks.execute("SELECT pg_try_advisory_lock(%s, %s)", (_POOL_LOCKS, number)).fetchone()
+        return taken is not None and bool(taken[0])
 
     def start(self, *, durable: bool = False, also_listen_on: str | None = None) -> None:
         raise RuntimeError(f"the shared server ({SHARED_PORT_ENV}) is not this process's to start")
@@ -149,6 +188,8 @@ class SharedPostgresServer(PostgresServer):
         raise RuntimeError(f"the shared server ({SHARED_PORT_ENV}) is not this process's to stop")
 
     def remove(self) -> None:
+        if self._locks is not None:
+            self._locks.close()
         with psycopg.connect(self.url(), autocommit=True) as db:
             for (name,) in db.execute(
                 "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{self._prefix}%",)

@@ -1,6 +1,7 @@
 """One PostgreSQL server for many test processes (tests/mutation.sh's mutants): started as
-tests/support/postgres.py starts the suite's own, its port written to PORT_FILE once it accepts
-connections, stopped and removed on SIGTERM or SIGINT.
+tests/support/postgres.py starts the suite's own, with the databases of its pool (`POOL`) that the test
+processes take turns at; its port written to PORT_FILE once they exist, stopped and removed on SIGTERM or
+SIGINT.
 
     python -m tests.tools.shared_postgres PORT_FILE
 """
@@ -11,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.support.postgres import PostgresServer, binaries
+from tests.support.postgres import POOL, PostgresServer, binaries
 
 
 def main(port_file: Path) -> None:
@@ -24,6 +25,8 @@ def main(port_file: Path) -> None:
     try:
         server.init()
         server.start()
+        for name in POOL:
+            server.execute(server.url(), f"CREATE DATABASE {name}")
         port_file.write_text(str(server.port))
         signal.sigwait(ending)
     finally:

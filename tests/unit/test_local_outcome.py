@@ -320,12 +320,22 @@ def test_placement_names_the_process_and_how_it_ended(end: WorkerEnd, exit_field
 
 
 def test_a_warm_worker_whose_zygote_died_is_a_retryable_crash() -> None:
-    outcome = classify(worker_end(killed_for="zygote_lost", returncode=KILLED, envelope_line=None))
+    outcome = classify(
+        worker_end(
+            start="warm",
+            killed_for="zygote_lost",
+            returncode=KILLED,
+            envelope_line=None,
+            stderr_tail="reading t.parquet\n",
+        )
+    )
 
     assert outcome.error is not None
     assert outcome.error["error_type"] == "crash"
     assert outcome.error["retryable"] is True
-    assert "zygote" in outcome.error["message"]
+    assert outcome.error["message"] == "the worker's zygote died while the query was running"
+    # The zygote's SIGKILL took the worker's exit status with it; what the worker wrote is the clue left.
+    assert outcome.error["details"] == {"signal": "SIGKILL", "stderr_tail": "reading t.parquet"}
 
 
 def test_memory_error_is_not_retryable_and_crash_is() -> None:

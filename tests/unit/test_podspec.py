@@ -27,6 +27,7 @@ from controller.launchers.kubernetes.podspec import (
     LABEL_QUERY_ID,
     PodTemplate,
     build_pod,
+    build_pool_pod,
     pod_name,
     query_id_of,
     selector,
@@ -35,6 +36,7 @@ from controller.quantity import parse_cpu_millicores, parse_memory_bytes
 from worker_image.protocol import (
     MEMORY_LIMIT_ENV,
     REQUEST_ENV,
+    REQUEST_STDIN_ENV,
     TERMINATION_MESSAGE_ENV,
     TEST_HOOKS_ENV,
     FetchOptions,
@@ -480,3 +482,51 @@ def test_resources_round_trip_for_any_admitted_limits(
     threads = int(env(built)["POLARS_MAX_THREADS"])
     assert threads * 1000 >= cpu_millicores
     assert threads == 1 or (threads - 1) * 1000 < cpu_millicores
+
+
+# A pool pod (warm.py): started before any query claims it ------------------------------------------------
+
+OWNED = dataclasses.replace(
+    FULL, owner={"apiVersion": "apps/v1", "kind": "Deployment", "name": "podq", "uid": "u1"}
+)
+POOL_LABELS = {"podq.dev/pool": "warm"}
+
+
+def pool_pod(template: PodTemplate) -> dict[str, Any]:
+    return build_pool_pod(
+        template,
+        "podq-pool-7f3a",
+        POOL_LABELS,
+        cpu_millicores=JOB.limits.cpu_millicores,
+        memory_bytes=JOB.limits.memory_bytes,
+    )
+
+
+@pytest.mark.parametrize("template", [OWNED, dataclasses.replace(OWNED, enable_test_hooks=True)])
+def test_a_pool_pod_is_the_query_pod_at_its_limits_without_the_query(template: PodTemplate) -> None:
+    pooled, queried = pool_pod(template), pod(JOB, template)
+
+    assert pooled["metadata"] == {
+        "ownerReferences": [dict(OWNED.owner or {})],
+        "name": "podq-pool-7f3a",
+        "namespace": template.namespace,
+        "labels": {
+            **{k: v for k, v in queried["metadata"]["labels"].items() if k != LABEL_QUERY_ID},
+            **POOL_LABELS,
+        },
+    }, "no query id, no annotations of a query"
+    assert "activeDeadlineSeconds" not in pooled["spec"], "the deadline is set when a query claims the pod"
+    worker = container(pooled)
+    assert (worker["stdin"], worker["stdinOnce"]) == (True, True), "the request comes on stdin, once"
+    hooks = {TEST_HOOKS_ENV: "1"} if template.enable_test_hooks else {}
+    assert env(pooled) == {
+        **{k: v for k, v in env(queried).items() if k not in (REQUEST_ENV, TEST_HOOKS_ENV)},
+        REQUEST_STDIN_ENV: "1",
+        **hooks,
+    }
+    # Everything else is the query's pod.
+    for built in (pooled, queried):
+        del built["metadata"], built["spec"]["containers"][0]["env"]
+        built["spec"].pop("activeDeadlineSeconds", None)
+    del pooled["spec"]["containers"][0]["stdin"], pooled["spec"]["containers"][0]["stdinOnce"]
+    assert pooled == queried

@@ -388,8 +388,17 @@ def test_an_or_chain_at_the_depth_limit_passes() -> None:
         ),
         ("SELECT 'unterminated", "SQL syntax error: Error tokenizing 'SELECT 'unterminate'"),
         ("SELECT " + "(" * 500 + "1" + ")" * 500, "SQL syntax error: the query is nested too deeply"),
+        # sqlglot's parser raises a ValueError for a keyword argument with an empty name.
+        ('SELECT f("" => 1) FROM t', "SQL syntax error: Cannot convert empty name into var."),
     ],
-    ids=["line and column", "unclosed parenthesis", "missing condition", "unterminated string", "too deep"],
+    ids=[
+        "line and column",
+        "unclosed parenthesis",
+        "missing condition",
+        "unterminated string",
+        "too deep",
+        "empty argument name",
+    ],
 )
 def test_a_syntax_error_says_where(sql: str, message: str) -> None:
     error = refusal(sql)

@@ -309,6 +309,21 @@ def test_a_store_makes_its_directory_and_keeps_a_write_ahead_log(tmp_path: Path)
     store.close()
 
 
+def test_one_sqlite_controller_runs_everything_itself(tmp_path: Path) -> None:
+    path = tmp_path / "podq.db"
+    store = SqliteStore(path)
+    store.insert("a", "query", REQUEST, LIMITS)
+    store.claim_next()
+
+    assert store.description == f"sqlite:{path}", "what the controller's start-up line names"
+    assert store.request_cancel("a") is False, "a running query runs here: no other replica to tell"
+    recovery = store.heartbeat(1, ERROR)
+    assert (recovery.requeued, recovery.failed, recovery.finished) == ([], [], [])
+    row = store.get("a")
+    assert row is not None and row.status == "running", "no replica to take the query over from"
+    store.close()
+
+
 def test_a_reused_key_is_named_in_the_refusal(store: Store) -> None:
     store.insert_once(
         IdempotencyKey("client", "k1", "fp"),
