@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from controller.launchers.kubernetes.pod_status import parse_time
 from controller.launchers.kubernetes.pool import CLAIMED, IDLE, LABEL_WARM, POOL_POD_PREFIX
@@ -18,6 +17,7 @@ from controller.testing.process import ControllerProcess, wait_finished
 from tests.support.api import run as run_to_end
 from tests.support.api import sleeper, submit
 from tests.support.e2e import KUBECTL_POLL_SECONDS, KubeControllers, StartKubeController, kubectl, pod_events
+from tests.support.pool_series import pool_series
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -73,13 +73,7 @@ def stop_and_drain(controllers: KubeControllers, controller: ControllerProcess) 
 
 def pool_metrics(client: httpx.Client) -> dict[tuple[str, str], float]:
     """The controller's warm pool series, by (name, reason)."""
-    text = client.get("/metrics").raise_for_status().text
-    return {
-        (sample.name, sample.labels.get("reason", "")): sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name.startswith("podq_warm_pool")
-        for sample in family.samples
-    }
+    return pool_series(client.get("/metrics").raise_for_status().text)
 
 
 def test_select_1_runs_in_a_pool_pod_used_once_and_the_pool_refills(kube_controllers: Controllers) -> None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from controller.launchers.base import POOL_MISSES, PoolStats
 from controller.queue.metrics import Metrics
 from controller.queue.store import SqliteStore
+from tests.support.pool_series import pool_series
 
 pytestmark = pytest.mark.unit
 
@@ -22,12 +22,7 @@ def samples(tmp_path: Path, stats: PoolStats | None) -> dict[tuple[str, str], fl
         text = Metrics(store, lambda: stats).render().decode()
     finally:
         store.close()
-    return {
-        (sample.name, sample.labels.get("reason", "")): sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name.startswith("podq_warm_pool")
-        for sample in family.samples
-    }
+    return pool_series(text)
 
 
 def test_the_pool_is_read_at_each_scrape(tmp_path: Path) -> None:
