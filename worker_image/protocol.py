@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Literal, NotRequired, TypedDict
 
@@ -57,6 +58,7 @@ __all__ = [
     "EXIT_NO_REQUEST",
     "EXIT_USER_ERROR",
     "MEMORY_LIMIT_ENV",
+    "POLARS_ENV",
     "REQUEST_ENV",
     "REQUEST_FD_ENV",
     "REQUEST_STDIN_ENV",
@@ -84,6 +86,12 @@ DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096
 # The worker's memory limit in bytes (absent: no watch of its own); see worker_image/memwatch.py.
 MEMORY_LIMIT_ENV = "PODQ_MEMORY_LIMIT_BYTES"
+# Set in every worker's environment. polars 2 spills to disk once its own estimate of what it holds passes
+# 80% of the memory it detects (the cgroup's limit), into /var/tmp/polars-$USER: on a pod's read-only root
+# that panics in a loop while the query holds its memory just under the worker's threshold (0.3 to 25 s
+# seen at 512Mi), and on a laptop it writes outside the job's scratch directory. A budget of the whole
+# limit leaves the memory watch (worker_image/memwatch.py) as what stops a query at its limit.
+POLARS_ENV: Mapping[str, str] = {"POLARS_OOC_MEMORY_BUDGET_FRACTION": "1"}
 # The worker honours the request's "debug" section only when this is "1" in its environment.
 TEST_HOOKS_ENV = "PODQ_ENABLE_TEST_HOOKS"
 

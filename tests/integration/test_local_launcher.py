@@ -267,6 +267,30 @@ def test_MEM_1_a_runaway_query_ends_as_memory_within_seconds(
     assert elapsed <= runaway_allowance(trivial), (elapsed, trivial)
 
 
+@BOTH_START_MODES
+def test_polars_spills_nothing_to_disk_before_the_watch_stops_a_runaway_query(
+    local_launcher: MakeLauncher,
+    memory_enforcement: str,
+    sample_datasets: list[dict[str, str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """polars 2 spills to disk once what it holds passes 80% of the memory it detects (a cgroup's limit).
+    Issue 11: in a pod that meant panics in a loop over the read-only /var/tmp while the query sat just under
+    the worker's threshold; here, files outside the job's scratch directory. The worker's environment gives
+    polars the whole limit as its budget, so the watch stops the query before polars writes anything."""
+    spill_dir = tmp_path / "spill"
+    monkeypatch.setenv("POLARS_OOC_SPILL_DIR", str(spill_dir))
+    job = make_job(query_request(RUNAWAY_SQL, sample_datasets), memory_mib=512, timeout=60)
+
+    async def scenario() -> Outcome:
+        async with local_launcher(inherited_env=(*DEFAULT_INHERITED_ENV, "POLARS_OOC_SPILL_DIR")) as launcher:
+            return await launcher.run(job)
+
+    assert error_of(asyncio.run(scenario()), "memory")["details"]["stopped_by"] == "worker"
+    assert not spill_dir.exists(), sorted(spill_dir.rglob("*"))
+
+
 # 4 million distinct keys: a few hundred MiB at its peak, a second or two of work.
 DISTINCT_4M_SQL = (
     "SELECT count(*) AS n FROM (SELECT DISTINCT a.id * 10000 + b.id AS k FROM table2 a CROSS JOIN table2 b)"
@@ -624,6 +648,7 @@ def test_the_worker_runs_in_its_own_session_with_an_explicit_environment_and_its
         assert worker.cmdline[1:3] == ("-m", "worker_image.zygote")
         assert {"PODQ_REQUEST", "PODQ_ENABLE_TEST_HOOKS", "HOME", "TMPDIR"}.isdisjoint(environ)
         assert environ["POLARS_MAX_THREADS"] == "2"
+        assert environ["POLARS_OOC_MEMORY_BUDGET_FRACTION"] == "1"
         return
     assert worker.cmdline[1:] == ("-m", "worker_image")
     expected_names = {
@@ -633,6 +658,7 @@ def test_the_worker_runs_in_its_own_session_with_an_explicit_environment_and_its
         "HOME",
         "TMPDIR",
         "POLARS_MAX_THREADS",
+        "POLARS_OOC_MEMORY_BUDGET_FRACTION",
         "PODQ_REQUEST_FD",
         "PODQ_TERMINATION_MESSAGE_PATH",
         "PODQ_ENABLE_TEST_HOOKS",
@@ -642,6 +668,8 @@ def test_the_worker_runs_in_its_own_session_with_an_explicit_environment_and_its
         expected_names.add("MALLOC_ARENA_MAX")
     assert set(environ) <= expected_names
     assert environ["POLARS_MAX_THREADS"] == "2"
+    # polars does not spill (to /var/tmp, outside the scratch directory) before the memory watch stops it.
+    assert environ["POLARS_OOC_MEMORY_BUDGET_FRACTION"] == "1"
     assert environ["PODQ_ENABLE_TEST_HOOKS"] == "1"
     # The limit the worker watches its own memory against, in either mode.
     assert environ["PODQ_MEMORY_LIMIT_BYTES"] == str(300 * MIB)

@@ -39,6 +39,7 @@ from controller.launchers.worker_io import encode_request, polars_threads
 from worker_image.protocol import (
     DEFAULT_TERMINATION_MESSAGE_PATH,
     MEMORY_LIMIT_ENV,
+    POLARS_ENV,
     REQUEST_ENV,
     REQUEST_STDIN_ENV,
     TEST_HOOKS_ENV,
@@ -281,6 +282,7 @@ def _container(
 def _env(cpu_millicores: int, extra: Mapping[str, str]) -> list[dict[str, Any]]:
     env = {
         **extra,
+        **POLARS_ENV,
         "POLARS_MAX_THREADS": str(polars_threads(cpu_millicores)),
         "HOME": TMP_PATH,
         "PYTHONUNBUFFERED": "1",

@@ -23,7 +23,13 @@ from pathlib import Path
 
 import worker_image
 from worker_image.confine import confine
-from worker_image.protocol import MEMORY_LIMIT_ENV, REQUEST_ENV, TERMINATION_MESSAGE_ENV, TEST_HOOKS_ENV
+from worker_image.protocol import (
+    MEMORY_LIMIT_ENV,
+    POLARS_ENV,
+    REQUEST_ENV,
+    TERMINATION_MESSAGE_ENV,
+    TEST_HOOKS_ENV,
+)
 
 __all__ = [
     "DEFAULT_INHERITED_ENV",
@@ -81,6 +87,7 @@ def worker_env(
             "PYTHONUTF8": "1",
             "HOME": str(scratch),
             "TMPDIR": str(scratch),
+            **POLARS_ENV,
             "POLARS_MAX_THREADS": str(threads),
             MEMORY_LIMIT_ENV: str(memory_bytes),
             REQUEST_ENV: request_json,
@@ -105,7 +112,14 @@ def child_setup(*, cgroup_procs: Sequence[Path], address_space_bytes: int | None
 def zygote_env(*, threads: int, rlimit: bool, inherited: Iterable[str]) -> dict[str, str]:
     """A zygote's environment: a worker's, less everything that belongs to one query (see `warm`)."""
     env = {name: os.environ[name] for name in inherited if name in os.environ}
-    env.update({"PYTHONPATH": str(_PACKAGE_ROOT), "PYTHONUTF8": "1", "POLARS_MAX_THREADS": str(threads)})
+    env.update(
+        {
+            "PYTHONPATH": str(_PACKAGE_ROOT),
+            "PYTHONUTF8": "1",
+            **POLARS_ENV,
+            "POLARS_MAX_THREADS": str(threads),
+        }
+    )
     if rlimit:
         env["MALLOC_ARENA_MAX"] = str(MALLOC_ARENAS_UNDER_RLIMIT)
     return env
