@@ -86,12 +86,13 @@ DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096
 # The worker's memory limit in bytes (absent: no watch of its own); see worker_image/memwatch.py.
 MEMORY_LIMIT_ENV = "PODQ_MEMORY_LIMIT_BYTES"
-# Set in every worker's environment. polars 2 spills to disk once its own estimate of what it holds passes
-# 80% of the memory it detects (the cgroup's limit), into /var/tmp/polars-$USER: on a pod's read-only root
-# that panics in a loop while the query holds its memory just under the worker's threshold (0.3 to 25 s
-# seen at 512Mi), and on a laptop it writes outside the job's scratch directory. A budget of the whole
-# limit leaves the memory watch (worker_image/memwatch.py) as what stops a query at its limit.
-POLARS_ENV: Mapping[str, str] = {"POLARS_OOC_MEMORY_BUDGET_FRACTION": "1"}
+# Set in every worker's environment: polars never spills to disk. polars 2 spills once its own estimate of
+# what it holds passes 80% of the memory it detects (the cgroup's limit), into /var/tmp/polars-$USER: on a
+# pod's read-only root that panics in a loop while the query holds its memory just under the worker's
+# threshold (0.3 to 25 s seen at 512Mi), and on a laptop it writes outside the job's scratch directory.
+# A budget of a thousand times that memory is never reached, even on a warm pod resized in place after
+# polars read its limit at import; the memory watch (worker_image/memwatch.py) stops a query at its limit.
+POLARS_ENV: Mapping[str, str] = {"POLARS_OOC_MEMORY_BUDGET_FRACTION": "1000"}
 # The worker honours the request's "debug" section only when this is "1" in its environment.
 TEST_HOOKS_ENV = "PODQ_ENABLE_TEST_HOOKS"
 

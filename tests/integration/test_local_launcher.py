@@ -648,7 +648,7 @@ def test_the_worker_runs_in_its_own_session_with_an_explicit_environment_and_its
         assert worker.cmdline[1:3] == ("-m", "worker_image.zygote")
         assert {"PODQ_REQUEST", "PODQ_ENABLE_TEST_HOOKS", "HOME", "TMPDIR"}.isdisjoint(environ)
         assert environ["POLARS_MAX_THREADS"] == "2"
-        assert environ["POLARS_OOC_MEMORY_BUDGET_FRACTION"] == "1"
+        assert environ["POLARS_OOC_MEMORY_BUDGET_FRACTION"] == "1000"
         return
     assert worker.cmdline[1:] == ("-m", "worker_image")
     expected_names = {
@@ -669,7 +669,7 @@ def test_the_worker_runs_in_its_own_session_with_an_explicit_environment_and_its
     assert set(environ) <= expected_names
     assert environ["POLARS_MAX_THREADS"] == "2"
     # polars does not spill (to /var/tmp, outside the scratch directory) before the memory watch stops it.
-    assert environ["POLARS_OOC_MEMORY_BUDGET_FRACTION"] == "1"
+    assert environ["POLARS_OOC_MEMORY_BUDGET_FRACTION"] == "1000"
     assert environ["PODQ_ENABLE_TEST_HOOKS"] == "1"
     # The limit the worker watches its own memory against, in either mode.
     assert environ["PODQ_MEMORY_LIMIT_BYTES"] == str(300 * MIB)

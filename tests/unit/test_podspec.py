@@ -240,9 +240,9 @@ RULES = [
     Rule("the request in PODQ_REQUEST", worker_request, QUERY),
     Rule("polars threads from the cpu limit", lambda p: env(p)["POLARS_MAX_THREADS"], "2"),
     Rule(
-        "polars' spill budget is the whole limit: the worker's memory watch stops a query first",
+        "polars never spills: the worker's memory watch stops a query at its limit",
         lambda p: env(p)["POLARS_OOC_MEMORY_BUDGET_FRACTION"],
-        "1",
+        "1000",
     ),
     Rule("HOME is the writable /tmp", lambda p: env(p)["HOME"], "/tmp"),
     Rule("unbuffered output", lambda p: env(p)["PYTHONUNBUFFERED"], "1"),
