@@ -4,9 +4,10 @@ See `worker_image.protocol` for the contract: request in ``PODQ_REQUEST`` (or, i
 stdin once everything is imported: `worker_image.standby`), the envelope as the last line of stdout, the
 exit code, and the termination-message file for errors.
 
-The operation runs on a thread of its own; the main thread only waits for it, in `Thread.join` with a
-timeout. That keeps two things prompt whatever the operation is doing (inside polars' native
-``collect()``, a blocked download, a system call):
+The request is read and checked first, on the main thread: the memory limit it carries is the one the
+watch below uses. The operation then runs on a thread of its own; the main thread only waits for it, in
+`Thread.join` with a timeout. That keeps two things prompt whatever the operation is doing (inside
+polars' native ``collect()``, a blocked download, a system call):
 
 - SIGTERM. A Python signal handler runs on the main thread, between bytecodes; a main thread inside a
   native call would run it only when the call returns, minutes later for a big query, and a pod would
