@@ -229,8 +229,9 @@ class WarmPool:
         """Write `job`'s request to the worker of the claimed pod `name` (resized first to the query's limits
         if they are larger than the class's: `_fit`), and read what the worker writes to stdout until its
         result envelope (see `streamed.py`) or its end. None when the resize or the attach failed: the pod
-        is deleted and the query is to start cold. (For an adopted pod, a failure is only logged: its
-        worker may well be running the query; and a worker that already had its request ignores another.)"""
+        is deleted and the query is to start cold. (For an adopted pod, an attach failure is only logged: its
+        worker may well be running the query; and a worker that already had its request ignores another.
+        Its resize failing is not: a worker gets its request only once its resize is applied.)"""
         state = self._pods.state(name)
         if state is None or state.gone or is_terminal(state.pod):
             return b""  # nothing to write to; following it reports how it ended
