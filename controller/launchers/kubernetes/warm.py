@@ -281,18 +281,21 @@ class WarmPool:
                     self._pods.seen(await shielded(self._api.resize_pod(self._namespace, name, patch)))
                     crash_if(self._crash_at, "after_resize")
             except KubeError as exc:
-                return await self._refused(job, name, f"the API server refused the resize: {exc}")
+                await self._refused(job, name, f"the API server refused the resize: {exc}")
+                return None
             while True:
                 changed.clear()
                 state = self._pods.state(name)
                 if adopted and (state is None or state.gone or is_terminal(state.pod)):
                     return time.monotonic() - started  # it may have run the query: following it tells
                 if state is None or state.gone:
-                    return await self._refused(job, name, "the pod is gone")
+                    await self._refused(job, name, "the pod is gone")
+                    return None
                 now = progress(state.pod, job.limits)
                 remaining = RESIZE_SECONDS - (time.monotonic() - started)
                 if now.state == "refused" or (now.state == "waiting" and remaining <= 0):
-                    return await self._refused(job, name, now.message)
+                    await self._refused(job, name, now.message)
+                    return None
                 if now.state == "applied":
                     break
                 with contextlib.suppress(TimeoutError):
