@@ -2,11 +2,12 @@
 
 The rule (`fit`): a query at exactly the pool's size class claims a pod as it is; one asking for more CPU
 and/or memory and less of neither is served by a pod resized up in place (``pods/resize``, KEP-1287, beta
-and on by default since Kubernetes v1.33) when PODQ_KUBE_WARM_POOL_RESIZE is on; every other query starts
-a cold pod. A query asking for less never takes a bigger pod: its limits are the kubelet's (the cgroup's
-OOM kill at its memory, its CPU quota), and Kubernetes refuses to lower a running pod's memory. Nor is a
-pod resized to more CPU than its polars thread pool was sized for (polars fixes POLARS_MAX_THREADS when
-the worker imports it, before any request): such a query starts cold, with the threads its CPU is worth.
+and on by default since Kubernetes v1.33) when PODQ_KUBE_WARM_POOL_RESIZE is on (the default); every
+other query starts a cold pod. A query asking for less never takes a bigger pod: its limits are the
+kubelet's (the cgroup's OOM kill at its memory, its CPU quota), and Kubernetes refuses to lower a running
+pod's memory. Nor is a pod resized to more CPU than its polars thread pool was sized for (polars fixes
+POLARS_MAX_THREADS when the worker imports it, before any request): such a query starts cold, with the
+threads its CPU is worth.
 
 A resize sets the container's requests and limits both (Guaranteed QoS stays Guaranteed) through a
 strategic merge patch, which merges the container list by name. The kubelet reports it in the pod's status
@@ -31,8 +32,8 @@ from controller.quantity import QuantityError, parse_cpu_millicores, parse_memor
 __all__ = ["RESIZE_SECONDS", "Fit", "Progress", "asked", "fit", "progress", "resize_patch"]
 
 # How long a claimed pod may take to show its resize applied before it is deleted and the query starts
-# cold. The harness applied one in ~2.9 s (BENCHMARKS.md), about a cold pod's start: past this, waiting on
-# is no faster than starting cold.
+# cold. The harness applied one in ~1.8 s where a cold pod took 4-6 s (BENCHMARKS.md): past this, waiting
+# on is no faster than starting cold.
 RESIZE_SECONDS = 10.0
 PENDING = "PodResizePending"
 IN_PROGRESS = "PodResizeInProgress"
