@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import api, engine, kube, kube_burst, kube_warm, latency, warmstart
+from bench import api, engine, kube, kube_burst, kube_resize, kube_warm, latency, warmstart
 from bench import results as downloads_bench
 from bench.data import generate
 from bench.machine import describe
@@ -154,6 +154,10 @@ def _kube_section(target: kube.Target, workdir: Path, size: Size) -> None:
     print(f"### Warm pool vs cold pods (issue 15), load average {_load()}\n", flush=True)
     warm = kube_warm.measure(target, workdir, size.kube_runs, kube_warm.POOL_SIZE)
     print(kube_warm.report(warm) + f"\n\nload average after: {_load()}\n", flush=True)
+    runs = max(1, size.kube_runs // 2)
+    print(f"### A larger query, pool pod resized vs cold pod, load average {_load()}\n", flush=True)
+    resized = kube_resize.measure(target, workdir, runs)
+    print(kube_resize.report(resized) + f"\n\nload average after: {_load()}\n", flush=True)
     queries = size.kube_burst
     print(f"### A burst of {queries}, warm pool vs cold pods, load average {_load()}\n", flush=True)
     bursts = kube_burst.measure(target, workdir, queries)

@@ -186,7 +186,8 @@ class Settings(BaseSettings):
         "outcome is not stored yet; `after_finish`: right after a query's terminal state is committed; "
         "kubernetes only: `after_create` (a pod was just created), `before_log` (a pod ended, its log is "
         "not read yet), `before_delete` (an outcome is stored, its pod not deleted yet), with a warm pool "
-        "`after_claim` (a pool pod claimed, the request not written), `mid_attach` (the attach to its worker "
+        "`after_claim` (a pool pod claimed, the request not written), `after_resize` (its resize asked for, "
+        "not applied yet), `mid_attach` (the attach to its worker "
         "open, the request not written) and `after_attach` (the request written, the worker's output read, "
         "nothing stored). `point@N`: the Nth time. Never set in "
         "production.",
@@ -271,6 +272,16 @@ class Settings(BaseSettings):
         "waiting worker's stdin through `pods/attach`) instead of waiting for a pod to start, and the pool "
         "is refilled. Each idle pod holds its CPU and memory requests on a node. Needs `patch` on pods and "
         "`get`, `create` on `pods/attach`. 0: off, every query starts its own pod.",
+    )
+    kube_warm_pool_resize: bool = Field(
+        True,
+        description="With a warm pool, a query asking for more CPU and/or memory than the pool's size class "
+        "(and less of neither, and no more polars threads) claims a pool pod and resizes it in place "
+        "(`pods/resize`, Kubernetes v1.33 or later) instead of starting a cold pod; a resize refused or "
+        "not applied within 10 s deletes that pod and starts the query cold (miss reason `resize_refused`). "
+        "Needs `patch` on `pods/resize`. On by default: on the harness such a query took 1.9 s through a "
+        "resized pool pod against 4.1 s (500m) to 5.6 s (200m) on a cold pod (BENCHMARKS.md). `false`: "
+        "clusters older than v1.33, or a pool whose pods are not to grow.",
     )
     kube_warm_pool_max_idle_seconds: float = Field(
         600,

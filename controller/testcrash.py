@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 # after_finish: the store has just committed a query's terminal state.
 # The kubernetes launcher's own: after_create (a pod was just created), before_log (a pod has ended, its
 # log is not read yet), before_delete (an outcome is stored, its pod not deleted yet); with a warm pool,
-# after_claim (a pool pod is claimed, the request not written yet), mid_attach (the attach to its worker is
-# open, the request not written) and after_attach (the request written and the worker's stdout read, nothing
-# followed or stored yet).
+# after_claim (a pool pod is claimed, the request not written yet), after_resize (its resize asked for, not
+# waited for), mid_attach (the attach to its worker is open, the request not written) and after_attach (the
+# request written and the worker's stdout read, nothing followed or stored yet).
 CrashPoint = Literal[
     "before_finish",
     "after_finish",
@@ -31,6 +31,7 @@ CrashPoint = Literal[
     "before_log",
     "before_delete",
     "after_claim",
+    "after_resize",
     "mid_attach",
     "after_attach",
 ]

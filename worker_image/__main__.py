@@ -4,9 +4,10 @@ See `worker_image.protocol` for the contract: request in ``PODQ_REQUEST`` (or, i
 stdin once everything is imported: `worker_image.standby`), the envelope as the last line of stdout, the
 exit code, and the termination-message file for errors.
 
-The operation runs on a thread of its own; the main thread only waits for it, in `Thread.join` with a
-timeout. That keeps two things prompt whatever the operation is doing (inside polars' native
-``collect()``, a blocked download, a system call):
+The request is read and checked first, on the main thread: the memory limit it carries is the one the
+watch below uses. The operation then runs on a thread of its own; the main thread only waits for it, in
+`Thread.join` with a timeout. That keeps two things prompt whatever the operation is doing (inside
+polars' native ``collect()``, a blocked download, a system call):
 
 - SIGTERM. A Python signal handler runs on the main thread, between bytecodes; a main thread inside a
   native call would run it only when the call returns, minutes later for a big query, and a pod would
@@ -30,7 +31,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from worker_image.memwatch import POLL_SECONDS, MemoryWatch
+from worker_image.memwatch import POLL_SECONDS, MemoryWatch, memory_limit
 from worker_image.protocol import (
     DEFAULT_TERMINATION_MESSAGE_PATH,
     EXIT_INTERNAL_ERROR,
@@ -70,11 +71,16 @@ def main() -> int:
         # Blocks in read(), which SIGTERM interrupts: the handler runs and the worker exits at once.
         if (stdin_request := wait_for_request(sys.stdin.buffer)) is None:
             return EXIT_NO_REQUEST
-    watch = MemoryWatch.from_environ(os.environ)
     meter = Meter()
+    try:
+        request = load_request(read_request(os.environ) if stdin_request is None else stdin_request)
+    except WorkerError as exc:
+        return _fail(exc.info(), EXIT_USER_ERROR, meter.report(0))
+    # The request's limit, not only the environment's: a warm pod may have been resized since it started.
+    watch = MemoryWatch.of(memory_limit(request, os.environ))
     exit_codes: list[int] = []
     operation = threading.Thread(
-        target=lambda: exit_codes.append(_operate(stdin_request, meter, watch)), name="operation", daemon=True
+        target=lambda: exit_codes.append(_operate(request, meter, watch)), name="operation", daemon=True
     )
     operation.start()
     while True:
@@ -94,9 +100,9 @@ def _usage(meter: Meter, watch: MemoryWatch | None) -> dict[str, Any]:
     return meter.report(watch.peak_bytes if watch is not None else 0)
 
 
-def _operate(stdin_request: str | None, meter: Meter, watch: MemoryWatch | None) -> int:
+def _operate(request: WorkerRequest, meter: Meter, watch: MemoryWatch | None) -> int:
     try:
-        result = _execute(stdin_request, meter)
+        result = _execute(request, meter)
         envelope = encode_envelope({"ok": True, "result": result, "usage": _usage(meter, watch)})
     except WorkerError as exc:
         return _fail(exc.info(), EXIT_USER_ERROR, _usage(meter, watch))
@@ -115,8 +121,7 @@ def _operate(stdin_request: str | None, meter: Meter, watch: MemoryWatch | None)
     return 0
 
 
-def _execute(stdin_request: str | None, meter: Meter) -> dict[str, Any]:
-    request = load_request(read_request(os.environ) if stdin_request is None else stdin_request)
+def _execute(request: WorkerRequest, meter: Meter) -> dict[str, Any]:
     # Held, not used: a test hook's allocation stays resident while the operation runs.
     ballast = apply_test_hooks(request.get("debug"), os.environ)
     with tempfile.TemporaryDirectory(prefix="podq-") as directory:

@@ -8,8 +8,11 @@ for 15 to 60 seconds before the OOM killer acts (measured with the DISTINCT cros
 an allocation fails, and polars may abort or deadlock. Both are late or unreliable; the anonymous memory
 the query itself allocates is the part no reclaim can shrink, so the worker compares that with its limit.
 
-The numbers. The limit comes in `MEMORY_LIMIT_ENV` (bytes): the local launcher sets the cap it enforces,
-a pod gets its own ``limits.memory`` through the downward API, so the kubelet's figure is the one used.
+The numbers. The limit is the request's ``limits.memory_bytes``, the limit the launcher enforces for this
+query (`memory_limit`); a request without it falls back to `MEMORY_LIMIT_ENV` (bytes): the local
+launcher sets the cap it enforces, a pod gets its own ``limits.memory`` through the downward API. The
+request wins because a warm pod's environment is fixed when its container starts: a pod resized for its
+query afterwards (`pods/resize`) still has the pool's smaller limit there.
 The worker reads ``RssAnon`` from /proc/self/status every `POLL_SECONDS` (an open file read again from
 offset 0: ~10 microseconds) and stops the query once it reaches `threshold(limit)`, which leaves
 `headroom(limit)` for what the kernel charges besides: the code the process is running, page tables,
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from worker_image.protocol import MEMORY_LIMIT_ENV
 
@@ -32,6 +36,7 @@ __all__ = [
     "POLL_SECONDS",
     "MemoryWatch",
     "headroom",
+    "memory_limit",
     "parse_limit",
     "rss_anon_bytes",
     "threshold",
@@ -67,6 +72,13 @@ def parse_limit(text: str | None) -> int | None:
     return value if value > 0 else None
 
 
+def memory_limit(request: Mapping[str, Any], environ: Mapping[str, str]) -> int | None:
+    """The limit to watch: the (validated) request's ``limits.memory_bytes``, else `MEMORY_LIMIT_ENV`'s."""
+    limits = request.get("limits") or {}
+    from_request = limits.get("memory_bytes")
+    return from_request if isinstance(from_request, int) else parse_limit(environ.get(MEMORY_LIMIT_ENV))
+
+
 def rss_anon_bytes(status: str) -> int | None:
     """``RssAnon`` from the text of /proc/<pid>/status, in bytes; None if the line is absent or malformed."""
     for line in status.splitlines():
@@ -88,8 +100,8 @@ class MemoryWatch:
         self._fd = os.open(status_path, os.O_RDONLY | os.O_CLOEXEC)
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> MemoryWatch | None:
-        limit = parse_limit(environ.get(MEMORY_LIMIT_ENV))
+    def of(cls, limit: int | None) -> MemoryWatch | None:
+        """A watch at `limit` (`memory_limit`); None: no limit, no watch."""
         if limit is None:
             return None
         try:

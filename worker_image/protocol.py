@@ -5,10 +5,11 @@ read to its end from the file descriptor named in ``PODQ_REQUEST_FD`` (`REQUEST_
 launcher's pipe, so that no request is ever in a process's /proc environ for another to read), or, with
 ``PODQ_REQUEST_STDIN=1`` (a warm pod), as one line on stdin once the worker has imported everything
 (`worker_image.standby`).
-``PODQ_MEMORY_LIMIT_BYTES`` (`MEMORY_LIMIT_ENV`), when set, is the worker's memory limit in bytes (the
-local launcher's cap; a pod's ``limits.memory`` through the downward API): the worker stops the operation
-once its anonymous resident memory comes within a headroom of it (see `worker_image.memwatch`) and
-reports a ``memory`` error, rather than wait for the kernel's OOM killer.
+The worker's memory limit in bytes is the request's ``limits.memory_bytes`` (`WorkerLimits`), else
+``PODQ_MEMORY_LIMIT_BYTES`` (`MEMORY_LIMIT_ENV`: the local launcher's cap; a pod's ``limits.memory``
+through the downward API, fixed when the container starts, so a warm pod resized since has the old one):
+the worker stops the operation once its anonymous resident memory comes within a headroom of it (see
+`worker_image.memwatch`) and reports a ``memory`` error, rather than wait for the kernel's OOM killer.
 
 Output is exactly one envelope on the last line of stdout::
 
@@ -69,6 +70,7 @@ __all__ = [
     "ErrorInfo",
     "ErrorType",
     "WorkerError",
+    "WorkerLimits",
     "compact_error",
     "decode_envelope",
     "encode_envelope",
@@ -171,9 +173,17 @@ class FetchOptions(TypedDict):
     blocked_networks: NotRequired[list[str]]
 
 
+class WorkerLimits(TypedDict):
+    # The memory limit the worker watches (memwatch.py); CPU is not here: polars fixes its thread count
+    # (POLARS_MAX_THREADS) when it is imported, before any request.
+    memory_bytes: int
+
+
 class WorkerRequest(TypedDict):
     operation: Literal["query", "inspect"]
     fetch: FetchOptions
+    # The query's limits, as the launcher enforces them; absent: the environment's (MEMORY_LIMIT_ENV).
+    limits: NotRequired[WorkerLimits]
     # operation "query"
     sql: NotRequired[str]
     datasets: NotRequired[list[DatasetRef]]

@@ -49,6 +49,8 @@ def load_request(raw: str | None) -> WorkerRequest:
         _require_str(request, "url")
     else:
         raise _invalid(f"unknown operation {operation!r}; expected 'query' or 'inspect'")
+    if "limits" in request:
+        _check_limits(request["limits"])
     if "debug" in request and not isinstance(request["debug"], dict):
         raise _invalid("'debug' must be an object")
     return cast(WorkerRequest, request)
@@ -72,6 +74,14 @@ def _check_fetch(fetch: Any) -> None:
             parse_networks(networks)
         except ValueError as exc:
             raise _invalid(f"'fetch.{key}': {exc}") from None
+
+
+def _check_limits(limits: Any) -> None:
+    if not isinstance(limits, dict):
+        raise _invalid("'limits' must be an object with 'memory_bytes'")
+    memory = limits.get("memory_bytes")
+    if not _is_int(memory) or memory <= 0:
+        raise _invalid("'limits.memory_bytes' must be a positive integer")
 
 
 def _check_query(request: dict[str, Any]) -> None:

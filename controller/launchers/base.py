@@ -118,7 +118,7 @@ def queue_timeout(queue_timeout_seconds: float, **details: Any) -> ErrorInfo:
 
 # Why a query started cold although the launcher keeps a pool of warm workers: none was ready (`empty`), its
 # limits are not the pool's (`size`), or taking one failed (`error`: the claim or the attach was refused).
-PoolMiss = Literal["empty", "size", "error"]
+PoolMiss = Literal["empty", "size", "error", "resize_refused"]
 POOL_MISSES: tuple[PoolMiss, ...] = get_args(PoolMiss)
 
 

@@ -16,7 +16,7 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-from controller.launchers.base import Outcome
+from controller.launchers.base import Limits, Outcome
 from controller.launchers.usage import from_worker
 from worker_image.protocol import (
     EXIT_INTERNAL_ERROR,
@@ -37,6 +37,7 @@ __all__ = [
     "polars_threads",
     "signal_name",
     "termination_error",
+    "with_limits",
 ]
 
 PROTOCOL_ERROR_CODES = (EXIT_USER_ERROR, EXIT_INTERNAL_ERROR)
@@ -50,6 +51,12 @@ log = logging.getLogger(__name__)
 def encode_request(request: Mapping[str, Any]) -> str:
     """The request as the worker gets it: compact, and UTF-8 rather than escapes (an env var is bounded)."""
     return json.dumps(request, ensure_ascii=False, separators=(",", ":"))
+
+
+def with_limits(request: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
+    """The request with the memory limit the launcher enforces, which the worker watches its memory against
+    rather than its environment's (worker_image/memwatch.py: a warm pod resized after its start)."""
+    return {**request, "limits": {"memory_bytes": limits.memory_bytes}}
 
 
 def polars_threads(cpu_millicores: int) -> int:

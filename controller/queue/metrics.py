@@ -51,7 +51,8 @@ class _PoolCollector(Collector):
         misses = CounterMetricFamily(
             "podq_warm_pool_misses",
             "Queries that started cold although the pool is on, by reason: empty (none ready), size (other "
-            "limits than the pool's), error (the claim or the attach failed).",
+            "limits than the pool's, not reached by a resize), error (the claim or the attach failed), "
+            "resize_refused (the pod's resize was refused or not applied in time).",
             labels=["reason"],
         )
         for reason in POOL_MISSES:

@@ -57,6 +57,12 @@ POOL_ROLE_RULES = [
     {"apiGroups": [""], "resources": ["pods/attach"], "verbs": ["get", "create"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
+# With resizing too (on by default): resizing a claimed pool pod in place (pods/resize).
+RESIZE_ROLE_RULES = [
+    *POOL_ROLE_RULES[:3],
+    {"apiGroups": [""], "resources": ["pods/resize"], "verbs": ["patch"]},
+    *POOL_ROLE_RULES[3:],
+]
 
 
 def kinds(manifests: list[Manifest]) -> list[str]:
@@ -162,11 +168,12 @@ def test_worker_namespace_placement(helm: Helm, worker_namespace: str, expected:
     ("files", "values", "rules"),
     [
         ([], {}, ROLE_RULES),
-        ([], {"config": {"kubeWarmPoolSize": 1}}, POOL_ROLE_RULES),
-        ([ALL_TOGGLES], {}, POOL_ROLE_RULES),
+        ([], {"config": {"kubeWarmPoolSize": 1}}, RESIZE_ROLE_RULES),
+        ([ALL_TOGGLES], {}, RESIZE_ROLE_RULES),
         ([ALL_TOGGLES], {"config": {"kubeWarmPoolSize": 0}}, ROLE_RULES),
+        ([], {"config": {"kubeWarmPoolSize": 1, "kubeWarmPoolResize": False}}, POOL_ROLE_RULES),
     ],
-    ids=["defaults", "warm-pool", "all-toggles", "all-toggles-without-pool"],
+    ids=["defaults", "warm-pool", "all-toggles", "all-toggles-without-pool", "warm-pool-no-resizing"],
 )
 def test_role_grants_exactly_what_the_controller_calls(
     helm: Helm, files: list[Any], values: dict[str, Any], rules: list[dict[str, Any]]

@@ -129,6 +129,7 @@ REFUSED = [
         "kubeWarmPoolMaxIdleSeconds",
         id="warm-pool-idle-too-short",
     ),
+    pytest.param({"config": {"kubeWarmPoolResize": "yes"}}, "kubeWarmPoolResize", id="warm-pool-resize-type"),
 ]
 
 

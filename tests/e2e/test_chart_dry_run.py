@@ -274,6 +274,7 @@ DENIED_IN_WORKER_NAMESPACE = [
     Access("deletecollection", "pods"),
     Access("create", "pods", "exec"),
     Access("create", "pods", "attach"),
+    Access("patch", "pods", "resize"),
     Access("create", "pods", "eviction"),
     Access("list", "secrets"),
     Access("get", "secrets"),
@@ -348,15 +349,21 @@ WARM_POOL_GRANTS = [
     Access("get", "pods", "attach"),
     Access("create", "pods", "attach"),
 ]
+RESIZE_GRANTS = [*WARM_POOL_GRANTS, Access("patch", "pods", "resize")]
 
 
+@pytest.mark.parametrize(
+    ("resize", "grants"), [(False, WARM_POOL_GRANTS), (True, RESIZE_GRANTS)], ids=["pool", "pool-resizing"]
+)
 def test_a_warm_pool_adds_patch_and_attach_on_pods_only(
-    helm: Helm, namespaces: Namespaces, controller_account: Account
+    helm: Helm, namespaces: Namespaces, controller_account: Account, resize: bool, grants: list[Access]
 ) -> None:
-    """The default Role grants neither (DENIED_IN_WORKER_NAMESPACE); a pool of any size grants both, and
-    nothing else more. The default Role is put back afterwards for the module's other tests."""
+    """The default Role grants none of these (DENIED_IN_WORKER_NAMESPACE); a pool of any size grants patch
+    and attach, resizing (kubeWarmPoolResize) patch on pods/resize too, and nothing else more. The default
+    Role is put back afterwards for the module's other tests."""
     worker = {"namespace": namespaces.worker}
-    pooled = render(helm, namespaces, all_toggles=False, worker=worker, config={"kubeWarmPoolSize": 2})
+    config = {"kubeWarmPoolSize": 2, "kubeWarmPoolResize": resize}
+    pooled = render(helm, namespaces, all_toggles=False, worker=worker, config=config)
     default = render(helm, namespaces, all_toggles=False, worker=worker)
     try:
         apply(labelled_objects(pooled, "Role"), dry_run=False)
@@ -366,14 +373,15 @@ def test_a_warm_pool_adds_patch_and_attach_on_pods_only(
             return can_i(controller_account, verb, resource, namespaces.worker, subresource)
 
         wait_until(
-            lambda: all(granted(access) for access in WARM_POOL_GRANTS),
-            "patch and attach granted with a warm pool",
+            lambda: all(granted(access) for access in grants),
+            "the pool's grants in effect",
             within=RBAC_READY_SECONDS,
             every=KUBECTL_POLL_SECONDS,
         )
         for access in DENIED_IN_WORKER_NAMESPACE:
-            assert granted(access) is (access in WARM_POOL_GRANTS), access
+            assert granted(access) is (access in grants), access
         assert not can_i(controller_account, "patch", "pods", namespaces.release)
+        assert not can_i(controller_account, "patch", "pods", namespaces.release, "resize")
     finally:
         apply(labelled_objects(default, "Role"), dry_run=False)
         wait_until(

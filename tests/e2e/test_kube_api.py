@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from controller.launchers.base import Limits
 from controller.launchers.kubernetes.client.api import KubeClient
 from controller.launchers.kubernetes.client.errors import (
     AlreadyExists,
@@ -22,6 +23,9 @@ from controller.launchers.kubernetes.client.errors import (
     NotFound,
 )
 from controller.launchers.kubernetes.client.events import make_event
+from controller.launchers.kubernetes.podspec import CONTAINER_NAME
+from controller.launchers.kubernetes.resize import asked, progress, resize_patch
+from controller.quantity import parse_memory_bytes
 from tests.support.e2e import kubectl, kubectl_json
 from tests.support.kube import TEST_SELECTOR, busybox_pod, wait_for_pod
 
@@ -210,3 +214,38 @@ def test_an_event_created_for_a_pod_is_shown_with_the_pod(
         and "looked at by" in line
         for line in described.splitlines()
     ), described
+
+
+def test_a_running_pod_is_resized_up_in_place_and_lowering_its_memory_is_refused(
+    kube_client: MakeClient, kube_namespace: str
+) -> None:
+    """`resize_pod` (a strategic merge patch of pods/resize): the kubelet applies a raise, read as warm.py
+    reads it (`resize.progress`); the API server refuses to lower a running pod's memory (422)."""
+    ns = kube_namespace
+    pod = busybox_pod("resized", SLEEPER)
+    pod["spec"]["containers"][0]["name"] = CONTAINER_NAME  # the container resize.py resizes
+    larger = Limits(cpu_millicores=200, memory_bytes=64 * 2**20, timeout_seconds=60)
+    smaller = Limits(cpu_millicores=200, memory_bytes=32 * 2**20, timeout_seconds=60)
+
+    async def scenario() -> tuple[dict[str, Any], KubeError]:
+        async with kube_client() as api:
+            await api.create_pod(ns, pod)
+            await wait_for_pod(api, ns, "resized", lambda p: phase(p) == "Running", what="pod running")
+            patched = await api.resize_pod(ns, "resized", resize_patch(larger))
+            assert asked(patched, larger), patched["spec"]
+            applied = await wait_for_pod(
+                api,
+                ns,
+                "resized",
+                lambda p: progress(p, larger).state == "applied",
+                what="the resize applied",
+            )
+            with pytest.raises(KubeError) as raised:
+                await api.resize_pod(ns, "resized", resize_patch(smaller))
+        return applied, raised.value
+
+    applied, error = asyncio.run(scenario())
+    [status] = applied["status"]["containerStatuses"]
+    assert parse_memory_bytes(status["resources"]["limits"]["memory"]) == larger.memory_bytes, status
+    assert status["restartCount"] == 0 and "running" in status["state"], status
+    assert type(error) is Invalid and "memory" in error.message, error

@@ -107,8 +107,9 @@ def test_select_1_runs_in_a_pool_pod_used_once_and_the_pool_refills(kube_control
 
 
 def test_a_query_at_other_limits_starts_a_cold_pod(kube_controllers: Controllers) -> None:
+    """Resizing off: a larger query does not take a pool pod (with it, test_kubernetes_warm_resize.py)."""
     controllers, start = kube_controllers
-    controller = start(**POOL)
+    controller = start(**POOL, kube_warm_pool_resize="false")
     with controller.client() as client:
         idle = ready_pool(controllers)
         record = run(client, {"sql": "SELECT 1 AS one", "limits": {"memory": "256Mi"}})

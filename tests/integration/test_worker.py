@@ -517,13 +517,20 @@ def test_sigterm_ends_a_worker_inside_a_native_polars_query_at_once(
     assert worker.returncode == 128 + signal.SIGTERM
 
 
+@pytest.mark.parametrize("given_in", ["environment", "request"])
 def test_the_memory_watch_stops_a_runaway_query_near_its_limit(
-    run_worker: RunWorker, file_server: str, termination_log: Path
+    run_worker: RunWorker, file_server: str, termination_log: Path, given_in: str
 ) -> None:
+    """request: the request's limit wins over a larger one in the environment (a warm pod resized after
+    its start has the pool's limit there; here the environment's is twice as large, and still a bound)."""
     datasets = [{"url": f"{file_server}/large.parquet", "table_name": "table2"}]
     limit = 512 * MiB
+    request = query_request(RUNAWAY_SQL, datasets)
     env = {MEMORY_LIMIT_ENV: str(limit), TERMINATION_MESSAGE_ENV: str(termination_log)}
-    run = run_worker(query_request(RUNAWAY_SQL, datasets), env_extra=env)
+    if given_in == "request":
+        request["limits"] = {"memory_bytes": limit}
+        env[MEMORY_LIMIT_ENV] = str(2 * limit)
+    run = run_worker(request, env_extra=env)
 
     error = failed(run, "memory")
     details = error["details"]

@@ -62,6 +62,7 @@ def test_the_pod_template_comes_from_the_settings() -> None:
         ("worker_owned_by_service_account", "owned_by_service_account", True),
         ("kube_warm_pool_size", "warm_pool_size", 3),
         ("kube_warm_pool_max_idle_seconds", "warm_pool_max_idle_seconds", 31.0),
+        ("kube_warm_pool_resize", "warm_pool_resize", False),
     ],
 )
 def test_each_option_is_its_setting(setting: str, option: str, value: object) -> None:
@@ -95,3 +96,15 @@ def test_a_warm_pool_size_out_of_range_is_refused(size: int) -> None:
 def test_a_warm_pool_idle_age_below_the_minimum_is_refused(seconds: float) -> None:
     with pytest.raises(ValidationError, match="kube_warm_pool_max_idle_seconds"):
         Settings(kube_warm_pool_max_idle_seconds=seconds)
+
+
+def test_resizing_pool_pods_is_on_by_default() -> None:
+    """Measured faster than a cold pod (BENCHMARKS.md); it only acts with a pool."""
+    assert KubernetesOptions.from_settings(Settings()).warm_pool_resize is True
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", ""])
+def test_a_resize_setting_that_is_no_boolean_is_refused(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PODQ_KUBE_WARM_POOL_RESIZE", value)
+    with pytest.raises(ValidationError, match="kube_warm_pool_resize"):
+        Settings()

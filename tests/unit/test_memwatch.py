@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker_image.memwatch import MemoryWatch, headroom, parse_limit, rss_anon_bytes, threshold
+from worker_image.memwatch import (
+    MemoryWatch,
+    headroom,
+    memory_limit,
+    parse_limit,
+    rss_anon_bytes,
+    threshold,
+)
 from worker_image.protocol import MEMORY_LIMIT_ENV
 
 pytestmark = pytest.mark.unit
@@ -130,8 +137,18 @@ def test_the_watch_says_over_at_the_threshold(tmp_path: Path) -> None:
     assert watch.peak_bytes == threshold(limit)
 
 
-def test_no_limit_in_the_environment_is_no_watch() -> None:
-    assert MemoryWatch.from_environ({}) is None
-    assert MemoryWatch.from_environ({MEMORY_LIMIT_ENV: "nonsense"}) is None
-    watch = MemoryWatch.from_environ({MEMORY_LIMIT_ENV: str(GiB)})
+def test_no_limit_in_the_request_or_the_environment_is_no_watch() -> None:
+    assert MemoryWatch.of(memory_limit({}, {})) is None
+    assert MemoryWatch.of(memory_limit({}, {MEMORY_LIMIT_ENV: "nonsense"})) is None
+    watch = MemoryWatch.of(memory_limit({}, {MEMORY_LIMIT_ENV: str(GiB)}))
     assert watch is not None and watch.limit_bytes == GiB
+
+
+@given(
+    request_bytes=st.integers(min_value=1, max_value=2**40),
+    environ=st.dictionaries(st.just(MEMORY_LIMIT_ENV), st.text(max_size=12) | st.integers(1, 2**40).map(str)),
+)
+def test_the_requests_limit_wins_over_the_environments(request_bytes: int, environ: dict[str, str]) -> None:
+    """A warm pod resized after its start still has the pool's limit in its environment."""
+    assert memory_limit({"limits": {"memory_bytes": request_bytes}}, environ) == request_bytes
+    assert memory_limit({}, environ) == parse_limit(environ.get(MEMORY_LIMIT_ENV))

@@ -26,7 +26,7 @@ def samples(tmp_path: Path, stats: PoolStats | None) -> dict[tuple[str, str], fl
 
 
 def test_the_pool_is_read_at_each_scrape(tmp_path: Path) -> None:
-    stats = PoolStats(size=4, idle=3, claims=17, misses={"empty": 2, "size": 5})
+    stats = PoolStats(size=4, idle=3, claims=17, misses={"empty": 2, "size": 5, "resize_refused": 1})
     assert samples(tmp_path, stats) == {
         ("podq_warm_pool_size", ""): 4,
         ("podq_warm_pool_idle", ""): 3,
@@ -34,6 +34,7 @@ def test_the_pool_is_read_at_each_scrape(tmp_path: Path) -> None:
         ("podq_warm_pool_misses_total", "empty"): 2,
         ("podq_warm_pool_misses_total", "size"): 5,
         ("podq_warm_pool_misses_total", "error"): 0,
+        ("podq_warm_pool_misses_total", "resize_refused"): 1,
     }
 
 

@@ -139,6 +139,9 @@ class Rule(NamedTuple):
     expected: Any
 
 
+# The request as the worker gets it: the job's, with the memory limit it is to watch (memwatch.py).
+SENT = {**QUERY, "limits": {"memory_bytes": JOB.limits.memory_bytes}}
+
 RULES = [
     Rule("a v1 Pod", lambda p: (p["apiVersion"], p["kind"]), ("v1", "Pod")),
     Rule("named podq-<query id>", lambda p: p["metadata"]["name"], f"podq-{QUERY_ID}"),
@@ -237,7 +240,7 @@ RULES = [
         lambda p: container(p)["volumeMounts"],
         [{"name": "tmp", "mountPath": "/tmp"}],
     ),
-    Rule("the request in PODQ_REQUEST", worker_request, QUERY),
+    Rule("the request with its memory limit in PODQ_REQUEST", worker_request, SENT),
     Rule("polars threads from the cpu limit", lambda p: env(p)["POLARS_MAX_THREADS"], "2"),
     Rule(
         "polars never spills: the worker's memory watch stops a query at its limit",
@@ -271,7 +274,7 @@ def test_pod_is_plain_json() -> None:
 
 
 def test_the_worker_accepts_the_request_it_is_given() -> None:
-    assert load_request(env(pod())[REQUEST_ENV]) == QUERY
+    assert load_request(env(pod())[REQUEST_ENV]) == SENT
 
 
 def test_an_inspection_pod_hashes_the_url() -> None:
@@ -359,7 +362,7 @@ def test_debug_section_reaches_the_worker_only_with_test_hooks(case: Hooks) -> N
     built = pod(dataclasses.replace(JOB, request=case.request), template)
     request = worker_request(built)
     assert request.get("debug") == case.request_debug
-    assert {key: value for key, value in request.items() if key != "debug"} == QUERY
+    assert {key: value for key, value in request.items() if key != "debug"} == SENT
     assert (env(built).get(TEST_HOOKS_ENV) == "1") is case.hooks_env
 
 

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.launchers.base import Job, Limits
 from controller.launchers.kubernetes.pod_status import parse_time
 from controller.launchers.kubernetes.podspec import (
     ANNOTATION_ATTEMPT,
@@ -278,17 +277,11 @@ def test_the_deadline_is_the_pods_age_plus_the_timeout_in_whole_seconds(
     assert claim_deadline(pool_member("abc"), parse_time(STARTED) + age, timeout) == deadline
 
 
-@pytest.mark.parametrize(
-    ("limits", "fits"),
-    [
-        (JOB.limits, True),
-        (dataclasses.replace(JOB.limits, timeout_seconds=999), True),
-        (dataclasses.replace(JOB.limits, cpu_millicores=500), False),
-        (dataclasses.replace(JOB.limits, memory_bytes=2**30), False),
-    ],
-)
-def test_a_query_fits_the_size_class_only_at_its_exact_cpu_and_memory(limits: Limits, fits: bool) -> None:
-    assert SIZE.fits(Job(query_id="q", attempt=1, request=JOB.request, limits=limits).limits) is fits
+def test_a_claim_for_a_resize_allows_for_it_in_the_deadline() -> None:
+    """The resize's wait is not the query's: the deadline allows for it (lowered once it is applied)."""
+    now = parse_time(STARTED) + 100.25
+    patch = claim_patch(pool_member("abc"), JOB, now=now, extra_seconds=10)
+    assert patch["spec"] == {"activeDeadlineSeconds": 141}  # ceil(100.25 + 30.5 + 10)
 
 
 def ended(pod: dict[str, Any], exit_code: int, reason: str = "Error") -> dict[str, Any]:

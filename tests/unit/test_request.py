@@ -34,7 +34,13 @@ POLICY = {"allowed_networks": ["10.88.0.1/32", "fd00::/8"], "blocked_networks": 
 
 @pytest.mark.parametrize(
     "request_body",
-    [QUERY, INSPECT, {**INSPECT, "debug": {"crash": "exit"}}, {**INSPECT, "fetch": {**FETCH, **POLICY}}],
+    [
+        QUERY,
+        INSPECT,
+        {**INSPECT, "debug": {"crash": "exit"}},
+        {**INSPECT, "fetch": {**FETCH, **POLICY}},
+        {**QUERY, "limits": {"memory_bytes": 2**30}},
+    ],
 )
 def test_well_formed_requests_load_unchanged(request_body: dict[str, Any]) -> None:
     assert load_request(json.dumps(request_body)) == request_body
@@ -93,6 +99,11 @@ def test_unknown_keys_are_ignored_for_forward_compatibility() -> None:
         (json.dumps({**QUERY, "max_result_bytes": "8Mi"}), "'max_result_bytes' must be a positive integer"),
         (json.dumps({**INSPECT, "url": None}), "'url' must be a non-empty string"),
         (json.dumps({**INSPECT, "debug": []}), "'debug' must be an object"),
+        (json.dumps({**QUERY, "limits": 512}), "'limits' must be an object with 'memory_bytes'"),
+        (json.dumps({**QUERY, "limits": {}}), "'limits.memory_bytes' must be a positive integer"),
+        (json.dumps({**QUERY, "limits": {"memory_bytes": 0}}), "'limits.memory_bytes' must be a positive"),
+        (json.dumps({**QUERY, "limits": {"memory_bytes": "1Gi"}}), "'limits.memory_bytes' must be a"),
+        (json.dumps({**QUERY, "limits": {"memory_bytes": True}}), "'limits.memory_bytes' must be a"),
     ],
 )
 def test_malformed_requests_are_validation_errors(raw: str | None, fragment: str) -> None:

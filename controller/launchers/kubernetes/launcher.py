@@ -116,15 +116,7 @@ class KubernetesLauncher:
         await self._node_rooms.refresh()
         self._spawn(self._node_rooms.refresh_forever(), "podq-node-rooms")
         if options.warm_pool_size > 0:
-            self._pool = WarmPool(
-                self._client,
-                self._watch,
-                self._template,
-                size=options.warm_pool_size,
-                size_class=options.warm_pool_class,
-                max_idle_seconds=options.warm_pool_max_idle_seconds,
-                post_event=self._event,
-            )
+            self._pool = WarmPool(self._client, self._watch, self._template, options, post_event=self._event)
             self._spawn(self._pool.run(), "podq-warm-pool")
         log.info(
             "kubernetes launcher: API server %s from %s, namespace %s, instance %s, image %s",

@@ -37,6 +37,8 @@ class KubernetesOptions:
     warm_pool_size: int
     warm_pool_class: SizeClass
     warm_pool_max_idle_seconds: float
+    # Whether a query larger than the class resizes a pool pod (resize.py) rather than start cold.
+    warm_pool_resize: bool
     # A test-only crash point (see `controller.testcrash`), honoured only with test hooks on.
     crash_at: str | None
 
@@ -74,5 +76,6 @@ class KubernetesOptions:
                 memory_bytes=parse_memory_bytes(settings.default_memory),
             ),
             warm_pool_max_idle_seconds=settings.kube_warm_pool_max_idle_seconds,
+            warm_pool_resize=settings.kube_warm_pool_resize,
             crash_at=settings.test_crash_at if settings.enable_test_hooks else None,
         )

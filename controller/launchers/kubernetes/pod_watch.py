@@ -94,12 +94,15 @@ class PodWatch:
 
     @contextlib.contextmanager
     def following(self, name: str) -> Iterator[asyncio.Event]:
-        """An event set on every change of the pod `name`; clear it, then read `state`, then wait on it."""
+        """An event set on every change of the pod `name`; clear it, then read `state`, then wait on it.
+        Nested (one step of following the pod waits on it too), the outermost keeps the event."""
+        outermost = name not in self._events
         event = self._events.setdefault(name, asyncio.Event())
         try:
             yield event
         finally:
-            self._events.pop(name, None)
+            if outermost:
+                self._events.pop(name, None)
 
     def forget(self, name: str) -> None:
         """Drop what is known of a pod nobody follows any more (its outcome is stored)."""

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controller.launchers.base import Job
-from controller.launchers.worker_io import encode_request, polars_threads
+from controller.launchers.worker_io import encode_request, polars_threads, with_limits
 from worker_image.protocol import (
     DEFAULT_TERMINATION_MESSAGE_PATH,
     MEMORY_LIMIT_ENV,
@@ -172,7 +172,7 @@ def build_pool_pod(
 
 def worker_request(job: Job, template: PodTemplate) -> tuple[dict[str, Any], bool]:
     """The request as the worker gets it, and whether test hooks apply to it."""
-    request: dict[str, Any] = dict(job.request)
+    request = with_limits(job.request, job.limits)
     test_hooks = template.enable_test_hooks and "debug" in request
     if not test_hooks:
         # The worker refuses a debug section without its hooks enabled; the query runs without it.

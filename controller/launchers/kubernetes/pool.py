@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.launchers.base import Job, Limits
+from controller.launchers.base import Job
 from controller.launchers.kubernetes.pod_status import is_terminal, parse_time, state, worker_status
 from controller.launchers.kubernetes.podspec import (
     ANNOTATION_TIMEOUT,
@@ -40,13 +40,10 @@ POOL_POD_PREFIX = "podq-warm-"
 
 @dataclass(frozen=True)
 class SizeClass:
-    """The limits every pod of the pool has; a query with exactly these may take one."""
+    """The limits every pod of the pool has; which queries may take one is resize.py's `fit`."""
 
     cpu_millicores: int
     memory_bytes: int
-
-    def fits(self, limits: Limits) -> bool:
-        return (limits.cpu_millicores, limits.memory_bytes) == (self.cpu_millicores, self.memory_bytes)
 
 
 @dataclass(frozen=True)
@@ -186,8 +183,9 @@ def claim_deadline(pod: Mapping[str, Any], now: float, timeout_seconds: float) -
     return max(1, math.ceil(age + timeout_seconds))
 
 
-def claim_patch(pod: Mapping[str, Any], job: Job, *, now: float) -> dict[str, Any]:
-    """The merge patch claiming `pod` for `job`; the API server refuses it (409) if the pod changed."""
+def claim_patch(pod: Mapping[str, Any], job: Job, *, now: float, extra_seconds: float = 0) -> dict[str, Any]:
+    """The merge patch claiming `pod` for `job`; the API server refuses it (409) if the pod changed. The
+    deadline allows `extra_seconds` more than the query's timeout (a resize to wait for, resize.py)."""
     return {
         "metadata": {
             "resourceVersion": pod["metadata"]["resourceVersion"],
@@ -197,5 +195,7 @@ def claim_patch(pod: Mapping[str, Any], job: Job, *, now: float) -> dict[str, An
                 ANNOTATION_TIMEOUT: f"{job.limits.timeout_seconds:g}",
             },
         },
-        "spec": {"activeDeadlineSeconds": claim_deadline(pod, now, job.limits.timeout_seconds)},
+        "spec": {
+            "activeDeadlineSeconds": claim_deadline(pod, now, job.limits.timeout_seconds + extra_seconds)
+        },
     }

@@ -12,3 +12,4 @@ class Reason:
     ORPHANED = "OrphanDeleted"
     CLAIMED = "QueryClaimed"
     UNDELIVERED = "QueryNotDelivered"
+    RESIZE_REFUSED = "QueryResizeRefused"

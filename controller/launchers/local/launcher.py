@@ -52,7 +52,7 @@ from controller.launchers.local.procfs import start_time
 from controller.launchers.local.start import start_worker
 from controller.launchers.local.warm import ZygotePool
 from controller.launchers.local.zygote import Zygote
-from controller.launchers.worker_io import encode_request, polars_threads
+from controller.launchers.worker_io import encode_request, polars_threads, with_limits
 from controller.quantity import parse_cpu_millicores
 from controller.settings import Settings
 from worker_image.protocol import TERMINATION_MESSAGE_LIMIT, ErrorType, error_info
@@ -249,7 +249,7 @@ class LocalLauncher:
     async def run(self, job: Job) -> Outcome:
         if self._enforcement is None or self._closed:
             raise RuntimeError("the local launcher is not running")
-        request_json = encode_request(job.request)
+        request_json = encode_request(with_limits(job.request, job.limits))
         if (size := request_env_bytes(request_json)) > MAX_ENV_STRING_BYTES:
             message = (
                 f"the request is too large to hand to a worker: {size} bytes, at most {MAX_ENV_STRING_BYTES}"

@@ -237,6 +237,20 @@ class KubeClient:
             )
         )
 
+    async def resize_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply a strategic merge patch (containers merged by name) to the pod's ``resize`` subresource."""
+        what = f"PATCH /api/v1/namespaces/{namespace}/pods/{name}/resize"
+        return _json(
+            await self._call(
+                what,
+                self._core.patch_namespaced_pod_resize,
+                name,
+                namespace,
+                dict(patch),
+                _content_type="application/strategic-merge-patch+json",
+            )
+        )
+
     async def delete_pod(
         self,
         namespace: str,
