@@ -8,9 +8,7 @@ their ``_comment`` says so.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -23,6 +21,7 @@ from controller.launchers.kubernetes.pod_fate import decide, log_tail, placement
 from controller.launchers.kubernetes.pod_progress import Ended, Failed, Waiting, observe
 from controller.launchers.kubernetes.pod_status import parse_time
 from controller.launchers.kubernetes.podspec import ANNOTATION_TIMEOUT
+from tests.support.captured_pods import PODS, load
 from tests.support.outcomes import RESULT, assert_outcome, assert_typed_error
 from worker_image.protocol import (
     ENVELOPE_MARKER,
@@ -36,18 +35,12 @@ from worker_image.protocol import (
 
 pytestmark = pytest.mark.unit
 
-PODS = Path(__file__).parent / "pods"
 UNSCHEDULABLE_AFTER = 120.0
 IMAGE_PULL_GRACE = 60.0
 SQL_ERROR = error_info(ErrorType.SQL, "column nope not found", {"column": "nope"})
 OK = encode_envelope({"ok": True, "result": RESULT})
 FAILED = encode_envelope({"ok": False, "error": SQL_ERROR})
 NOISE = 'reading dataset t\nTraceback (most recent call last):\n  File "worker.py", line 1\n'
-
-
-def load(name: str) -> dict[str, Any]:
-    pod: dict[str, Any] = json.loads((PODS / f"{name}.json").read_text())
-    return pod
 
 
 def created(pod: dict[str, Any]) -> float:
