@@ -33,6 +33,22 @@ def just_created() -> dict[str, Any]:
     return {key: value for key, value in load("pending-no-status").items() if key != "status"}
 
 
+def ended_behind_sidecar() -> dict[str, Any]:
+    """The worker OOMKilled at 21:20:20 behind an injected proxy, and the proxy stopped 25 s later."""
+    pod = load("oomkilled-behind-sidecar")
+    pod["status"]["phase"] = "Failed"
+    proxy = pod["status"]["containerStatuses"][0]
+    proxy["state"] = {
+        "terminated": {
+            "exitCode": 0,
+            "reason": "Completed",
+            "startedAt": "2026-11-21T21:20:17Z",
+            "finishedAt": "2026-11-21T21:20:45Z",
+        }
+    }
+    return pod
+
+
 def at(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
 
@@ -75,6 +91,10 @@ def test_a_pod_without_a_status_yet_has_not_ended_nor_anything_to_read() -> None
 )
 def test_an_ended_pod_finished_when_its_worker_did(name: str, ended: str) -> None:
     assert finished_at(load(name)) == at(ended)
+
+
+def test_a_pod_finished_when_its_worker_did_not_when_a_sidecar_did() -> None:
+    assert finished_at(ended_behind_sidecar()) == at("2026-11-21 21:20:20")
 
 
 @pytest.mark.parametrize("name", ["running", "containercreating", "node-shutdown-rejected"])
