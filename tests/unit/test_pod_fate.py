@@ -1219,6 +1219,13 @@ def test_a_worker_started_the_second_its_pod_was_created_started_in_no_time() ->
     assert outcome.usage is not None and outcome.usage["phases"]["starting"] == 0.0
 
 
+def test_a_worker_the_kubelet_could_not_start_has_no_starting_phase() -> None:
+    # A container that failed to start (StartError) is reported as started at the Unix epoch.
+    outcome = decide(load("starterror"), None)
+
+    assert outcome.usage is not None and outcome.usage["phases"]["starting"] is None
+
+
 def test_a_running_worker_has_been_starting_since_its_pod_was_created() -> None:
     pod = load("running")  # created at 21:20:15, the worker running since 21:20:17
 
