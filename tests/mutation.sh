@@ -23,6 +23,7 @@ mutmut_version=3.8.1
 modules=(
   "pod_fate|controller/launchers/kubernetes/pod_fate.py|tests/unit/test_pod_fate.py"
   "pod_progress|controller/launchers/kubernetes/pod_progress.py|tests/unit/test_pod_fate.py"
+  "pod_status|controller/launchers/kubernetes/pod_status.py|tests/unit/test_pod_status.py tests/unit/test_pod_fate.py tests/unit/test_pool.py"
   "podspec|controller/launchers/kubernetes/podspec.py|tests/unit/test_podspec.py"
   "sqlguard|worker_image/sqlguard.py|tests/unit/test_sqlguard.py"
   "local_outcome|controller/launchers/local/outcome.py|tests/unit/test_local_outcome.py"
