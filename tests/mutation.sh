@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Mutation testing of the pure modules and the store (issue 19): mutmut over each module, one at a time,
 # against that module's own unit tests, in a scratch copy of the tree (mutmut's `mutants/` never lands
-# here). Prints a score per module and a total; exits 1 if any module scores under $PODQ_MUTATION_MIN
-# (default 90). A survivor listed in tests/mutation-equivalents.txt (with the mutated line and a reason)
+# here). Prints a score and the CPU seconds per module, and a total; exits 1 if any module scores under
+# $PODQ_MUTATION_MIN (default 90). A survivor listed in tests/mutation-equivalents.txt (with the mutated line and a reason)
 # counts as killed.
 #
 #   bash tests/mutation.sh                 every module
