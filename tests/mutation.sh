@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Mutation testing of the pure modules and the store (issue 19): mutmut over each module, one at a time,
 # against that module's own unit tests, in a scratch copy of the tree (mutmut's `mutants/` never lands
-# here). Prints a score per module and a total; exits 1 if any module scores under $PODQ_MUTATION_MIN
-# (default 90). A survivor listed in tests/mutation-equivalents.txt (with the mutated line and a reason)
+# here). Prints a score and the CPU seconds per module, and a total; exits 1 if any module scores under
+# $PODQ_MUTATION_MIN (default 90). A survivor listed in tests/mutation-equivalents.txt (with the mutated line and a reason)
 # counts as killed.
 #
 #   bash tests/mutation.sh                 every module
@@ -23,6 +23,7 @@ mutmut_version=3.8.1
 modules=(
   "pod_fate|controller/launchers/kubernetes/pod_fate.py|tests/unit/test_pod_fate.py"
   "pod_progress|controller/launchers/kubernetes/pod_progress.py|tests/unit/test_pod_fate.py"
+  "pod_status|controller/launchers/kubernetes/pod_status.py|tests/unit/test_pod_status.py tests/unit/test_pod_fate.py tests/unit/test_pool.py"
   "podspec|controller/launchers/kubernetes/podspec.py|tests/unit/test_podspec.py"
   "sqlguard|worker_image/sqlguard.py|tests/unit/test_sqlguard.py"
   "local_outcome|controller/launchers/local/outcome.py|tests/unit/test_local_outcome.py"
@@ -39,6 +40,10 @@ if [[ $("$venv/bin/python" -m pip show mutmut 2>/dev/null | sed -n 's/^Version: 
   "$venv/bin/python" -m pip install --quiet "mutmut==$mutmut_version"
 fi
 export PATH="$venv/bin:$PATH"
+# mutmut starts a few fresh interpreters per module (its stats, clean and forced-fail runs, its fork server),
+# each importing the whole test stack: without bytecode written, each compiles the project's modules and
+# pytest rewrites the assertions of every plugin package's (hypothesis') modules again, ~3 s apiece.
+unset PYTHONDONTWRITEBYTECODE
 
 selected=("$@")
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/podq-mutation.XXXXXX")
@@ -62,9 +67,20 @@ done
 PODQ_TEST_POSTGRES_PORT=$(cat "$scratch/postgres.port")
 export PODQ_TEST_POSTGRES_PORT
 
+# The arguments of every test run mutmut starts. Plugins none of the measured tests use are not loaded
+# (registering them is part of pytest's start, paid once per mutant): schemathesis (importing it alone
+# cost a fresh interpreter a second), the debugger, reports and test kinds these tests do not have, log
+# capture (no caplog). Those that decide a verdict stay: warnings (filterwarnings = error) and the
+# unraisable- and thread-exception plugins (an exception in a store's thread fails its test).
+pytest_args=(-m unit -p no:cacheprovider -p no:schemathesis -p no:debugging -p no:pastebin -p no:junitxml
+  -p no:doctest -p no:setuponly -p no:setupplan -p no:stepwise -p no:logging -p no:legacypath -p no:subtests
+  -p no:unittest -p tests.tools.mutant_tests --hypothesis-profile=mutation)
+
 toml_list() { local out="" item; for item in "$@"; do out+="${out:+, }\"$item\""; done; printf '[%s]' "$out"; }
 
 start=$SECONDS
+# `time` (below): the user and system CPU seconds of a module's mutmut run and all its test processes.
+TIMEFORMAT='%U %S'
 # The tree as it is now, uncommitted changes included, copied once: every module is measured on the same code.
 mkdir -p "$scratch/tree"
 tar -c --exclude=__pycache__ controller worker_image tests pyproject.toml | tar -x -C "$scratch/tree"
@@ -87,22 +103,23 @@ for entry in "${modules[@]}"; do
 source_paths = ["controller", "worker_image"]
 only_mutate = ["$module"]
 pytest_add_cli_args_test_selection = $(toml_list "${test_files[@]}")
-pytest_add_cli_args = ["-m", "unit", "-p", "no:cacheprovider", "-p", "tests.tools.mutant_tests", "--hypothesis-profile=mutation"]
+pytest_add_cli_args = $(toml_list "${pytest_args[@]}")
 process_isolation = "forkserver"
 timeout_multiplier = 5
 use_git_change_detection = false
 TOML
   printf '\n== %s: %s against %s (%s)\n' "$name" "$module" "$tests" "$(date +%T)"
   module_start=$SECONDS
-  (cd "$work" && nice -n 10 mutmut run --max-children "$jobs" >"$work/mutmut.log" 2>&1) || {
+  { time (cd "$work" && nice -n 10 mutmut run --max-children "$jobs" >"$work/mutmut.log" 2>&1); } 2>"$work/cpu" || {
     tail -40 "$work/mutmut.log" >&2
     echo "mutmut failed on $module (log above)" >&2
     exit 2
   }
+  cpu=$(awk '{ printf "%d", $1 + $2 + 0.5 }' "$work/cpu")
   (cd "$work" && python "$root/tests/tools/mutation_score.py" "$module" "$root/tests/mutation-equivalents.txt" \
-    "$work/score.json")
+    "$work/score.json" "$cpu")
   results+=("$work/score.json")
-  echo "   $((SECONDS - module_start))s"
+  echo "   $((SECONDS - module_start))s, ${cpu}s of CPU (user and system, mutmut and its test processes)"
 done
 
 python - "$minimum" "$((SECONDS - start))" "${results[@]}" <<'PY'
@@ -110,17 +127,19 @@ import json, sys
 
 minimum, seconds, paths = float(sys.argv[1]), sys.argv[2], sys.argv[3:]
 rows = [json.load(open(path)) for path in paths]
-header = ("module", "mutants", "killed", "timeout", "equivalent", "survived", "no tests", "other", "score")
+header = ("module", "mutants", "killed", "timeout", "equivalent", "survived", "no tests", "other", "score",
+          "CPU s")
 print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
 below = []
 for r in rows:
     print(f"| {r['module']} | {r['mutants']} | {r['killed']} | {r['timeout']} | {r['equivalent']} "
-          f"| {r['survived']} | {r['no tests']} | {r['other']} | {r['score']:.1f}% |")
+          f"| {r['survived']} | {r['no tests']} | {r['other']} | {r['score']:.1f}% | {r['cpu seconds']} |")
     if r["score"] < minimum:
         below.append(r["module"])
 total = sum(r["mutants"] for r in rows)
 caught = sum(r["killed"] + r["timeout"] + r["equivalent"] for r in rows)
-print(f"| total | {total} | | | | | | | {100.0 * caught / total if total else 0:.1f}% |")
+cpu = sum(r["cpu seconds"] for r in rows)
+print(f"| total | {total} | | | | | | | {100.0 * caught / total if total else 0:.1f}% | {cpu} |")
 print(f"\n{seconds}s in all")
 if below:
     print(f"under {minimum:g}%: {', '.join(below)}", file=sys.stderr)

@@ -549,3 +549,12 @@ def test_an_allocation_refused_under_rlimit_records_the_limit() -> None:
     assert outcome.usage is not None
     assert (outcome.usage["peak_memory_bytes"], outcome.usage["peak_memory_source"]) == (LIMIT, "limit")
     assert outcome.usage["cgroup_peak_memory_bytes"] is None
+
+
+def test_a_worker_that_failed_otherwise_than_memory_has_no_peak_but_what_was_measured() -> None:
+    end = worker_end(returncode=-signal.SIGSEGV, envelope_line=None, memory=RLIMIT)
+    outcome = classify(end)
+
+    assert outcome.error is not None and outcome.error["error_type"] == "crash"
+    assert outcome.usage is not None
+    assert (outcome.usage["peak_memory_bytes"], outcome.usage["peak_memory_source"]) == (None, None)

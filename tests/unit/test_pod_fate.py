@@ -8,9 +8,7 @@ their ``_comment`` says so.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -19,10 +17,12 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from controller.launchers.base import QueueDeadline
-from controller.launchers.kubernetes.pod_fate import decide, log_tail, placement
+from controller.launchers.kubernetes.pod_fate import decide, log_tail, placement, starting_seconds
 from controller.launchers.kubernetes.pod_progress import Ended, Failed, Waiting, observe
 from controller.launchers.kubernetes.pod_status import parse_time
 from controller.launchers.kubernetes.podspec import ANNOTATION_TIMEOUT
+from controller.quantity import parse_memory_bytes
+from tests.support.captured_pods import PODS, load
 from tests.support.outcomes import RESULT, assert_outcome, assert_typed_error
 from worker_image.protocol import (
     ENVELOPE_MARKER,
@@ -36,18 +36,12 @@ from worker_image.protocol import (
 
 pytestmark = pytest.mark.unit
 
-PODS = Path(__file__).parent / "pods"
 UNSCHEDULABLE_AFTER = 120.0
 IMAGE_PULL_GRACE = 60.0
 SQL_ERROR = error_info(ErrorType.SQL, "column nope not found", {"column": "nope"})
 OK = encode_envelope({"ok": True, "result": RESULT})
 FAILED = encode_envelope({"ok": False, "error": SQL_ERROR})
 NOISE = 'reading dataset t\nTraceback (most recent call last):\n  File "worker.py", line 1\n'
-
-
-def load(name: str) -> dict[str, Any]:
-    pod: dict[str, Any] = json.loads((PODS / f"{name}.json").read_text())
-    return pod
 
 
 def created(pod: dict[str, Any]) -> float:
@@ -1215,3 +1209,52 @@ def test_a_pod_without_timestamps_has_no_starting_phase() -> None:
     del pod["metadata"]["creationTimestamp"]
     outcome = decide(pod, OK)
     assert outcome.usage is not None and outcome.usage["phases"]["starting"] is None
+
+
+def test_a_worker_started_the_second_its_pod_was_created_started_in_no_time() -> None:
+    pod = load("evicted-api")  # created and started at 21:25:00
+
+    outcome = decide(pod, "")
+
+    assert outcome.usage is not None and outcome.usage["phases"]["starting"] == 0.0
+
+
+def test_a_worker_the_kubelet_could_not_start_has_no_starting_phase() -> None:
+    # A container that failed to start (StartError) is reported as started at the Unix epoch.
+    outcome = decide(load("starterror"), None)
+
+    assert outcome.usage is not None and outcome.usage["phases"]["starting"] is None
+
+
+def test_a_running_worker_has_been_starting_since_its_pod_was_created() -> None:
+    pod = load("running")  # created at 21:20:15, the worker running since 21:20:17
+
+    assert starting_seconds(pod) == 2.0
+
+
+def test_a_pod_that_failed_otherwise_than_memory_has_no_peak_but_what_the_worker_measured() -> None:
+    outcome = decide(load("exit139"), NOISE)
+
+    assert outcome.error is not None and outcome.error["error_type"] == "crash"
+    assert outcome.usage is not None
+    assert (outcome.usage["peak_memory_bytes"], outcome.usage["peak_memory_source"]) == (None, None)
+
+
+def test_an_init_container_oom_kill_records_that_containers_limit_as_the_peak() -> None:
+    outcome = decide(load("init-oomkilled"), None)
+
+    assert outcome.usage is not None
+    assert outcome.usage["peak_memory_bytes"] == parse_memory_bytes("64Mi"), "istio-init's, not the worker's"
+    assert outcome.usage["peak_memory_source"] == "limit"
+
+
+def test_a_memory_error_the_worker_reported_records_the_workers_limit_as_the_peak() -> None:
+    out_of_memory = error_info(ErrorType.MEMORY, "the dataset does not fit in the memory limit", {})
+    log = f"{NOISE}{encode_envelope({'ok': False, 'error': out_of_memory})}\n"
+
+    outcome = decide(load("exit3-logtail"), log)
+
+    assert outcome.error is not None and outcome.error["error_type"] == "memory"
+    assert outcome.usage is not None
+    assert outcome.usage["peak_memory_bytes"] == parse_memory_bytes("32Mi"), "the worker container's limit"
+    assert outcome.usage["peak_memory_source"] == "limit"

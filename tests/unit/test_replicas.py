@@ -122,6 +122,11 @@ def test_a_query_exhausted_on_a_dead_replica_fails_and_a_cancelled_one_is_cancel
     pg_database.crash(a)
     recovery = b.heartbeat(1, ERROR)
     assert (recovery.requeued, recovery.failed, recovery.cancelled) == ([], ["tired"], ["unwanted"])
+    ended = [b.get(query_id) for query_id in ("tired", "unwanted")]
+    assert [(row.status, row.finished_at is not None) for row in ended if row] == [
+        ("failed", True),
+        ("cancelled", True),
+    ], "each ended when taken over"
 
 
 def test_events_reach_every_replica(pg_database: Database) -> None:

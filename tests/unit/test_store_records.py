@@ -8,7 +8,7 @@ import pytest
 
 from controller.launchers.base import QueryLimits
 from controller.queue.store import IdempotencyKey, KeyReused, QueueFull, SqliteStore, Store, StoreUnavailable
-from tests.support.stored import LIMITS, REQUEST
+from tests.support.stored import LIMITS, REQUEST, Database
 
 pytestmark = pytest.mark.unit
 
@@ -338,3 +338,52 @@ def test_a_reused_key_is_named_in_the_refusal(store: Store) -> None:
         store.find_key(IdempotencyKey("client", "k1", "other"), 60)
 
     assert str(reused.value) == "k1"
+
+
+RETRY_POLICY = {"max_attempts": 3, "on": ["memory"], "memory_factor": 2.0, "max_memory": "1Gi"}
+
+
+def test_a_query_keeps_the_retry_policy_it_was_submitted_with(store: Store) -> None:
+    store.insert("plain", "query", REQUEST, LIMITS, retry=RETRY_POLICY)
+    keyed, _ = store.insert_once(
+        IdempotencyKey("client", "k1", "fp"),
+        60,
+        query_id="keyed",
+        operation="query",
+        request=REQUEST,
+        limits=LIMITS,
+        retry=RETRY_POLICY,
+    )
+    store.insert("none", "query", REQUEST, LIMITS)
+
+    rows = [store.get(query_id) for query_id in ("plain", "keyed", "none")]
+    assert [row.retry if row else "missing" for row in rows] == [RETRY_POLICY, RETRY_POLICY, None]
+    assert keyed.retry == RETRY_POLICY
+
+
+def test_the_outcome_of_a_run_finishes_only_a_query_this_replica_runs(store: Store) -> None:
+    store.insert("queued", "query", REQUEST, LIMITS)
+
+    assert store.finish("queued", "succeeded", result={"rows": []}, running_here=True) is None
+    row = store.get("queued")
+    assert row is not None and row.status == "queued"
+
+
+def test_a_restart_ends_the_attempt_it_cut_short_at_the_restart(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock(monkeypatch)
+    first = database.open()
+    first.insert("a", "query", REQUEST, LIMITS)
+    first.claim_next()
+    database.crash(first)
+    clock.advance(30)
+
+    database.open().recover(max_attempts=2, error=ERROR)
+
+    (cut_short,) = database.open().attempts(["a"])["a"]
+    assert (cut_short.status, cut_short.started_at, cut_short.finished_at) == (
+        "interrupted",
+        1_000.0,
+        1_030.0,
+    )

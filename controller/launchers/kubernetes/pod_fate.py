@@ -94,9 +94,11 @@ def starting_seconds(pod: Mapping[str, Any]) -> float | None:
     if not created or not started:
         return None
     try:
-        return max(0.0, parse_time(started) - parse_time(created))
+        start, creation = parse_time(started), parse_time(created)
     except ValueError:
         return None
+    # A container the kubelet could not start (StartError) is reported as started at the Unix epoch.
+    return max(0.0, start - creation) if start > 0 else None
 
 
 def log_tail(text: str) -> str:

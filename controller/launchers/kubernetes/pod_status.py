@@ -30,11 +30,8 @@ def is_terminal(pod: Mapping[str, Any]) -> bool:
 
 def finished_at(pod: Mapping[str, Any]) -> float | None:
     """When the worker container ended (epoch seconds), from its terminated state."""
-    for status in pod.get("status", {}).get("containerStatuses") or []:
-        terminated = (status.get("state") or {}).get("terminated")
-        if terminated and terminated.get("finishedAt"):
-            return parse_time(terminated["finishedAt"])
-    return None
+    ended = (state(worker_status(pod), "terminated") or {}).get("finishedAt")
+    return parse_time(ended) if ended else None
 
 
 def worker_status(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:

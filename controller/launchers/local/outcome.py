@@ -58,7 +58,7 @@ ALLOCATION_FAILURE_MARKERS = (
 class MemoryEvidence:
     enforcement: Enforcement
     limit_bytes: int
-    # cgroup counters; zero under rlimit.
+    # The job cgroup's counters: zero, and no peak, under rlimit (no job cgroup).
     oom_kills: int = 0
     failcnt: int = 0
     peak_bytes: int | None = None
@@ -100,7 +100,7 @@ def classify(end: WorkerEnd) -> Outcome:
     memory_error = outcome.error is not None and outcome.error["error_type"] == ErrorType.MEMORY
     usage = settle(
         outcome.usage or {},
-        cgroup_peak_bytes=end.memory.peak_bytes if end.memory.enforcement == "cgroup" else None,
+        cgroup_peak_bytes=end.memory.peak_bytes,
         cgroup_cpu_seconds=end.cpu_seconds,
         starting_seconds=end.starting_seconds,
         oom_limit_bytes=end.memory.limit_bytes if memory_error else None,

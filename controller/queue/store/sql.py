@@ -274,20 +274,15 @@ class Store(Reads):
     def requeue(self, query_id: str) -> bool:
         """Give a running query of this replica back to the queue without counting the attempt (which is
         recorded as interrupted)."""
-        here, mine = self._running_here()
-        with self._transaction() as db:
-            changed = (
-                db.execute(
-                    "UPDATE queries SET status = 'queued', attempts = attempts - 1, started_at = NULL"
-                    f"{self._release} WHERE id = ? AND {here}",
-                    (query_id, *mine),
-                ).rowcount
-                == 1
-            )
-            if changed:
-                attempts.end(db, [query_id], "interrupted", now=time.time(), error=attempts.HANDED_BACK)
-                self._notify(db, QUEUED, [query_id])
-        return changed
+        return self._hand_back(
+            query_id,
+            "attempts = attempts - 1",
+            (),
+            "interrupted",
+            error=attempts.HANDED_BACK,
+            placement=None,
+            usage=None,
+        )
 
     def retry(
         self,
@@ -301,19 +296,49 @@ class Store(Reads):
     ) -> bool:
         """Record a running query's failed attempt and queue it again with `limits`, to start no earlier
         than `not_before`; False (nothing written) unless this replica runs it."""
+        return self._hand_back(
+            query_id,
+            "limits = ?, not_before = ?",
+            (dumps(limits.stored()), not_before),
+            "failed",
+            error=error,
+            placement=placement,
+            usage=usage,
+        )
+
+    def _hand_back(
+        self,
+        query_id: str,
+        assignments: str,
+        params: tuple[object, ...],
+        attempt_status: str,
+        *,
+        error: Mapping[str, object],
+        placement: dict[str, Any] | None,
+        usage: dict[str, Any] | None,
+    ) -> bool:
+        """Queue again a query this replica runs, with `assignments` (SQL, its `params`) besides, ending its
+        attempt with `attempt_status`: True if it did, False (nothing written) if the query runs elsewhere
+        or not at all."""
         here, mine = self._running_here()
         with self._transaction() as db:
             changed = (
                 db.execute(
-                    "UPDATE queries SET status = 'queued', limits = ?, started_at = NULL, not_before = ?"
-                    f"{self._release} WHERE id = ? AND {here}",
-                    (dumps(limits.stored()), not_before, query_id, *mine),
+                    f"UPDATE queries SET status = 'queued', started_at = NULL, {assignments}{self._release}"
+                    f" WHERE id = ? AND {here}",
+                    (*params, query_id, *mine),
                 ).rowcount
                 == 1
             )
             if changed:
                 attempts.end(
-                    db, [query_id], "failed", now=time.time(), error=error, placement=placement, usage=usage
+                    db,
+                    [query_id],
+                    attempt_status,
+                    now=time.time(),
+                    error=error,
+                    placement=placement,
+                    usage=usage,
                 )
                 self._notify(db, QUEUED, [query_id])
         return changed
