@@ -63,6 +63,7 @@ __all__ = [
     "build_pool_pod",
     "job_annotations",
     "pod_name",
+    "quantities",
     "query_id_of",
     "selector",
     "worker_request",
@@ -257,10 +258,15 @@ def _scheduling(template: PodTemplate) -> dict[str, Any]:
     return fields
 
 
+def quantities(cpu_millicores: int, memory_bytes: int) -> dict[str, str]:
+    """A container's CPU and memory as the API's quantities (the same for requests and limits)."""
+    return {"cpu": f"{cpu_millicores}m", "memory": str(memory_bytes)}
+
+
 def _container(
     template: PodTemplate, cpu_millicores: int, memory_bytes: int, env: Mapping[str, str]
 ) -> dict[str, Any]:
-    resources = {"cpu": f"{cpu_millicores}m", "memory": str(memory_bytes)}
+    resources = quantities(cpu_millicores, memory_bytes)
     return {
         "name": CONTAINER_NAME,
         "image": template.image,

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from controller.launchers.base import Limits
 from controller.launchers.kubernetes.pod_status import condition, is_terminal, worker_status
-from controller.launchers.kubernetes.podspec import CONTAINER_NAME
+from controller.launchers.kubernetes.podspec import CONTAINER_NAME, quantities
 from controller.launchers.kubernetes.pool import SizeClass
 from controller.launchers.worker_io import polars_threads
 from controller.quantity import QuantityError, parse_cpu_millicores, parse_memory_bytes
@@ -53,13 +53,9 @@ def fit(size: SizeClass, limits: Limits, *, resize: bool) -> Fit:
     return "cold"
 
 
-def _resources(limits: Limits) -> dict[str, str]:
-    return {"cpu": f"{limits.cpu_millicores}m", "memory": str(limits.memory_bytes)}
-
-
 def resize_patch(limits: Limits) -> dict[str, Any]:
     """The strategic merge patch for ``pods/resize`` giving the worker these limits (requests equal)."""
-    resources = _resources(limits)
+    resources = quantities(limits.cpu_millicores, limits.memory_bytes)
     container = {"name": CONTAINER_NAME, "resources": {"requests": resources, "limits": dict(resources)}}
     return {"spec": {"containers": [container]}}
 
